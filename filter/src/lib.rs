@@ -1,0 +1,19 @@
+//! `ratelimit.wasm`: a proxy-wasm HTTP filter that has every request that
+//! meets a rate-limit rule checked by limitd before Envoy forwards it.
+//!
+//! The decisions live in host-free modules ([`config`], [`verdict`],
+//! [`duration`]) with native unit tests; the proxy-wasm glue in `glue.rs`
+//! only reads headers and properties, calls them, and acts on the result. It
+//! is compiled for `wasm32` alone, so `cargo test` links natively.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod duration;
+pub mod verdict;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;
