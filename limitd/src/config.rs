@@ -1,0 +1,472 @@
+//! limitd's configuration: read from environment variables, validated once at start-up.
+//!
+//! [`Config::from_lookup`] takes the variable lookup as a function so the parsing is tested
+//! without touching the process environment; [`Config::from_env`] is the real thing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo;
+
+/// The validated configuration of one limitd process.
+///
+/// Each field comes from one environment variable. An empty variable counts as unset.
+///
+/// | variable | meaning | default |
+/// | --- | --- | --- |
+/// | `LIMITD_LISTEN` | the HTTP listen address, `ip:port` | `0.0.0.0:8081` |
+/// | `SENTINEL_HOSTS` | comma-separated `host:port` of the Redis Sentinels (`[v6]:port` for IPv6) | — |
+/// | `REDIS_MASTER` | the master name the sentinels monitor | `mymaster` |
+/// | `REDIS_URL` | one plain Redis without Sentinel, e.g. `redis://127.0.0.1:6379` | — |
+/// | `REDIS_PASSWORD` | password of the Redis data nodes; also sent to the sentinels | none |
+/// | `REDIS_CONNECT_TIMEOUT_MS` | timeout of one connection attempt to Redis | `500` |
+/// | `REDIS_RESPONSE_TIMEOUT_MS` | timeout of one Redis command (the check script, `PING`) | `250` |
+/// | `LIMITD_MAX_BODY_BYTES` | the largest accepted check body; larger ones get `413` | `65536` |
+/// | `LIMITD_SHUTDOWN_GRACE_MS` | how long in-flight requests may drain after a shutdown signal | `5000` |
+///
+/// Exactly one of `SENTINEL_HOSTS` and `REDIS_URL` must be set. `REDIS_MASTER` applies only
+/// with `SENTINEL_HOSTS`. A password in `REDIS_URL` wins over `REDIS_PASSWORD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the HTTP server listens (`LIMITD_LISTEN`).
+    pub listen: SocketAddr,
+    /// How Redis is reached.
+    pub redis: RedisConfig,
+    /// HTTP limits.
+    pub http: HttpConfig,
+}
+
+/// How limitd reaches Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// A single Redis, or a master found through Sentinel.
+    pub target: RedisTarget,
+    /// Password of the data nodes, and of the sentinels (`REDIS_PASSWORD`).
+    pub password: Option<String>,
+    /// Timeout of one connection attempt (`REDIS_CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// Timeout of one command (`REDIS_RESPONSE_TIMEOUT_MS`).
+    pub response_timeout: Duration,
+}
+
+// Hand-written so the password never reaches a log line.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("target", &self.target)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// Which Redis holds the counters.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis without Sentinel (`REDIS_URL`); never re-resolved.
+    Single {
+        /// The URL as given.
+        url: String,
+    },
+    /// The master named `master`, as the sentinels at `sentinels` report it.
+    Sentinel {
+        /// `(host, port)` of each sentinel, in the configured order.
+        sentinels: Vec<(String, u16)>,
+        /// The monitored master's name (`REDIS_MASTER`).
+        master: String,
+    },
+}
+
+// Hand-written: a URL may carry a password.
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single { url } => match url.as_str().into_connection_info() {
+                Ok(info) => write!(f, "single redis at {}", info.addr()),
+                Err(_) => f.write_str("single redis"),
+            },
+            Self::Sentinel { sentinels, master } => {
+                write!(f, "sentinel master '{master}' via ")?;
+                for (i, (host, port)) in sentinels.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    write!(f, "{sep}{host}:{port}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Limits of the HTTP side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The largest accepted request body in bytes (`LIMITD_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may drain after shutdown starts (`LIMITD_SHUTDOWN_GRACE_MS`).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_grace: Duration::from_millis(5000),
+        }
+    }
+}
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+const DEFAULT_MASTER: &str = "mymaster";
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
+const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 250;
+const DEFAULT_MAX_BODY_BYTES: usize = 65536;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
+/// Upper bound of the Redis timeouts: beyond a minute a "timeout" is a hang.
+const MAX_REDIS_TIMEOUT_MS: u64 = 60_000;
+/// Upper bound of the body limit (a full check of [`protocol::MAX_HITS`] hits is a few KiB).
+const MAX_BODY_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+/// Upper bound of the drain deadline.
+const MAX_SHUTDOWN_GRACE_MS: u64 = 600_000;
+
+/// A configuration variable with a bad value, or a bad combination of variables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The variable at fault (for combinations, the names involved).
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// A variable that is set but not valid UTF-8 is an error, not "unset".
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut bad = None;
+        let config = Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bad.get_or_insert(name);
+                None
+            }
+        });
+        match bad {
+            Some(name) => Err(ConfigError::new(name, "value is not valid UTF-8")),
+            None => config,
+        }
+    }
+
+    /// Builds the configuration from `lookup`, which returns a variable's value or `None`.
+    pub fn from_lookup(
+        mut lookup: impl FnMut(&'static str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        let listen_text = get("LIMITD_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|e| {
+            ConfigError::new(
+                "LIMITD_LISTEN",
+                format!("'{listen_text}' is not an ip:port address ({e})"),
+            )
+        })?;
+
+        let password = get("REDIS_PASSWORD");
+        let target = match (get("SENTINEL_HOSTS"), get("REDIS_URL")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "SENTINEL_HOSTS/REDIS_URL",
+                    "both are set; set exactly one (SENTINEL_HOSTS for Sentinel, REDIS_URL for a single Redis)",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "SENTINEL_HOSTS/REDIS_URL",
+                    "neither is set; set SENTINEL_HOSTS (e.g. 127.0.0.1:26379) or REDIS_URL (e.g. redis://127.0.0.1:6379)",
+                ))
+            }
+            (Some(hosts), None) => RedisTarget::Sentinel {
+                sentinels: parse_sentinel_hosts(&hosts)?,
+                master: get("REDIS_MASTER").map_or_else(|| DEFAULT_MASTER.into(), |m| m.trim().to_owned()),
+            },
+            (None, Some(url)) => {
+                let url = url.trim().to_owned();
+                match url.as_str().into_connection_info() {
+                    Ok(info) if matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) => {}
+                    Ok(_) => return Err(ConfigError::new("REDIS_URL", "only redis:// (plain TCP) URLs are supported")),
+                    Err(e) => return Err(ConfigError::new("REDIS_URL", format!("not a Redis URL ({e})"))),
+                }
+                RedisTarget::Single { url }
+            }
+        };
+
+        let connect_timeout = millis(
+            "REDIS_CONNECT_TIMEOUT_MS",
+            get("REDIS_CONNECT_TIMEOUT_MS"),
+            DEFAULT_CONNECT_TIMEOUT_MS,
+            1,
+            MAX_REDIS_TIMEOUT_MS,
+        )?;
+        let response_timeout = millis(
+            "REDIS_RESPONSE_TIMEOUT_MS",
+            get("REDIS_RESPONSE_TIMEOUT_MS"),
+            DEFAULT_RESPONSE_TIMEOUT_MS,
+            1,
+            MAX_REDIS_TIMEOUT_MS,
+        )?;
+        let max_body_bytes = number(
+            "LIMITD_MAX_BODY_BYTES",
+            get("LIMITD_MAX_BODY_BYTES"),
+            DEFAULT_MAX_BODY_BYTES as u64,
+            64,
+            MAX_BODY_BYTES_LIMIT,
+        )?;
+        let shutdown_grace = millis(
+            "LIMITD_SHUTDOWN_GRACE_MS",
+            get("LIMITD_SHUTDOWN_GRACE_MS"),
+            DEFAULT_SHUTDOWN_GRACE_MS,
+            0,
+            MAX_SHUTDOWN_GRACE_MS,
+        )?;
+
+        Ok(Self {
+            listen,
+            redis: RedisConfig {
+                target,
+                password,
+                connect_timeout,
+                response_timeout,
+            },
+            http: HttpConfig {
+                // The bound above keeps this far below usize::MAX on any target.
+                max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                shutdown_grace,
+            },
+        })
+    }
+}
+
+/// Parses `host:port[,host:port…]`; blank entries (a trailing comma) are skipped.
+fn parse_sentinel_hosts(text: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+    const VAR: &str = "SENTINEL_HOSTS";
+    let mut hosts = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (host, port) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| ConfigError::new(VAR, format!("'{entry}' is not host:port")))?;
+        // `[::1]:26379`: the brackets only delimit the address.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(ConfigError::new(
+                VAR,
+                format!("'{entry}' has no valid host"),
+            ));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ConfigError::new(VAR, format!("'{entry}' has no valid port (1-65535)"))
+            })?;
+        hosts.push((host.to_owned(), port));
+    }
+    if hosts.is_empty() {
+        return Err(ConfigError::new(VAR, "no host:port given"));
+    }
+    Ok(hosts)
+}
+
+fn number(
+    var: &'static str,
+    value: Option<String>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let n = text
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ConfigError::new(var, format!("'{text}' is not a whole number")))?;
+    if !(min..=max).contains(&n) {
+        return Err(ConfigError::new(
+            var,
+            format!("{n} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn millis(
+    var: &'static str,
+    value: Option<String>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    number(var, value, default, min, max).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_with_a_single_redis() {
+        let config = parse(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(
+            config.redis.target,
+            RedisTarget::Single {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(config.redis.password, None);
+        assert_eq!(config.redis.connect_timeout, Duration::from_millis(500));
+        assert_eq!(config.redis.response_timeout, Duration::from_millis(250));
+        assert_eq!(config.http.max_body_bytes, 65536);
+        assert_eq!(config.http.shutdown_grace, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn sentinel_hosts_and_master() {
+        let config = parse(&[
+            (
+                "SENTINEL_HOSTS",
+                " 10.0.0.1:26379, sentinel-2:26380,[::1]:26381,",
+            ),
+            ("REDIS_MASTER", "cache"),
+            ("REDIS_PASSWORD", "s3cret"),
+            ("LIMITD_LISTEN", "127.0.0.1:9000"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "100"),
+            ("REDIS_RESPONSE_TIMEOUT_MS", "50"),
+            ("LIMITD_MAX_BODY_BYTES", "1024"),
+            ("LIMITD_SHUTDOWN_GRACE_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.redis.target,
+            RedisTarget::Sentinel {
+                sentinels: vec![
+                    ("10.0.0.1".into(), 26379),
+                    ("sentinel-2".into(), 26380),
+                    ("::1".into(), 26381)
+                ],
+                master: "cache".into(),
+            }
+        );
+        assert_eq!(config.redis.password.as_deref(), Some("s3cret"));
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.redis.connect_timeout, Duration::from_millis(100));
+        assert_eq!(config.redis.response_timeout, Duration::from_millis(50));
+        assert_eq!(config.http.max_body_bytes, 1024);
+        assert_eq!(config.http.shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn master_defaults_to_mymaster() {
+        let config = parse(&[("SENTINEL_HOSTS", "127.0.0.1:26379")]).unwrap();
+        assert!(
+            matches!(config.redis.target, RedisTarget::Sentinel { ref master, .. } if master == "mymaster")
+        );
+    }
+
+    #[test]
+    fn exactly_one_redis_target_is_required() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.var, "SENTINEL_HOSTS/REDIS_URL");
+        assert!(err.reason.contains("neither"), "{err}");
+        let err = parse(&[("SENTINEL_HOSTS", "a:1"), ("REDIS_URL", "redis://a:1")]).unwrap_err();
+        assert!(err.reason.contains("both"), "{err}");
+        // Empty counts as unset.
+        assert!(parse(&[("SENTINEL_HOSTS", ""), ("REDIS_URL", "redis://a:1")]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let url = ("REDIS_URL", "redis://127.0.0.1:6379");
+        let cases: &[(&str, &str)] = &[
+            ("LIMITD_LISTEN", "localhost"),
+            ("LIMITD_LISTEN", "1.2.3.4:99999"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "fast"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "0"),
+            ("REDIS_RESPONSE_TIMEOUT_MS", "-5"),
+            ("REDIS_RESPONSE_TIMEOUT_MS", "60001"),
+            ("LIMITD_MAX_BODY_BYTES", "1.5"),
+            ("LIMITD_MAX_BODY_BYTES", "99999999999"),
+            ("LIMITD_SHUTDOWN_GRACE_MS", "forever"),
+        ];
+        for (var, value) in cases {
+            let err = parse(&[url, (var, value)]).unwrap_err();
+            assert_eq!(err.var, *var, "{var}={value}: {err}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_sentinel_hosts_are_rejected() {
+        for value in [
+            "localhost",
+            "host:",
+            ":26379",
+            "host:0",
+            "host:70000",
+            "host:abc",
+            ",",
+        ] {
+            let err = parse(&[("SENTINEL_HOSTS", value)]).unwrap_err();
+            assert_eq!(err.var, "SENTINEL_HOSTS", "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_redis_urls_are_rejected() {
+        for value in ["127.0.0.1:6379", "http://x", "redis+unix:///tmp/r.sock"] {
+            let err = parse(&[("REDIS_URL", value)]).unwrap_err();
+            assert_eq!(err.var, "REDIS_URL", "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let config = parse(&[
+            ("REDIS_URL", "redis://:pw1@127.0.0.1:6379"),
+            ("REDIS_PASSWORD", "pw2"),
+        ])
+        .unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("pw1") && !text.contains("pw2"), "{text}");
+    }
+}

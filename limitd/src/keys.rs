@@ -1,0 +1,101 @@
+//! Builds every Redis key limitd touches, so their shape is decided in one place.
+//!
+//! A counter's key is `rl:v1:{<key>}`: `rl` namespaces the rate limiter, `v1` is the storage
+//! version (bump it when the stored layout changes, so old and new limitd never share a key), and
+//! the braces form a Redis Cluster hash tag, so a move to Cluster keeps each counter's slot
+//! computable from the client key alone. Keys longer than [`MAX_PLAIN_KEY_BYTES`], or containing a
+//! brace (which would break the hash tag), are replaced by the hex SHA-256 of the key, so what a
+//! client can make limitd store stays bounded.
+
+use sha2::{Digest, Sha256};
+
+/// The longest client key stored as is; longer ones are hashed.
+pub const MAX_PLAIN_KEY_BYTES: usize = 128;
+
+/// The prefix of every counter key: namespace and storage version.
+const PREFIX: &str = "rl:v1:";
+
+/// The Redis key of the counter for the client key `key`.
+pub fn counter_key(key: &str) -> String {
+    if key.len() <= MAX_PLAIN_KEY_BYTES && !key.contains(['{', '}']) {
+        let mut out = String::with_capacity(PREFIX.len() + key.len() + 2);
+        out.push_str(PREFIX);
+        out.push('{');
+        out.push_str(key);
+        out.push('}');
+        return out;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(PREFIX.len() + 4 + 2 * digest.len());
+    out.push_str(PREFIX);
+    out.push_str("{h:");
+    for byte in digest {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out.push('}');
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_are_kept_inside_a_hash_tag() {
+        assert_eq!(counter_key("login:10.0.0.1"), "rl:v1:{login:10.0.0.1}");
+    }
+
+    #[test]
+    fn a_key_of_exactly_the_limit_is_kept() {
+        let key = "k".repeat(MAX_PLAIN_KEY_BYTES);
+        assert_eq!(counter_key(&key), format!("rl:v1:{{{key}}}"));
+    }
+
+    #[test]
+    fn a_key_over_the_limit_is_hashed() {
+        let key = "k".repeat(MAX_PLAIN_KEY_BYTES + 1);
+        let stored = counter_key(&key);
+        assert!(stored.starts_with("rl:v1:{h:"), "{stored}");
+        assert!(stored.ends_with('}'), "{stored}");
+        assert_eq!(stored.len(), "rl:v1:{h:}".len() + 64);
+    }
+
+    #[test]
+    fn the_hash_is_sha256_in_lower_hex() {
+        // `printf '%s' '{abc}' | sha256sum`
+        assert_eq!(
+            counter_key("{abc}"),
+            "rl:v1:{h:bcdfc8bcdcd251838393eca16cc5812ee2869fca30d88dd14e25fd50af83f644}"
+        );
+    }
+
+    #[test]
+    fn keys_with_braces_are_hashed_so_the_hash_tag_stays_intact() {
+        for key in ["a{b", "a}b", "{x}"] {
+            let stored = counter_key(key);
+            assert!(stored.starts_with("rl:v1:{h:"), "{key} -> {stored}");
+            assert_eq!(stored.matches('{').count(), 1);
+            assert_eq!(stored.matches('}').count(), 1);
+        }
+    }
+
+    #[test]
+    fn hashing_is_stable_and_distinguishes_keys() {
+        let a = "a".repeat(300);
+        let b = "b".repeat(300);
+        assert_eq!(counter_key(&a), counter_key(&a));
+        assert_ne!(counter_key(&a), counter_key(&b));
+    }
+
+    #[test]
+    fn multibyte_keys_are_measured_in_bytes() {
+        // 43 three-byte characters: 129 bytes, over the limit though only 43 chars.
+        let key = "€".repeat(43);
+        assert!(counter_key(&key).starts_with("rl:v1:{h:"));
+        let key = "€".repeat(42);
+        assert_eq!(counter_key(&key), format!("rl:v1:{{{key}}}"));
+    }
+}

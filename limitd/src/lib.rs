@@ -1,0 +1,118 @@
+//! limitd: the counter service behind the Envoy rate-limit filter.
+//!
+//! The filter sends `POST /v1/check` with a batch of hits ([`protocol::CheckRequest`]); limitd
+//! checks them against counters in Redis with one atomic Lua script, all or nothing, and
+//! answers a [`protocol::CheckResponse`]. Every hit carries its own limit and window, so limitd
+//! holds no rules: it is stateless apart from its Redis connection, which follows a Sentinel
+//! failover by itself (see [`store`]).
+//!
+//! The library exposes [`app`] (the router, for in-process tests) and [`serve`] (the server with
+//! a bounded graceful shutdown); `main.rs` only reads [`Config`], sets up logging and calls them.
+//!
+//! Endpoints:
+//! - `POST /v1/check`: `200` with the decision (a denied check is still `200`, `allowed: false`);
+//!   `400` `{"error": "..."}` for a malformed or out-of-bounds body; `413` for one larger than
+//!   `LIMITD_MAX_BODY_BYTES`; `503` when Redis cannot be reached in time; `500` for anything else.
+//! - `GET /healthz`: `200 ok` while the process runs.
+//! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use, else `503`.
+
+use std::future::{Future, IntoFuture};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub mod config;
+mod connector;
+pub mod http;
+pub mod keys;
+mod script;
+pub mod store;
+pub mod validate;
+
+pub use config::{Config, ConfigError, HttpConfig, RedisConfig, RedisTarget};
+pub use store::{CounterStore, StoreError};
+
+/// What every handler shares: the counter store and the HTTP limits. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    store: CounterStore,
+    http: HttpConfig,
+}
+
+impl AppState {
+    /// Combines a store and the HTTP limits.
+    pub fn new(store: CounterStore, http: HttpConfig) -> Self {
+        Self { store, http }
+    }
+
+    /// Builds the store from `config.redis` (see [`CounterStore::connect`]: an unreachable
+    /// Redis is not an error) and keeps `config.http`.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        Ok(Self::new(
+            CounterStore::connect(&config.redis).await?,
+            config.http.clone(),
+        ))
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &CounterStore {
+        &self.store
+    }
+}
+
+/// The HTTP application: every route, with the body limit applied.
+pub fn app(state: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(state.http.max_body_bytes);
+    Router::new()
+        .route(protocol::CHECK_PATH, post(http::check))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .layer(body_limit)
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then drains.
+///
+/// After `shutdown` resolves no new connection is accepted; requests in flight may finish for
+/// up to `state`'s `shutdown_grace` (`LIMITD_SHUTDOWN_GRACE_MS`); idle keep-alive connections
+/// are closed at once. When the deadline passes, `serve` returns `Ok` anyway: connections still
+/// open are abandoned (axum runs each in its own task, which ends when the process exits).
+/// Errors only if accepting fails fatally.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.http.shutdown_grace;
+    // `with_graceful_shutdown` has no deadline of its own: learn when draining starts, and
+    // from then on give the server `grace` to finish.
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(grace_ms = grace.as_millis(), "shutdown requested; draining");
+        // The receiver only goes away once `serve` has returned.
+        let _ = draining_tx.send(());
+    };
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        _ = draining_rx => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => {
+            tracing::info!("drained");
+            result
+        }
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis(),
+                "drain deadline passed; closing remaining connections"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The limitd binary: reads the configuration from the environment, sets up logging, binds,
+//! and serves until SIGTERM or SIGINT, then drains and exits 0.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use limitd::{AppState, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        // Colours only on a terminal, not in container logs.
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("limitd: bad configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "limitd: cannot listen on {} (LIMITD_LISTEN): {err}",
+                config.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = match AppState::connect(&config).await {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("limitd: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, redis = %config.redis.target, "limitd started");
+
+    match limitd::serve(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                // Without a SIGTERM handler only Ctrl-C stops us; say so, do not exit.
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        () = interrupt => tracing::info!("SIGINT received"),
+    }
+}

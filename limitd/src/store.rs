@@ -1,0 +1,361 @@
+//! The counter store: runs checks against Redis and keeps one connection to the current master.
+//!
+//! # Following a failover
+//!
+//! All requests share one `MultiplexedConnection` (cloned per request: a cheap handle on one
+//! pipelined socket), tagged with a *generation* number. When a command fails in a way that
+//! says the connection or its server is no longer usable (I/O error, refused or dropped
+//! connection, timeout, `READONLY` from a demoted master, `LOADING`, `MASTERDOWN`, …), the
+//! request answers `503` and reports the generation it used. The first such report for the
+//! current generation starts one background rebuild (single flight: an atomic flag, and the
+//! generation check makes late reports about an already replaced connection no-ops). The rebuild
+//! resolves the master afresh through the sentinels, connects, loads the script (`SCRIPT LOAD`
+//! is not replicated, so a promoted replica lacks it), then swaps the new connection in under a
+//! short write lock with the next generation. It retries with backoff (50 ms doubling to 1 s)
+//! until it succeeds. Until then requests keep using the old connection and fail fast, which the
+//! filter's failure mode turns into allow or deny.
+//!
+//! Errors alone are not enough: in a forced failover both nodes answer `ROLE master` for
+//! seconds, and writes to the old one are lost without any error. So with Sentinel a watch task
+//! also asks the sentinels for the master every [`MASTER_WATCH_INTERVAL`] and starts a rebuild
+//! when the address differs from the connected one.
+//!
+//! Redis replication is asynchronous: counts acknowledged by the old master just before it died
+//! may be missing on the new one, so a failover can under-count (admit a little more than the
+//! limit) for the window in progress. It never over-counts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use protocol::{CheckRequest, CheckResponse};
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::config::RedisConfig;
+use crate::connector::Connector;
+use crate::script::{decode_reply, CheckScript};
+
+/// How often, with Sentinel, the master's address is compared with the connected one.
+pub const MASTER_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+const REBUILD_BACKOFF_START: Duration = Duration::from_millis(50);
+const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a check could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection has been made yet, or none since start-up succeeded.
+    #[error("no connection to Redis yet (reconnecting)")]
+    NotConnected,
+    /// Redis answered with an error, or did not answer in time.
+    #[error("redis: {source}")]
+    Redis {
+        /// The error from redis-rs.
+        #[source]
+        source: RedisError,
+        /// Whether it is worth retrying, on a new connection (see [`is_transient`]).
+        transient: bool,
+    },
+    /// The script's reply did not have the expected shape (a bug, or a foreign script).
+    #[error("unexpected reply from the check script: {0}")]
+    Reply(String),
+    /// The Redis configuration was refused by redis-rs.
+    #[error("bad Redis configuration: {0}")]
+    Config(#[source] RedisError),
+}
+
+impl StoreError {
+    /// Whether the failure is about reaching Redis (answer `503`, retry later) rather than a bug
+    /// or a misconfiguration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::NotConnected => true,
+            Self::Redis { transient, .. } => *transient,
+            Self::Reply(_) | Self::Config(_) => false,
+        }
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(source: RedisError) -> Self {
+        Self::Redis {
+            transient: is_transient(&source),
+            source,
+        }
+    }
+}
+
+/// Whether `err` says the connection or its server cannot serve us now, so the connection
+/// should be rebuilt against the current master.
+///
+/// `READONLY` needs its own arm: redis-rs classifies it as "refresh slots and retry" (a Cluster
+/// notion), not as unrecoverable, yet for us it means the master was demoted.
+pub fn is_transient(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+            ) | ErrorKind::MasterNameNotFoundBySentinel
+        )
+}
+
+/// Runs checks against Redis; cheap to clone (all clones share one connection).
+#[derive(Clone)]
+pub struct CounterStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CounterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = self.shared.link();
+        f.debug_struct("CounterStore")
+            .field("master", &link.addr)
+            .field("generation", &link.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    connector: Connector,
+    script: CheckScript,
+    /// The connection in use. A std lock: held only to clone or replace the handle, never
+    /// across an `.await`.
+    current: RwLock<Link>,
+    /// Set while a rebuild task runs, so concurrent failures start only one.
+    rebuilding: AtomicBool,
+}
+
+/// One connection and the generation that names it.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    connection: Option<MultiplexedConnection>,
+    addr: Option<Arc<str>>,
+}
+
+impl CounterStore {
+    /// Prepares the store and tries to connect once. If Redis cannot be reached the store is
+    /// still returned: checks answer [`StoreError::NotConnected`] while a background task keeps
+    /// trying. Fails only on a configuration redis-rs refuses.
+    ///
+    /// Must be called inside a tokio runtime (it spawns the reconnect and watch tasks).
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        let connector = Connector::new(config).map_err(StoreError::Config)?;
+        let follows_failover = connector.follows_failover();
+        let shared = Arc::new(Shared {
+            connector,
+            script: CheckScript::default(),
+            current: RwLock::new(Link {
+                generation: 0,
+                connection: None,
+                addr: None,
+            }),
+            rebuilding: AtomicBool::new(true),
+        });
+        match shared.open().await {
+            Ok(link) => {
+                tracing::info!(master = %link.1, "connected to redis");
+                shared.install(link);
+                shared.rebuilding.store(false, Ordering::Release);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "redis unreachable at start-up; retrying in the background");
+                tokio::spawn(rebuild(Arc::downgrade(&shared)));
+            }
+        }
+        if follows_failover {
+            tokio::spawn(watch_master(Arc::downgrade(&shared)));
+        }
+        Ok(Self { shared })
+    }
+
+    /// Checks and, if every hit is allowed, consumes the hits of a validated `request`, all or
+    /// nothing, in one script run.
+    pub async fn check(&self, request: &CheckRequest) -> Result<CheckResponse, StoreError> {
+        let (generation, mut connection) = self.connection()?;
+        let reply: Result<Vec<i64>, RedisError> = self
+            .shared
+            .script
+            .invocation(request)
+            .invoke_async(&mut connection)
+            .await;
+        let reply = reply.map_err(|err| self.failed(generation, err))?;
+        decode_reply(request, &reply).map_err(StoreError::Reply)
+    }
+
+    /// Sends `PING` on the current connection (bounded by the response timeout).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (generation, mut connection) = self.connection()?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|err| self.failed(generation, err))
+    }
+
+    /// The address of the Redis in use, if connected.
+    pub fn master_addr(&self) -> Option<String> {
+        self.shared.link().addr.map(|a| a.to_string())
+    }
+
+    fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        let guard = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &guard.connection {
+            Some(connection) => Ok((guard.generation, connection.clone())),
+            None => Err(StoreError::NotConnected),
+        }
+    }
+
+    /// Classifies `err` and, when the connection is suspect, starts a rebuild.
+    fn failed(&self, generation: u64, err: RedisError) -> StoreError {
+        let err = StoreError::from(err);
+        if err.is_transient() {
+            self.shared.request_rebuild(generation, &err);
+        }
+        err
+    }
+}
+
+impl Shared {
+    fn link(&self) -> Link {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Connects to the current master and loads the script there.
+    async fn open(&self) -> Result<(MultiplexedConnection, String), RedisError> {
+        let (mut connection, addr) = self.connector.connect().await?;
+        self.script.load().load_async(&mut connection).await?;
+        Ok((connection, addr))
+    }
+
+    fn install(&self, (connection, addr): (MultiplexedConnection, String)) {
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        guard.generation += 1;
+        guard.connection = Some(connection);
+        guard.addr = Some(addr.into());
+    }
+
+    /// Starts a rebuild unless one is running or `generation` has already been replaced.
+    fn request_rebuild(self: &Arc<Self>, generation: u64, reason: &dyn std::fmt::Display) {
+        if self.link().generation != generation {
+            return;
+        }
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // A rebuild may have finished between the two checks above.
+        if self.link().generation != generation {
+            self.rebuilding.store(false, Ordering::Release);
+            return;
+        }
+        tracing::warn!(%reason, generation, "redis connection failed; reconnecting to the current master");
+        tokio::spawn(rebuild(Arc::downgrade(self)));
+    }
+}
+
+/// Reconnects until it succeeds, then clears the rebuilding flag. Holds only a weak reference
+/// between attempts, so a dropped store ends the task.
+async fn rebuild(shared: Weak<Shared>) {
+    let mut backoff = REBUILD_BACKOFF_START;
+    let mut attempts = 0u32;
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        attempts += 1;
+        match strong.open().await {
+            Ok(link) => {
+                tracing::info!(master = %link.1, attempts, "reconnected to redis");
+                strong.install(link);
+                strong.rebuilding.store(false, Ordering::Release);
+                return;
+            }
+            // One line per attempt would flood the log in a long outage.
+            Err(err) if attempts == 1 || attempts.is_multiple_of(10) => {
+                tracing::warn!(error = %err, attempts, "reconnecting to redis failed; retrying");
+            }
+            Err(_) => {}
+        }
+        drop(strong);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(REBUILD_BACKOFF_MAX);
+    }
+}
+
+/// With Sentinel: rebuilds when the sentinels name a master other than the connected one.
+async fn watch_master(shared: Weak<Shared>) {
+    let mut interval = tokio::time::interval(MASTER_WATCH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if strong.rebuilding.load(Ordering::Acquire) {
+            continue;
+        }
+        let link = strong.link();
+        let Some(connected) = link.addr else { continue };
+        match strong.connector.master().await {
+            Ok(client) => {
+                let master = client.get_connection_info().addr().to_string();
+                if *master != *connected {
+                    let reason =
+                        format!("sentinels name {master} as master, connected to {connected}");
+                    strong.request_rebuild(link.generation, &reason);
+                }
+            }
+            // Errors here are the sentinels' or the master's; requests see their own.
+            Err(err) => tracing::debug!(error = %err, "master watch: resolution failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_transient() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let readonly = RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY"));
+        let loading =
+            RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "LOADING"));
+        for err in [refused, timeout, readonly, loading] {
+            assert!(is_transient(&err), "{err}");
+            assert!(StoreError::from(err).is_transient());
+        }
+    }
+
+    #[test]
+    fn script_and_type_errors_are_not_transient() {
+        let script = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR in script",
+        ));
+        let wrong_type = RedisError::from((ErrorKind::UnexpectedReturnType, "not an array"));
+        for err in [script, wrong_type] {
+            assert!(!is_transient(&err), "{err}");
+        }
+        assert!(!StoreError::Reply("x".into()).is_transient());
+        assert!(StoreError::NotConnected.is_transient());
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of limitd against real `redis-server` and `redis-sentinel` processes.
+//!
+//! One test binary (modules below) so the suite links once. Each test starts its own Redis on
+//! a free loopback port, so tests run in parallel without sharing counters.
+
+mod counting;
+mod sentinel;
+mod serving;
+mod support;

@@ -1,0 +1,116 @@
+//! limitd behind real Redis Sentinel: master resolution, and following a failover.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use limitd::AppState;
+
+use crate::support::{check_one, config, eventually, free_port, post_check, resp, RedisProcess};
+
+#[tokio::test]
+async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
+    let master = RedisProcess::server(&[]);
+    let sentinel = RedisProcess::sentinel(master.port);
+    // The first sentinel listed is down: resolution must move on to the next.
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), sentinel.port);
+    let state = AppState::connect(&config(&[
+        ("SENTINEL_HOSTS", hosts),
+        ("REDIS_MASTER", "mymaster".into()),
+    ]))
+    .await
+    .unwrap();
+    let app = limitd::app(state.clone());
+
+    // The sentinel may not have connected to the master yet; the store retries by itself.
+    eventually(
+        Duration::from_secs(10),
+        "a check through sentinel",
+        || async {
+            let (status, _) = post_check(
+                &app,
+                r#"{"hits":[{"key":"sent:k","limit":3,"window_ms":60000}]}"#,
+            )
+            .await;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
+    let response = check_one(&app, "sent:k", 3, 60_000, 1).await;
+    assert_eq!(response.hits[0].remaining, 1);
+}
+
+#[tokio::test]
+async fn a_failover_is_followed_without_restart() {
+    let mut master = RedisProcess::server(&[]);
+    let replica_of = format!("127.0.0.1 {}", master.port);
+    let replica = RedisProcess::server(&["--replicaof", &replica_of]);
+    let sentinel = RedisProcess::sentinel(master.port);
+
+    eventually(Duration::from_secs(10), "the replica to sync", || async {
+        resp(replica.port, &["INFO", "replication"])
+            .filter(|info| info.contains("master_link_status:up"))
+            .map(|_| ())
+    })
+    .await;
+    // Sentinel discovers replicas through the master's INFO; it can only promote a known one.
+    let replica_addr = format!("{}", replica.port);
+    eventually(
+        Duration::from_secs(15),
+        "sentinel to know the replica",
+        || async {
+            resp(sentinel.port, &["SENTINEL", "replicas", "mymaster"])
+                .filter(|reply| reply.contains(&replica_addr))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let state = AppState::connect(&config(&[(
+        "SENTINEL_HOSTS",
+        format!("127.0.0.1:{}", sentinel.port),
+    )]))
+    .await
+    .unwrap();
+    let app = limitd::app(state.clone());
+    eventually(
+        Duration::from_secs(10),
+        "a check through sentinel",
+        || async {
+            let (status, _) = post_check(
+                &app,
+                r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
+            )
+            .await;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
+
+    master.kill();
+    // down-after 1 s, then election and promotion: a few seconds.
+    eventually(
+        Duration::from_secs(30),
+        "checks to work on the promoted replica",
+        || async {
+            let (status, _) = post_check(
+                &app,
+                r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
+            )
+            .await;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", replica.port))
+    );
+}

@@ -1,0 +1,271 @@
+//! Test support: real `redis-server` / `redis-sentinel` processes on free loopback ports, a
+//! bounded `eventually`, and helpers to drive the app in process.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use limitd::{AppState, Config};
+use tower::ServiceExt;
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+const REDIS_SENTINEL: &str = "/usr/bin/redis-sentinel";
+
+/// A port nothing listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `probe` until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("limitd-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One RESP command over a fresh TCP connection; the raw reply, or `None` if unreachable.
+pub fn resp(port: u16, args: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).ok()?;
+    let mut buf = [0u8; 16384];
+    let n = stream.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A `redis-server` or `redis-sentinel` child, killed (SIGKILL) on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl RedisProcess {
+    /// A data node with no persistence; `extra` are more `--option value` arguments.
+    pub fn server(extra: &[&str]) -> Self {
+        Self::start(free_port(), extra)
+    }
+
+    /// A data node on a given port (to restart one where a client expects it).
+    pub fn server_on(port: u16) -> Self {
+        Self::start(port, &[])
+    }
+
+    fn start(port: u16, extra: &[&str]) -> Self {
+        let dir = TempDir::new("redis");
+        let port_text = port.to_string();
+        let log = dir.path().join("redis.log");
+        let mut args = vec![
+            "--port",
+            &port_text,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        let dir_text = dir.path().display().to_string();
+        let log_text = log.display().to_string();
+        args.extend(["--dir", &dir_text, "--logfile", &log_text]);
+        args.extend(extra);
+        let child = spawn(REDIS_SERVER, &args);
+        Self::ready(port, child, dir)
+    }
+
+    /// A sentinel monitoring `mymaster` at `master_port` with quorum 1.
+    pub fn sentinel(master_port: u16) -> Self {
+        let dir = TempDir::new("sentinel");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+             sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n\
+             sentinel failover-timeout mymaster 5000\n",
+            dir = dir.path().display()
+        );
+        std::fs::write(&conf, text).expect("write sentinel.conf");
+        let child = spawn(REDIS_SENTINEL, &[&conf.display().to_string()]);
+        Self::ready(port, child, dir)
+    }
+
+    fn ready(port: u16, mut child: Child, dir: TempDir) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if resp(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG")) {
+                return Self {
+                    port,
+                    child: Some(child),
+                    _dir: dir,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis process on port {port} exited at start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis process on port {port} not answering PING after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the process: it keeps its sockets but answers
+    /// nothing while frozen.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("process running")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Kills the process now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(program: &str, args: &[&str]) -> Child {
+    assert!(
+        Path::new(program).exists(),
+        "{program} not found: these tests need a real Redis (apt-get install redis-server redis-sentinel)"
+    );
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+/// A configuration from `vars` (as environment variables would give them).
+pub fn config(vars: &[(&str, String)]) -> Config {
+    Config::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .expect("valid test configuration")
+}
+
+/// The app against the single Redis on `port`.
+pub async fn app_for_redis(port: u16) -> (Router, AppState) {
+    let state = AppState::connect(&config(&[(
+        "REDIS_URL",
+        format!("redis://127.0.0.1:{port}"),
+    )]))
+    .await
+    .expect("store");
+    (limitd::app(state.clone()), state)
+}
+
+/// Sends one request to `app`; returns the status and the body as text.
+pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, String) {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible router");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `POST /v1/check` with a JSON body.
+pub async fn post_check(app: &Router, body: &str) -> (StatusCode, String) {
+    let request = Request::post(protocol::CHECK_PATH)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    send(app, request).await
+}
+
+/// `POST /v1/check` of one hit, expecting `200`.
+pub async fn check_one(
+    app: &Router,
+    key: &str,
+    limit: u64,
+    window_ms: u64,
+    cost: u64,
+) -> protocol::CheckResponse {
+    let body = format!(
+        r#"{{"hits":[{{"key":"{key}","limit":{limit},"window_ms":{window_ms},"cost":{cost}}}]}}"#
+    );
+    let (status, text) = post_check(app, &body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    serde_json::from_str(&text).expect("a CheckResponse")
+}
