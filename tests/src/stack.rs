@@ -1,0 +1,519 @@
+//! The whole topology as local processes on loopback, started in dependency
+//! order, each probed for readiness, all killed on drop.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::client::{eventually, http_get, redis_command, Resp};
+use crate::envoy_config::{self, LocalAddresses};
+use crate::paths::{workspace_root, Binaries};
+use crate::process::Process;
+
+/// The name Sentinel monitors the master under.
+pub const MASTER_NAME: &str = "mymaster";
+
+/// How long any one process may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Every port of a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    /// Master, replica 1, replica 2.
+    pub redis: [u16; 3],
+    pub sentinels: [u16; 3],
+    pub limitd: [u16; 2],
+    pub backends: [u16; 2],
+    pub envoy: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    /// The documented demo ports (README), as in the container topology.
+    pub fn demo() -> Ports {
+        Ports {
+            redis: [6379, 6380, 6381],
+            sentinels: [26379, 26380, 26381],
+            limitd: [8081, 8082],
+            backends: [8001, 8002],
+            envoy: 8000,
+            admin: 9901,
+        }
+    }
+
+    /// Free ports chosen by the OS, so tests never collide with a running demo
+    /// or with each other.
+    pub fn free() -> Ports {
+        Ports {
+            redis: [free_port(), free_port(), free_port()],
+            sentinels: [free_port(), free_port(), free_port()],
+            limitd: [free_port(), free_port()],
+            backends: [free_port(), free_port()],
+            envoy: free_port(),
+            admin: free_port(),
+        }
+    }
+
+    /// Every port with the name of what listens there.
+    pub fn all(&self) -> Vec<(String, u16)> {
+        let mut all = vec![
+            ("envoy".to_owned(), self.envoy),
+            ("envoy admin".to_owned(), self.admin),
+        ];
+        let named = |prefix: &str, ports: &[u16]| -> Vec<(String, u16)> {
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| (format!("{prefix}-{}", i + 1), p))
+                .collect()
+        };
+        all.extend(named("backend", &self.backends));
+        all.extend(named("limitd", &self.limitd));
+        all.push(("redis-master".to_owned(), self.redis[0]));
+        all.extend(named("redis-replica", &self.redis[1..]));
+        all.extend(named("sentinel", &self.sentinels));
+        all
+    }
+
+    /// Names every port that something else already listens on.
+    pub fn check_free(&self) -> Result<(), String> {
+        let taken: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|(_, port)| TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_err())
+            .map(|(name, port)| format!("port {port} (for {name}) is already in use"))
+            .collect();
+        if taken.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}; stop whatever holds it and try again",
+                taken.join(", ")
+            ))
+        }
+    }
+}
+
+/// The ports handed out so far by this process, as an offset into the range.
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A port that is free now and that this process has not handed out before.
+///
+/// Ports come from 10000-32767, below Linux's ephemeral range (32768-60999):
+/// a port the OS picks for port 0 is soon picked again for some outgoing
+/// connection, which would then collide with the server meant to listen there.
+pub fn free_port() -> u16 {
+    const FIRST: usize = 10_000;
+    const COUNT: usize = 32_768 - FIRST;
+    let demo = Ports::demo().all();
+    // Start somewhere that depends on the process, so concurrent runs rarely meet.
+    let start = (std::process::id() as usize * 7919) % COUNT;
+    loop {
+        let port = (FIRST + (start + NEXT_PORT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if demo.iter().all(|(_, p)| *p != port)
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Changes to an Envoy's configuration beyond addresses and the wasm path.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyOptions {
+    /// Exact snippets of `envoy.yaml` to replace, each of which must occur once
+    /// (e.g. `"failure_mode": "allow"` → `"failure_mode": "deny"`).
+    pub replacements: Vec<(String, String)>,
+}
+
+impl EnvoyOptions {
+    pub fn replace(mut self, from: &str, to: &str) -> Self {
+        self.replacements.push((from.to_owned(), to.to_owned()));
+        self
+    }
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub ports: Ports,
+    pub envoy: EnvoyOptions,
+    /// Keep the working directory (configs and logs) after the stack stops.
+    pub keep_dir: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            ports: Ports::free(),
+            envoy: EnvoyOptions::default(),
+            keep_dir: false,
+        }
+    }
+}
+
+/// An Envoy of the stack: where it listens.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyAddrs {
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A running topology. Dropping it kills every process it started.
+#[derive(Debug)]
+pub struct Stack {
+    pub dir: PathBuf,
+    pub ports: Ports,
+    pub binaries: Binaries,
+    pub envoys: Vec<EnvoyAddrs>,
+    processes: BTreeMap<String, Process>,
+    keep_dir: bool,
+}
+
+static STACKS: AtomicUsize = AtomicUsize::new(0);
+
+impl Stack {
+    /// Starts everything: Redis master and replicas, sentinels, limitd, backends, Envoy.
+    pub fn start(options: StackOptions) -> Result<Stack, String> {
+        let binaries = Binaries::locate();
+        let missing = binaries.missing();
+        if !missing.is_empty() {
+            return Err(format!("missing binaries:\n  {}", missing.join("\n  ")));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "ratelimit-stack-{}-{}",
+            std::process::id(),
+            STACKS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut stack = Stack {
+            dir,
+            ports: options.ports.clone(),
+            binaries,
+            envoys: Vec::new(),
+            processes: BTreeMap::new(),
+            keep_dir: options.keep_dir,
+        };
+        stack.start_redis()?;
+        stack.start_sentinels()?;
+        for i in 0..2 {
+            stack.start_limitd(i)?;
+        }
+        for i in 0..2 {
+            stack.start_backend(i)?;
+        }
+        stack.start_envoy(options.ports.envoy, options.ports.admin, &options.envoy)?;
+        Ok(stack)
+    }
+
+    fn spawn(&mut self, name: &str, command: Command) -> Result<(), String> {
+        let process = Process::spawn(name, command, &self.dir).map_err(|e| e.to_string())?;
+        self.processes.insert(name.to_owned(), process);
+        Ok(())
+    }
+
+    /// Waits for `probe`, failing with the process's log if it exits or times out.
+    fn await_ready(
+        &mut self,
+        name: &str,
+        mut probe: impl FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let result = eventually(READY_WITHIN, || {
+            if let Some(status) = self.processes.get_mut(name).and_then(Process::try_wait) {
+                return Ok(Err(format!("{name} exited ({status})")));
+            }
+            probe().map(Ok)
+        });
+        match result.and_then(|r| r) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let log = self
+                    .processes
+                    .get(name)
+                    .map(|p| p.log_tail(4000))
+                    .unwrap_or_default();
+                Err(format!(
+                    "{name} did not become ready: {e}\n--- {name} log ---\n{log}"
+                ))
+            }
+        }
+    }
+
+    fn start_redis(&mut self) -> Result<(), String> {
+        let master = self.ports.redis[0];
+        for (i, port) in self.ports.redis.into_iter().enumerate() {
+            let name = if i == 0 {
+                "redis-master".to_owned()
+            } else {
+                format!("redis-replica-{i}")
+            };
+            let data = self.dir.join(&name);
+            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+            let mut command = Command::new(&self.binaries.redis_server);
+            command.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            command.arg("--dir").arg(&data);
+            if i > 0 {
+                command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+            }
+            self.spawn(&name, command)?;
+        }
+        for (i, &port) in self.ports.redis.clone().iter().enumerate() {
+            let name = if i == 0 {
+                "redis-master".to_owned()
+            } else {
+                format!("redis-replica-{i}")
+            };
+            self.await_ready(&name, || {
+                match redis_command(port, &["INFO", "replication"]) {
+                    Ok(Resp::Bulk(Some(info)))
+                        if i == 0 || info.contains("master_link_status:up") =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn start_sentinels(&mut self) -> Result<(), String> {
+        for (i, &port) in self.ports.sentinels.clone().iter().enumerate() {
+            let name = format!("sentinel-{}", i + 1);
+            let conf = self.dir.join(format!("{name}.conf"));
+            // Sentinel rewrites its configuration file, so each gets its own writable copy.
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 2000\n\
+                 sentinel failover-timeout {MASTER_NAME} 10000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = self.dir.display(),
+                master = self.ports.redis[0],
+            );
+            std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+            let mut command = Command::new(&self.binaries.redis_sentinel);
+            command.arg(&conf);
+            self.spawn(&name, command)?;
+        }
+        for (i, &port) in self.ports.sentinels.clone().iter().enumerate() {
+            self.await_ready(&format!("sentinel-{}", i + 1), || {
+                match redis_command(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]) {
+                    Ok(Resp::Array(Some(addr))) if addr.len() == 2 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The environment limitd is started with.
+    pub fn limitd_env(&self, index: usize) -> Vec<(String, String)> {
+        let sentinels: Vec<String> = self
+            .ports
+            .sentinels
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        vec![
+            (
+                "LIMITD_LISTEN".into(),
+                format!("127.0.0.1:{}", self.ports.limitd[index]),
+            ),
+            ("SENTINEL_HOSTS".into(), sentinels.join(",")),
+            ("REDIS_MASTER".into(), MASTER_NAME.into()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    /// Starts (or restarts) limitd `index` (0 or 1) and waits until it is ready.
+    pub fn start_limitd(&mut self, index: usize) -> Result<(), String> {
+        let name = format!("limitd-{}", index + 1);
+        let mut command = Command::new(&self.binaries.limitd);
+        command.env_remove("REDIS_URL").envs(self.limitd_env(index));
+        self.spawn(&name, command)?;
+        let addr = local(self.ports.limitd[index]);
+        self.await_ready(&name, || match http_get(addr, "/readyz", None) {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    }
+
+    fn start_backend(&mut self, index: usize) -> Result<(), String> {
+        let name = format!("backend-{}", index + 1);
+        let port = self.ports.backends[index];
+        let mut command = Command::new(&self.binaries.backend);
+        command.args([
+            "--name",
+            &name,
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+        ]);
+        self.spawn(&name, command)?;
+        self.await_ready(&name, || match http_get(local(port), "/health", None) {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    }
+
+    /// The configuration an Envoy of this stack runs with.
+    pub fn envoy_config(
+        &self,
+        port: u16,
+        admin: u16,
+        options: &EnvoyOptions,
+    ) -> Result<String, String> {
+        let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
+            .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
+        let addresses = LocalAddresses {
+            listener: local(port),
+            admin: local(admin),
+            backends: [local(self.ports.backends[0]), local(self.ports.backends[1])],
+            limitds: [local(self.ports.limitd[0]), local(self.ports.limitd[1])],
+            wasm: &self.binaries.wasm,
+        };
+        envoy_config::rewrite(&shipped, &addresses, &options.replacements)
+    }
+
+    /// Starts the process of an Envoy named `name` with a given configuration text.
+    pub fn spawn_envoy(&mut self, name: &str, config: &str) -> Result<(), String> {
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        let mut command = Command::new(&self.binaries.envoy);
+        command.arg("-c").arg(&path).args([
+            "--concurrency",
+            "2",
+            "--disable-hot-restart",
+            "--log-level",
+            "info",
+        ]);
+        self.spawn(name, command)
+    }
+
+    /// Starts another Envoy in front of the same backends and limitd, and
+    /// waits until it serves. Returns its index in [`Stack::envoys`].
+    pub fn start_envoy(
+        &mut self,
+        port: u16,
+        admin: u16,
+        options: &EnvoyOptions,
+    ) -> Result<usize, String> {
+        let name = format!("envoy-{}", self.envoys.len() + 1);
+        let config = self.envoy_config(port, admin, options)?;
+        self.spawn_envoy(&name, &config)?;
+        let admin_addr = local(admin);
+        let backends = self.ports.backends;
+        self.await_ready(&name, || {
+            let ready = http_get(admin_addr, "/ready", None).map_err(|e| e.to_string())?;
+            if ready.status != 200 {
+                return Err(format!("/ready: {}", ready.status));
+            }
+            // Round robin is only visible once both backends passed their health check.
+            let clusters = http_get(admin_addr, "/clusters", None)
+                .map_err(|e| e.to_string())?
+                .body;
+            for port in backends {
+                let flag = format!("backends::127.0.0.1:{port}::health_flags::healthy");
+                if !clusters.contains(&flag) {
+                    return Err(format!("backend on port {port} not healthy yet"));
+                }
+            }
+            Ok(())
+        })?;
+        self.envoys.push(EnvoyAddrs {
+            listener: local(port),
+            admin: admin_addr,
+        });
+        Ok(self.envoys.len() - 1)
+    }
+
+    /// Where Envoy `index` listens for clients.
+    pub fn envoy(&self, index: usize) -> SocketAddr {
+        self.envoys[index].listener
+    }
+
+    /// A counter or gauge from an Envoy's admin `/stats` (0 when absent:
+    /// Envoy only shows a wasm counter once it was defined).
+    pub fn envoy_stat(&self, index: usize, name: &str) -> u64 {
+        let path = format!("/stats?filter=^{}$", name.replace('.', "\\."));
+        http_get(self.envoys[index].admin, &path, None)
+            .ok()
+            .and_then(|r| {
+                r.body.lines().find_map(|line| {
+                    line.strip_prefix(&format!("{name}: "))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// A process of the stack by name (`redis-master`, `sentinel-2`, `limitd-1`, `envoy-1`, ...).
+    pub fn process(&mut self, name: &str) -> Option<&mut Process> {
+        self.processes.get_mut(name)
+    }
+
+    /// Kills a process of the stack (SIGKILL) and forgets it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut process) = self.processes.remove(name) {
+            process.kill();
+        }
+    }
+
+    /// A description of every process and port, for the demo's banner.
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        for (name, port) in self.ports.all() {
+            let _ = writeln!(text, "  {name:<16} 127.0.0.1:{port}");
+        }
+        let _ = writeln!(text, "  logs and configs: {}", self.dir.display());
+        text
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            eprintln!(
+                "--- stack {} failed; process logs follow ---",
+                self.dir.display()
+            );
+            for process in self.processes.values() {
+                eprintln!("--- {} ---\n{}", process.name, process.log_tail(3000));
+            }
+        }
+        // Envoys first, so no request races the others' shutdown.
+        let names: Vec<String> = self.processes.keys().cloned().collect();
+        for name in names
+            .iter()
+            .filter(|n| n.starts_with("envoy"))
+            .chain(names.iter())
+        {
+            self.kill(name);
+        }
+        if !failed && !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

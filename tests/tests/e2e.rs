@@ -1,0 +1,257 @@
+//! End-to-end tests: real Envoy with ratelimit.wasm, real Redis master,
+//! replicas and sentinels, real limitd and backends, as local processes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::process::Process;
+use e2e::stack::free_port;
+use e2e::{
+    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions,
+};
+
+const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+const CLIENT_2: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+
+fn start(envoy: EnvoyOptions) -> Stack {
+    Binaries::require();
+    Stack::start(StackOptions {
+        envoy,
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"))
+}
+
+fn get(to: SocketAddr, path: &str, from: Option<IpAddr>) -> HttpResponse {
+    http_get(to, path, from).unwrap_or_else(|e| panic!("GET {path} via {to}: {e}"))
+}
+
+fn json(response: &HttpResponse) -> serde_json::Value {
+    serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", response.body))
+}
+
+fn statuses(to: SocketAddr, path: &str, from: Option<IpAddr>, count: usize) -> Vec<u16> {
+    (0..count).map(|_| get(to, path, from).status).collect()
+}
+
+#[test]
+fn requests_to_root_alternate_between_the_backends() {
+    let stack = start(EnvoyOptions::default());
+    // One kept-alive connection stays on one Envoy worker, whose round robin is then visible.
+    let mut connection = HttpConnection::open(stack.envoy(0), CLIENT_1).unwrap();
+    let instances: Vec<String> = (0..6)
+        .map(|_| {
+            let response = connection.get("/").unwrap();
+            assert_eq!(response.status, 200, "{response:?}");
+            json(&response)["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for pair in instances.windows(2) {
+        assert_ne!(pair[0], pair[1], "no alternation: {instances:?}");
+    }
+    let mut seen = instances.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["backend-1", "backend-2"]);
+}
+
+#[test]
+fn the_limited_endpoint_admits_ten_per_client_then_answers_429() {
+    let stack = start(EnvoyOptions::default());
+    let envoy = stack.envoy(0);
+    assert_eq!(
+        statuses(envoy, "/limited_endpoint", CLIENT_1, 10),
+        [200; 10]
+    );
+
+    let denied = get(envoy, "/limited_endpoint", CLIENT_1);
+    assert_eq!(denied.status, 429, "{denied:?}");
+    let retry_after: u64 = denied
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(denied.header("content-type"), Some("application/json"));
+    let body = json(&denied);
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["rule"], "limited_endpoint");
+    assert_eq!(body["retry_after"], retry_after);
+
+    // Another client has its own counter.
+    assert_eq!(get(envoy, "/limited_endpoint", CLIENT_2).status, 200);
+    // Other paths are never limited, even for the client over its limit.
+    assert_eq!(statuses(envoy, "/", CLIENT_1, 15), [200; 15]);
+    assert_eq!(statuses(envoy, "/health", CLIENT_1, 15), [200; 15]);
+    assert_eq!(get(envoy, "/limited_endpoint", CLIENT_1).status, 429);
+    assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.denied"), 2);
+    assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.allowed"), 11);
+}
+
+#[test]
+fn a_forged_forwarded_for_header_does_not_change_the_client() {
+    let stack = start(EnvoyOptions::default());
+    let envoy = stack.envoy(0);
+    for i in 0..12 {
+        let forged = format!("203.0.113.{i}");
+        let response = e2e::http_request(
+            "GET",
+            envoy,
+            "/limited_endpoint",
+            &[("x-forwarded-for", &forged)],
+            b"",
+            CLIENT_1,
+        )
+        .unwrap();
+        assert_eq!(
+            response.status,
+            if i < 10 { 200 } else { 429 },
+            "request {i}"
+        );
+    }
+}
+
+#[test]
+fn two_envoys_share_one_limit() {
+    let mut stack = start(EnvoyOptions::default());
+    stack
+        .start_envoy(free_port(), free_port(), &EnvoyOptions::default())
+        .unwrap();
+    let first = statuses(stack.envoy(0), "/limited_endpoint", CLIENT_1, 6);
+    let second = statuses(stack.envoy(1), "/limited_endpoint", CLIENT_1, 6);
+    assert_eq!(first, [200; 6]);
+    assert_eq!(second, [200, 200, 200, 200, 429, 429]);
+}
+
+#[test]
+fn with_limitd_unreachable_failure_mode_allow_lets_requests_through_and_counts_them() {
+    let mut stack = start(EnvoyOptions::default());
+    stack.kill("limitd-1");
+    stack.kill("limitd-2");
+    let envoy = stack.envoy(0);
+    // Past the limit of 10: every one passes while limitd is away.
+    assert_eq!(
+        statuses(envoy, "/limited_endpoint", CLIENT_1, 12),
+        [200; 12]
+    );
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.failure_mode_allowed"),
+        12
+    );
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.callout_errors"),
+        12
+    );
+    assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.allowed"), 0);
+}
+
+#[test]
+fn with_limitd_unreachable_failure_mode_deny_answers_the_failure_status() {
+    let mut stack = start(
+        EnvoyOptions::default().replace(r#""failure_mode": "allow""#, r#""failure_mode": "deny""#),
+    );
+    stack.kill("limitd-1");
+    stack.kill("limitd-2");
+    let envoy = stack.envoy(0);
+    let response = get(envoy, "/limited_endpoint", CLIENT_1);
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(json(&response)["error"], "rate_limiter_unavailable");
+    // Requests no rule matches need no limitd.
+    assert_eq!(get(envoy, "/", CLIENT_1).status, 200);
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.failure_mode_denied"),
+        1
+    );
+}
+
+#[test]
+fn a_limitd_that_never_answers_costs_no_more_than_the_timeout() {
+    let mut stack = start(EnvoyOptions::default());
+    // Replace both limitd by listeners that accept connections and never answer.
+    let mut silent = Vec::new();
+    for (name, port) in [
+        ("limitd-1", stack.ports.limitd[0]),
+        ("limitd-2", stack.ports.limitd[1]),
+    ] {
+        stack.kill(name);
+        let listener = eventually(Duration::from_secs(5), || {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())
+        })
+        .unwrap();
+        silent.push(listener);
+    }
+    let held = std::thread::spawn(move || {
+        let mut connections = Vec::new();
+        for listener in &silent {
+            listener.set_nonblocking(true).unwrap();
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            for listener in &silent {
+                if let Ok((conn, _)) = listener.accept() {
+                    connections.push(conn);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let envoy = stack.envoy(0);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = get(envoy, "/limited_endpoint", CLIENT_1);
+        let took = started.elapsed();
+        assert_eq!(response.status, 200, "{response:?}");
+        // The shipped timeout is 250ms; allow generous slack for a loaded machine.
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.failure_mode_allowed"),
+        3
+    );
+    drop(held);
+}
+
+#[test]
+fn envoy_refuses_a_malformed_filter_configuration_and_says_why() {
+    let binaries = Binaries::require();
+    let dir = std::env::temp_dir().join(format!("ratelimit-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::fs::read_to_string(e2e::paths::workspace_root().join("envoy.yaml")).unwrap();
+    let at = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let addresses = e2e::envoy_config::LocalAddresses {
+        listener: at(free_port()),
+        admin: at(free_port()),
+        backends: [at(free_port()), at(free_port())],
+        limitds: [at(free_port()), at(free_port())],
+        wasm: &binaries.wasm,
+    };
+    let bad = [(
+        r#""window": "60s""#.to_owned(),
+        r#""window": "sixty seconds""#.to_owned(),
+    )];
+    let config = e2e::envoy_config::rewrite(&shipped, &addresses, &bad).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(&binaries.envoy);
+    command
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "1", "--disable-hot-restart"]);
+    let mut envoy = Process::spawn("envoy", command, &dir).unwrap();
+    let status = eventually(Duration::from_secs(30), || {
+        envoy.try_wait().ok_or_else(|| "still running".to_owned())
+    })
+    .unwrap_or_else(|e| panic!("Envoy started with a malformed filter configuration: {e}"));
+    assert!(!status.success(), "Envoy exited successfully");
+    let log = envoy.log_text();
+    assert!(
+        log.contains(r#"invalid plugin configuration: rules[0].limit.window: "sixty seconds" is not a duration"#),
+        "the log does not say why:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

