@@ -1,0 +1,877 @@
+//! Static checks of the container topology: docker-compose.yml against envoy.yaml, the sentinel template and the local demo's ports.
+//!
+//! No Docker engine is available where the suite runs, so the compose stack is never started
+//! here. Instead these tests read the files and check that they agree with each other: every host
+//! Envoy sends to is a compose service listening on the port Envoy uses, limitd is pointed at
+//! exactly the three sentinels and the master name they monitor, and every port is the one the
+//! local demo uses. Each assertion message says which file disagrees with which.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+/// The services of the demo and the ports each listens on and publishes (the local demo's ports).
+const DEMO_PORTS: &[(&str, &[u16])] = &[
+    ("redis-master", &[6379]),
+    ("redis-replica-1", &[6380]),
+    ("redis-replica-2", &[6381]),
+    ("sentinel-1", &[26379]),
+    ("sentinel-2", &[26380]),
+    ("sentinel-3", &[26381]),
+    ("limitd-1", &[8081]),
+    ("limitd-2", &[8082]),
+    ("backend-1", &[8001]),
+    ("backend-2", &[8002]),
+    ("envoy", &[8000, 9901]),
+];
+
+const SENTINEL_TEMPLATE: &str = "deploy/redis/sentinel.conf";
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(relative: &str) -> String {
+    let path = repo_root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn load_yaml(relative: &str) -> Value {
+    let mut value: Value = serde_yaml::from_str(&read(relative))
+        .unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}"));
+    // Compose honours `<<: *anchor` merge keys; serde_yaml only on request.
+    value
+        .apply_merge()
+        .unwrap_or_else(|e| panic!("{relative}: bad merge key: {e}"));
+    value
+}
+
+/// The `services` of docker-compose.yml, by name.
+fn services() -> BTreeMap<String, Value> {
+    let compose = load_yaml("docker-compose.yml");
+    let services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("docker-compose.yml has no `services` mapping");
+    services
+        .iter()
+        .map(|(name, service)| {
+            let name = name
+                .as_str()
+                .expect("docker-compose.yml: a service name is not a string");
+            (name.to_owned(), service.clone())
+        })
+        .collect()
+}
+
+fn service<'a>(services: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
+    services
+        .get(name)
+        .unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading one compose service
+
+/// Every word of the service's `command`, in either the list or the string form, with `sh -c`
+/// scripts split too, so `--port 26380` is found wherever it is written.
+fn command_words(service: &Value) -> Vec<String> {
+    let parts: Vec<String> = match service.get("command") {
+        None => Vec::new(),
+        Some(Value::String(line)) => vec![line.clone()],
+        Some(Value::Sequence(items)) => items.iter().map(scalar_text).collect(),
+        Some(other) => panic!("unexpected command form {other:?}"),
+    };
+    parts
+        .iter()
+        .flat_map(|part| part.split([' ', ';', '\n', '\t']))
+        .filter(|word| !word.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The word after `flag` in the service's command.
+fn flag_value(service: &Value, flag: &str) -> Option<String> {
+    let words = command_words(service);
+    let at = words.iter().position(|word| word == flag)?;
+    words.get(at + 1).cloned()
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+/// The service's environment variable `key`, from either the mapping or the `KEY=value` list form.
+fn env_var(service: &Value, key: &str) -> Option<String> {
+    match service.get("environment")? {
+        Value::Mapping(map) => map.get(key).map(scalar_text),
+        Value::Sequence(items) => items.iter().find_map(|item| {
+            let text = scalar_text(item);
+            let (name, value) = text.split_once('=')?;
+            (name == key).then(|| value.to_owned())
+        }),
+        other => panic!("unexpected environment form {other:?}"),
+    }
+}
+
+/// The port the service's process listens on inside its container: `LIMITD_LISTEN` for limitd,
+/// `--port` for Redis, Sentinel and the backends. Envoy's ports come from envoy.yaml instead.
+fn listen_port(name: &str, service: &Value) -> u16 {
+    let text = env_var(service, "LIMITD_LISTEN")
+        .and_then(|listen| listen.rsplit_once(':').map(|(_, port)| port.to_owned()))
+        .or_else(|| flag_value(service, "--port"))
+        .unwrap_or_else(|| {
+            panic!("docker-compose.yml: `{name}` sets neither LIMITD_LISTEN nor `--port`")
+        });
+    text.parse()
+        .unwrap_or_else(|_| panic!("docker-compose.yml: `{name}` listens on bad port `{text}`"))
+}
+
+/// The `(host, container)` port pairs the service publishes, from the short (`"8000:8000"`,
+/// `"127.0.0.1:8000:8000/tcp"`) or the long (`{ target, published }`) syntax.
+fn published_ports(name: &str, service: &Value) -> Vec<(u16, u16)> {
+    let Some(ports) = service.get("ports") else {
+        return Vec::new();
+    };
+    let ports = ports
+        .as_sequence()
+        .unwrap_or_else(|| panic!("docker-compose.yml: `{name}`.ports is not a list"));
+    let parse = |text: &str| -> u16 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("docker-compose.yml: `{name}` publishes bad port `{text}`"))
+    };
+    ports
+        .iter()
+        .map(|entry| match entry {
+            Value::Mapping(long) => {
+                let target = parse(&scalar_text(&long["target"]));
+                let published = long
+                    .get("published")
+                    .map_or(target, |published| parse(&scalar_text(published)));
+                (published, target)
+            }
+            short => {
+                let text = scalar_text(short);
+                let text = text.split('/').next().unwrap_or_default();
+                let fields: Vec<&str> = text.rsplitn(3, ':').collect();
+                match fields.as_slice() {
+                    [container] => (parse(container), parse(container)),
+                    [container, host, ..] => (parse(host), parse(container)),
+                    [] => panic!("docker-compose.yml: `{name}` has an empty port entry"),
+                }
+            }
+        })
+        .collect()
+}
+
+/// One bind mount of a service.
+struct Mount {
+    source: String,
+    target: String,
+    read_only: bool,
+}
+
+fn mounts(name: &str, service: &Value) -> Vec<Mount> {
+    let Some(volumes) = service.get("volumes").and_then(Value::as_sequence) else {
+        return Vec::new();
+    };
+    volumes
+        .iter()
+        .map(|volume| match volume {
+            Value::Mapping(long) => Mount {
+                source: long.get("source").map(scalar_text).unwrap_or_default(),
+                target: long.get("target").map(scalar_text).unwrap_or_default(),
+                read_only: long.get("read_only").and_then(Value::as_bool) == Some(true),
+            },
+            short => {
+                let text = scalar_text(short);
+                let fields: Vec<&str> = text.split(':').collect();
+                match fields.as_slice() {
+                    [source, target] => Mount {
+                        source: (*source).to_owned(),
+                        target: (*target).to_owned(),
+                        read_only: false,
+                    },
+                    [source, target, mode] => Mount {
+                        source: (*source).to_owned(),
+                        target: (*target).to_owned(),
+                        read_only: mode.split(',').any(|option| option == "ro"),
+                    },
+                    _ => panic!("docker-compose.yml: `{name}` has volume `{text}` of unknown form"),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The names in the service's `depends_on`, from either the list or the mapping form, with the
+/// condition each waits for (`None` in the list form).
+fn dependencies(service: &Value) -> Vec<(String, Option<String>)> {
+    match service.get("depends_on") {
+        None => Vec::new(),
+        Some(Value::Sequence(names)) => names.iter().map(|n| (scalar_text(n), None)).collect(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(name, spec)| {
+                let condition = spec.get("condition").map(scalar_text);
+                (scalar_text(name), condition)
+            })
+            .collect(),
+        Some(other) => panic!("unexpected depends_on form {other:?}"),
+    }
+}
+
+/// Normalises `./a/b` and `a/b` to the same relative path.
+fn relative(path: &str) -> &str {
+    path.trim_start_matches("./")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sentinel template
+
+/// `sentinel monitor <name> <host> <port> <quorum>` from the sentinel template.
+struct Monitor {
+    master_name: String,
+    host: String,
+    port: u16,
+    quorum: u32,
+}
+
+/// The directives of a redis-style config file, one list of words per line, comments dropped.
+fn config_directives(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split_whitespace().map(str::to_lowercase).collect())
+        .collect()
+}
+
+fn sentinel_monitor() -> Monitor {
+    let text = read(SENTINEL_TEMPLATE);
+    let monitors: Vec<Vec<String>> = config_directives(&text)
+        .into_iter()
+        .filter(|words| words.len() >= 2 && words[0] == "sentinel" && words[1] == "monitor")
+        .collect();
+    assert_eq!(
+        monitors.len(),
+        1,
+        "{SENTINEL_TEMPLATE} should monitor exactly one master, found {monitors:?}"
+    );
+    // Case matters for the master name, so read it from the original line.
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.to_lowercase().starts_with("sentinel monitor"))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [_, _, master_name, host, port, quorum] = words.as_slice() else {
+        panic!(
+            "{SENTINEL_TEMPLATE}: `{line}` is not `sentinel monitor <name> <host> <port> <quorum>`"
+        );
+    };
+    Monitor {
+        master_name: (*master_name).to_owned(),
+        host: (*host).to_owned(),
+        port: port
+            .parse()
+            .unwrap_or_else(|_| panic!("{SENTINEL_TEMPLATE}: bad master port `{port}`")),
+        quorum: quorum
+            .parse()
+            .unwrap_or_else(|_| panic!("{SENTINEL_TEMPLATE}: bad quorum `{quorum}`")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// envoy.yaml
+
+/// Every `socket_address` in envoy.yaml, wherever it is (listeners, admin, cluster endpoints).
+fn socket_addresses(envoy: &Value) -> Vec<(String, u16)> {
+    let mut found = Vec::new();
+    let mut stack = vec![envoy];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Mapping(map) => {
+                if let Some(socket) = map.get("socket_address") {
+                    found.push(socket_address(socket));
+                }
+                stack.extend(map.values());
+            }
+            Value::Sequence(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    found
+}
+
+fn socket_address(socket: &Value) -> (String, u16) {
+    let address = socket
+        .get("address")
+        .map(scalar_text)
+        .unwrap_or_else(|| panic!("envoy.yaml: socket_address without address: {socket:?}"));
+    let port = socket
+        .get("port_value")
+        .and_then(Value::as_u64)
+        .and_then(|port| u16::try_from(port).ok())
+        .unwrap_or_else(|| panic!("envoy.yaml: socket_address without a port_value: {socket:?}"));
+    (address, port)
+}
+
+fn clusters(envoy: &Value) -> Vec<&Mapping> {
+    envoy
+        .get("static_resources")
+        .and_then(|resources| resources.get("clusters"))
+        .and_then(Value::as_sequence)
+        .expect("envoy.yaml has no static_resources.clusters list")
+        .iter()
+        .map(|cluster| {
+            cluster
+                .as_mapping()
+                .expect("envoy.yaml: a cluster is not a mapping")
+        })
+        .collect()
+}
+
+/// The endpoints of the cluster named `name`, as `(host, port)`.
+fn cluster_endpoints(envoy: &Value, name: &str) -> BTreeSet<(String, u16)> {
+    let cluster = clusters(envoy)
+        .into_iter()
+        .find(|cluster| cluster.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("envoy.yaml has no cluster `{name}`"));
+    let assignment = cluster
+        .get("load_assignment")
+        .unwrap_or_else(|| panic!("envoy.yaml: cluster `{name}` has no load_assignment"));
+    socket_addresses(assignment).into_iter().collect()
+}
+
+/// The `port_value`s of the listeners' own addresses and of the admin address.
+fn envoy_listening_ports(envoy: &Value) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    let listeners = envoy
+        .get("static_resources")
+        .and_then(|resources| resources.get("listeners"))
+        .and_then(Value::as_sequence)
+        .expect("envoy.yaml has no static_resources.listeners list");
+    for listener in listeners {
+        let socket = listener
+            .get("address")
+            .and_then(|address| address.get("socket_address"))
+            .expect("envoy.yaml: a listener has no address.socket_address");
+        ports.insert(socket_address(socket).1);
+    }
+    let admin = envoy
+        .get("admin")
+        .and_then(|admin| admin.get("address"))
+        .and_then(|address| address.get("socket_address"))
+        .expect("envoy.yaml has no admin.address.socket_address");
+    ports.insert(socket_address(admin).1);
+    ports
+}
+
+/// Every value under a `filename` key inside a wasm `vm_config.code.local`.
+fn wasm_filenames(envoy: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![envoy];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Mapping(map) => {
+                if let Some(filename) = map
+                    .get("vm_config")
+                    .and_then(|vm| vm.get("code"))
+                    .and_then(|code| code.get("local"))
+                    .and_then(|local| local.get("filename"))
+                {
+                    found.push(scalar_text(filename));
+                }
+                stack.extend(map.values());
+            }
+            Value::Sequence(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose-only checks
+
+#[test]
+fn compose_has_exactly_the_demo_services() {
+    let actual: BTreeSet<String> = services().into_keys().collect();
+    let expected: BTreeSet<String> = DEMO_PORTS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    let missing: Vec<_> = expected.difference(&actual).collect();
+    let extra: Vec<_> = actual.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docker-compose.yml services differ from the demo topology \
+         (3 redis, 3 sentinels, 2 limitd, 2 backends, envoy): missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
+#[test]
+fn every_service_listens_on_and_publishes_its_local_demo_port() {
+    let services = services();
+    for (name, expected) in DEMO_PORTS {
+        let service = service(&services, name);
+        let published = published_ports(name, service);
+        let host_ports: BTreeSet<u16> = published.iter().map(|(host, _)| *host).collect();
+        let expected_set: BTreeSet<u16> = expected.iter().copied().collect();
+        assert_eq!(
+            host_ports, expected_set,
+            "docker-compose.yml: `{name}` publishes host ports {host_ports:?}, the local demo uses {expected_set:?}"
+        );
+        for (host, container) in &published {
+            assert_eq!(
+                host, container,
+                "docker-compose.yml: `{name}` publishes container port {container} on host port {host}; \
+                 they must be the same number so envoy.yaml works in both stacks"
+            );
+        }
+        if *name != "envoy" {
+            let port = listen_port(name, service);
+            assert_eq!(
+                [port].as_slice(),
+                *expected,
+                "docker-compose.yml: `{name}` listens on {port} inside its container, the local demo uses {expected:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sentinels_monitor_the_master_with_quorum_two_on_distinct_ports() {
+    let services = services();
+    let monitor = sentinel_monitor();
+    assert_eq!(
+        monitor.quorum, 2,
+        "{SENTINEL_TEMPLATE}: quorum should be 2 of 3"
+    );
+    assert!(
+        services.contains_key(&monitor.host),
+        "{SENTINEL_TEMPLATE} monitors `{}`, which is not a docker-compose.yml service",
+        monitor.host
+    );
+    assert_eq!(
+        monitor.host, "redis-master",
+        "{SENTINEL_TEMPLATE} should monitor redis-master"
+    );
+    let master_port = listen_port("redis-master", service(&services, "redis-master"));
+    assert_eq!(
+        monitor.port, master_port,
+        "{SENTINEL_TEMPLATE} monitors port {}, but redis-master listens on {master_port}",
+        monitor.port
+    );
+
+    // A host name in `sentinel monitor` needs resolve-hostnames before it, and clients in other
+    // containers need host names rather than container IPs back.
+    let directives = config_directives(&read(SENTINEL_TEMPLATE));
+    let position = |wanted: &[&str]| directives.iter().position(|words| words == wanted);
+    let monitor_at = directives
+        .iter()
+        .position(|words| words.len() >= 2 && words[0] == "sentinel" && words[1] == "monitor")
+        .unwrap_or(usize::MAX);
+    for directive in [
+        ["sentinel", "resolve-hostnames", "yes"],
+        ["sentinel", "announce-hostnames", "yes"],
+    ] {
+        let at = position(&directive)
+            .unwrap_or_else(|| panic!("{SENTINEL_TEMPLATE} lacks `{}`", directive.join(" ")));
+        assert!(
+            at < monitor_at,
+            "{SENTINEL_TEMPLATE}: `{}` must come before `sentinel monitor`",
+            directive.join(" ")
+        );
+    }
+
+    let mut ports = BTreeSet::new();
+    for name in ["sentinel-1", "sentinel-2", "sentinel-3"] {
+        let sentinel = service(&services, name);
+        let words = command_words(sentinel);
+        assert!(
+            words
+                .iter()
+                .any(|w| w == "--sentinel" || w.ends_with("redis-sentinel")),
+            "docker-compose.yml: `{name}` does not run Redis in sentinel mode: {words:?}"
+        );
+        assert!(
+            ports.insert(listen_port(name, sentinel)),
+            "docker-compose.yml: `{name}` listens on a port another sentinel uses"
+        );
+
+        // Sentinel rewrites its config: the template is mounted, and the file sentinel runs
+        // from is a different, writable path.
+        let mounts = mounts(name, sentinel);
+        let template = mounts
+            .iter()
+            .find(|mount| relative(&mount.source) == SENTINEL_TEMPLATE)
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: `{name}` does not mount {SENTINEL_TEMPLATE}")
+            });
+        let config = words
+            .iter()
+            .skip_while(|w| !(w.ends_with("redis-server") || w.ends_with("redis-sentinel")))
+            .find(|w| w.ends_with(".conf"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "docker-compose.yml: `{name}` starts sentinel without a .conf file: {words:?}"
+                )
+            });
+        assert_ne!(
+            config, &template.target,
+            "docker-compose.yml: `{name}` runs sentinel on the mounted template; sentinel rewrites \
+             its config, so it must run on a writable copy"
+        );
+        assert!(
+            words.iter().any(|w| w == &template.target),
+            "docker-compose.yml: `{name}` never copies the template {} into place",
+            template.target
+        );
+        assert!(
+            !mounts
+                .iter()
+                .any(|mount| &mount.target == config && mount.read_only),
+            "docker-compose.yml: `{name}` runs sentinel on read-only mount {config}"
+        );
+    }
+}
+
+#[test]
+fn limitd_finds_the_master_through_all_three_sentinels() {
+    let services = services();
+    let monitor = sentinel_monitor();
+    let sentinels: BTreeSet<(String, u16)> = services
+        .iter()
+        .filter(|(name, _)| name.starts_with("sentinel-"))
+        .map(|(name, service)| (name.clone(), listen_port(name, service)))
+        .collect();
+    assert_eq!(
+        sentinels.len(),
+        3,
+        "docker-compose.yml should have 3 sentinels"
+    );
+
+    for name in ["limitd-1", "limitd-2"] {
+        let limitd = service(&services, name);
+        let hosts = env_var(limitd, "SENTINEL_HOSTS")
+            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` has no SENTINEL_HOSTS"));
+        let named: BTreeSet<(String, u16)> = hosts
+            .split(',')
+            .map(|entry| {
+                let (host, port) = entry.trim().rsplit_once(':').unwrap_or_else(|| {
+                    panic!("docker-compose.yml: `{name}` SENTINEL_HOSTS entry `{entry}` is not host:port")
+                });
+                let port = port.parse().unwrap_or_else(|_| {
+                    panic!("docker-compose.yml: `{name}` SENTINEL_HOSTS entry `{entry}` has a bad port")
+                });
+                (host.to_owned(), port)
+            })
+            .collect();
+        assert_eq!(
+            named, sentinels,
+            "docker-compose.yml: `{name}` SENTINEL_HOSTS names {named:?}, the sentinel services listen at {sentinels:?}"
+        );
+        let master = env_var(limitd, "REDIS_MASTER");
+        assert_eq!(
+            master.as_deref(),
+            Some(monitor.master_name.as_str()),
+            "docker-compose.yml: `{name}` REDIS_MASTER is {master:?}, {SENTINEL_TEMPLATE} monitors `{}`",
+            monitor.master_name
+        );
+    }
+}
+
+#[test]
+fn replicas_follow_the_master() {
+    let services = services();
+    let master_port = listen_port("redis-master", service(&services, "redis-master"));
+    assert_eq!(
+        flag_value(service(&services, "redis-master"), "--replicaof"),
+        None,
+        "docker-compose.yml: redis-master must not be a replica"
+    );
+    for name in ["redis-replica-1", "redis-replica-2"] {
+        let words = command_words(service(&services, name));
+        let at = words
+            .iter()
+            .position(|w| w == "--replicaof" || w == "replicaof")
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: `{name}` has no `replicaof`: {words:?}")
+            });
+        let target = (words.get(at + 1), words.get(at + 2));
+        let expected_port = master_port.to_string();
+        assert_eq!(
+            target,
+            (Some(&"redis-master".to_owned()), Some(&expected_port)),
+            "docker-compose.yml: `{name}` replicates {target:?}, the master is redis-master:{master_port}"
+        );
+    }
+}
+
+#[test]
+fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
+    let services = services();
+    for (name, service) in &services {
+        for (dependency, condition) in dependencies(service) {
+            assert!(
+                services.contains_key(&dependency),
+                "docker-compose.yml: `{name}` depends on `{dependency}`, which is not a service"
+            );
+            assert_eq!(
+                condition.as_deref(),
+                Some("service_healthy"),
+                "docker-compose.yml: `{name}` should wait for `{dependency}` to be healthy"
+            );
+        }
+
+        let test = service
+            .get("healthcheck")
+            .and_then(|check| check.get("test"))
+            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` has no healthcheck.test"));
+        let test = match test {
+            Value::Sequence(words) => words.iter().map(scalar_text).collect::<Vec<_>>().join(" "),
+            other => scalar_text(other),
+        };
+        // The probe must ask this service's own port (a copied block easily keeps another's).
+        let port = if name == "envoy" {
+            9901
+        } else {
+            listen_port(name, service)
+        };
+        assert!(
+            test.contains(&port.to_string()),
+            "docker-compose.yml: `{name}` listens on {port}, but its healthcheck `{test}` does not probe it"
+        );
+    }
+
+    let order = [
+        ("redis-replica-1", "redis-master"),
+        ("sentinel-1", "redis-master"),
+        ("limitd-1", "sentinel-1"),
+        ("limitd-2", "sentinel-3"),
+        ("envoy", "limitd-1"),
+        ("envoy", "limitd-2"),
+        ("envoy", "backend-1"),
+        ("envoy", "backend-2"),
+    ];
+    for (later, earlier) in order {
+        assert!(
+            dependencies(service(&services, later))
+                .iter()
+                .any(|(dependency, _)| dependency == earlier),
+            "docker-compose.yml: `{later}` should depend on `{earlier}`"
+        );
+    }
+}
+
+#[test]
+fn every_build_uses_an_existing_dockerfile_for_its_package() {
+    let services = services();
+    let mut builds = 0;
+    for (name, service) in &services {
+        let Some(build) = service.get("build") else {
+            continue;
+        };
+        builds += 1;
+        let (context, dockerfile) = match build {
+            Value::String(context) => (context.clone(), "Dockerfile".to_owned()),
+            Value::Mapping(map) => (
+                map.get("context").map_or(".".to_owned(), scalar_text),
+                map.get("dockerfile")
+                    .map_or("Dockerfile".to_owned(), scalar_text),
+            ),
+            other => panic!("docker-compose.yml: `{name}` has a build of unknown form {other:?}"),
+        };
+        let path = repo_root().join(&context).join(&dockerfile);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "docker-compose.yml: `{name}` builds from {}, which cannot be read: {e}",
+                path.display()
+            )
+        });
+        // limitd-1 and limitd-2 run the `limitd` package, and so on.
+        let package = name
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches('-');
+        assert!(
+            text.contains(&format!("-p {package}")),
+            "{}: `{name}` builds from it, but it does not build package `{package}`",
+            path.display()
+        );
+    }
+    assert_eq!(
+        builds, 4,
+        "docker-compose.yml: limitd ×2 and backend ×2 should be built here"
+    );
+    assert!(
+        repo_root().join(".dockerignore").is_file(),
+        "the repository has no .dockerignore, so target/ would be sent as build context"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks against envoy.yaml
+
+#[test]
+fn every_envoy_upstream_is_a_compose_service_on_its_port() {
+    let services = services();
+    let envoy = load_yaml("envoy.yaml");
+    let upstreams: Vec<(String, u16)> = socket_addresses(&envoy)
+        .into_iter()
+        .filter(|(host, _)| host != "0.0.0.0")
+        .collect();
+    assert!(
+        !upstreams.is_empty(),
+        "envoy.yaml names no upstream endpoints"
+    );
+    for (host, port) in &upstreams {
+        let service = services.get(host).unwrap_or_else(|| {
+            panic!("envoy.yaml sends to `{host}:{port}`, but docker-compose.yml has no service `{host}`")
+        });
+        let listening = listen_port(host, service);
+        assert_eq!(
+            listening, *port,
+            "envoy.yaml sends to `{host}:{port}`, but in docker-compose.yml `{host}` listens on {listening}"
+        );
+    }
+
+    for (cluster, kind) in [("backends", "backend-"), ("limitd", "limitd-")] {
+        let endpoints = cluster_endpoints(&envoy, cluster);
+        let expected: BTreeSet<(String, u16)> = services
+            .iter()
+            .filter(|(name, _)| name.starts_with(kind))
+            .map(|(name, service)| (name.clone(), listen_port(name, service)))
+            .collect();
+        assert_eq!(
+            endpoints, expected,
+            "envoy.yaml cluster `{cluster}` has endpoints {endpoints:?}, docker-compose.yml runs {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn envoy_listener_and_admin_ports_are_published() {
+    let services = services();
+    let envoy_yaml = load_yaml("envoy.yaml");
+    let listening = envoy_listening_ports(&envoy_yaml);
+    assert_eq!(
+        listening,
+        BTreeSet::from([8000, 9901]),
+        "envoy.yaml listener and admin ports differ from the local demo's 8000 and 9901"
+    );
+    let published: BTreeSet<(u16, u16)> = published_ports("envoy", service(&services, "envoy"))
+        .into_iter()
+        .collect();
+    for port in listening {
+        assert!(
+            published.contains(&(port, port)),
+            "envoy.yaml listens on {port}, but docker-compose.yml `envoy` does not publish {port}:{port} (it publishes {published:?})"
+        );
+    }
+}
+
+#[test]
+fn envoy_mounts_its_config_and_the_wasm_file_where_envoy_yaml_expects_them() {
+    let services = services();
+    let envoy = service(&services, "envoy");
+    let mounts = mounts("envoy", envoy);
+
+    let config_path = flag_value(envoy, "-c")
+        .or_else(|| flag_value(envoy, "--config-path"))
+        .expect("docker-compose.yml: `envoy` command has no `-c <config>`");
+    let config_mount = mounts
+        .iter()
+        .find(|mount| mount.target == config_path)
+        .unwrap_or_else(|| {
+            panic!("docker-compose.yml: `envoy` runs with -c {config_path}, which nothing mounts")
+        });
+    assert_eq!(
+        relative(&config_mount.source),
+        "envoy.yaml",
+        "docker-compose.yml: `envoy` mounts {} as its config, not the repository's envoy.yaml",
+        config_mount.source
+    );
+    assert!(
+        config_mount.read_only,
+        "docker-compose.yml: envoy.yaml should be mounted read-only"
+    );
+
+    let envoy_yaml = load_yaml("envoy.yaml");
+    let filenames = wasm_filenames(&envoy_yaml);
+    assert!(
+        !filenames.is_empty(),
+        "envoy.yaml loads no wasm file from a local filename"
+    );
+    for filename in filenames {
+        let mount = mounts
+            .iter()
+            .find(|mount| mount.target == filename)
+            .unwrap_or_else(|| {
+                panic!("envoy.yaml loads {filename}, but docker-compose.yml `envoy` mounts nothing there")
+            });
+        assert_eq!(
+            relative(&mount.source),
+            "target/wasm32-wasip1/wasm/ratelimit.wasm",
+            "docker-compose.yml: `envoy` mounts {} at {filename}, not the filter built with the wasm profile",
+            mount.source
+        );
+        assert!(
+            mount.read_only,
+            "docker-compose.yml: the wasm file should be mounted read-only"
+        );
+    }
+}
+
+#[test]
+fn the_filter_calls_a_cluster_that_envoy_yaml_defines() {
+    let envoy = load_yaml("envoy.yaml");
+    let names: BTreeSet<String> = clusters(&envoy)
+        .iter()
+        .filter_map(|cluster| {
+            cluster
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut configurations = Vec::new();
+    let mut stack = vec![&envoy];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Mapping(map) => {
+                if map.contains_key("vm_config") {
+                    if let Some(value) = map.get("configuration").and_then(|c| c.get("value")) {
+                        configurations.push(scalar_text(value));
+                    }
+                }
+                stack.extend(map.values());
+            }
+            Value::Sequence(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    assert!(
+        !configurations.is_empty(),
+        "envoy.yaml has no wasm plugin configuration"
+    );
+    for text in configurations {
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("envoy.yaml: the wasm plugin configuration is not JSON: {e}")
+        });
+        let cluster = json
+            .get("limitd_cluster")
+            .and_then(serde_json::Value::as_str)
+            .expect("envoy.yaml: the wasm plugin configuration has no `limitd_cluster`");
+        assert!(
+            names.contains(cluster),
+            "envoy.yaml: the filter calls cluster `{cluster}`, but the clusters are {names:?}"
+        );
+    }
+}
