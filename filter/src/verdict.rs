@@ -146,6 +146,8 @@ impl Policy {
                     window_ms: rule.window_ms,
                     cost: 1,
                     algorithm: Algorithm::FixedWindow,
+                    burst: None,
+                    shadow: false,
                 }
             })
             .collect();

@@ -88,6 +88,8 @@ mod tests {
             window_ms: 1000,
             cost: 1,
             algorithm: Algorithm::FixedWindow,
+            burst: None,
+            shadow: false,
         };
         CheckRequest { hits: vec![hit; n] }
     }

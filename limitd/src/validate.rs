@@ -79,6 +79,8 @@ mod tests {
             window_ms,
             cost,
             algorithm: Algorithm::FixedWindow,
+            burst: None,
+            shadow: false,
         }
     }
 

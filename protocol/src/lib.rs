@@ -47,6 +47,20 @@ pub struct Hit {
     /// How the counter is kept (default `fixed_window`).
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// For `gcra` only: how many units may be spent at once from a full
+    /// bucket (the bucket's capacity). Absent: `limit`. Must be absent for the
+    /// window algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// A shadow hit is counted and reported but never denies the check: the
+    /// overall decision ignores it, and when the check is allowed it consumes
+    /// its cost only if it fitted (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn default_cost() -> u64 {
@@ -58,9 +72,17 @@ fn default_cost() -> u64 {
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Windows aligned to Redis time (multiples of `window_ms` since the epoch);
-    /// a counter per key and window.
+    /// a counter per key and window. At most `limit` units per window.
     #[default]
     FixedWindow,
+    /// The two-counter approximation of a sliding window: the current fixed
+    /// window's count plus the previous window's count weighted by how much of
+    /// it the sliding window still covers.
+    SlidingWindow,
+    /// The generic cell rate algorithm: a token bucket refilled at `limit`
+    /// units per `window_ms`, holding at most `burst` units; exact remaining
+    /// and retry times.
+    Gcra,
 }
 
 /// limitd's answer to a [`CheckRequest`].
@@ -81,9 +103,11 @@ pub struct HitResult {
     pub allowed: bool,
     /// The hit's limit, echoed.
     pub limit: u64,
-    /// Units left in the current window after this check.
+    /// Units that could still be spent right after this check (for `gcra`,
+    /// whole tokens in the bucket).
     pub remaining: u64,
-    /// Milliseconds until the current window ends and the counter resets.
+    /// Milliseconds until the quota is fully available again: the current
+    /// window's end (window algorithms), or until the bucket is full (`gcra`).
     pub reset_ms: u64,
     /// For a denied hit, milliseconds until a request of the same cost could
     /// pass; 0 for an allowed one.
@@ -101,6 +125,34 @@ mod tests {
                 .unwrap();
         assert_eq!(req.hits[0].cost, 1);
         assert_eq!(req.hits[0].algorithm, Algorithm::FixedWindow);
+        assert_eq!(req.hits[0].burst, None);
+        assert!(!req.hits[0].shadow);
+    }
+
+    #[test]
+    fn algorithms_are_snake_case_and_optional_fields_are_left_out() {
+        let hit = Hit {
+            key: "k".into(),
+            limit: 5,
+            window_ms: 1000,
+            cost: 1,
+            algorithm: Algorithm::SlidingWindow,
+            burst: None,
+            shadow: false,
+        };
+        let text = serde_json::to_string(&hit).unwrap();
+        assert_eq!(
+            text,
+            r#"{"key":"k","limit":5,"window_ms":1000,"cost":1,"algorithm":"sliding_window"}"#
+        );
+        let gcra: Hit = serde_json::from_str(
+            r#"{"key":"k","limit":5,"window_ms":1000,"algorithm":"gcra","burst":2,"shadow":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (gcra.algorithm, gcra.burst, gcra.shadow),
+            (Algorithm::Gcra, Some(2), true)
+        );
     }
 
     #[test]
