@@ -2,7 +2,9 @@
 //!
 //! Ported from the FastAPI proof of concept. Three routes, all `GET`, all JSON:
 //! `/` (a greeting), `/limited_endpoint` (the route the demo rules limit) and `/health` (Envoy's
-//! active health check). Every response, a 404 included, carries `x-backend-instance: <name>`.
+//! active health check). Beyond the proof of concept, anything under `/api/` answers the greeting
+//! to any method, so the demo can show one rule per algorithm on paths of their own. Every
+//! response, a 404 included, carries `x-backend-instance: <name>`.
 //!
 //! The bodies never change for a given instance, so they are serialised once in [`app`] and each
 //! response only clones a [`Bytes`] handle.
@@ -17,7 +19,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{any, get, MethodRouter};
 use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -56,6 +58,7 @@ pub fn app(name: Arc<str>) -> Router {
         message: "This is a rate limited endpoint",
         instance: &name,
     });
+    let api = root.clone();
     let health = json_body(&Health {
         status: "ok",
         instance: &name,
@@ -66,6 +69,7 @@ pub fn app(name: Arc<str>) -> Router {
         .route("/", json_route(root))
         .route("/limited_endpoint", json_route(limited))
         .route("/health", json_route(health))
+        .route("/api/{*path}", any_json_route(api))
         .layer(axum::middleware::map_response(
             move |mut response: Response| {
                 let instance = instance.clone();
@@ -120,6 +124,14 @@ fn json_body(body: &impl Serialize) -> Bytes {
 /// A `GET` route that always answers `200` with the same JSON body.
 fn json_route(body: Bytes) -> MethodRouter {
     get(move || {
+        let body = body.clone();
+        async move { json_response(body) }
+    })
+}
+
+/// A route that answers `200` with the same JSON body to any method.
+fn any_json_route(body: Bytes) -> MethodRouter {
+    any(move || {
         let body = body.clone();
         async move { json_response(body) }
     })
@@ -237,6 +249,19 @@ mod tests {
         let response = call(Method::GET, "/nope").await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_instance_header(&response);
+    }
+
+    #[tokio::test]
+    async fn anything_under_api_answers_the_greeting_to_any_method() {
+        for (method, uri) in [
+            (Method::GET, "/api/sliding"),
+            (Method::POST, "/api/a/b?x=1"),
+        ] {
+            let response = call(method, uri).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_instance_header(&response);
+            assert_eq!(json_of(response).await["instance"], "backend-7");
+        }
     }
 
     #[tokio::test]

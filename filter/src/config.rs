@@ -2,15 +2,20 @@
 //!
 //! The JSON arrives once, in the root context's `on_configure`. It is parsed
 //! with unknown fields rejected, then compiled: every check that can fail
-//! happens here, so a request does no parsing and meets no surprise. Every
-//! error names the JSON path of the offending field.
+//! happens here (durations, regexes, bounds), so a request does no parsing and
+//! meets no surprise. Every error names the JSON path of the offending field.
 
 use std::collections::HashSet;
 use std::fmt;
 
+use protocol::Algorithm;
+use regex_lite::Regex;
 use serde::Deserialize;
 
 use crate::duration::parse_duration_ms;
+use crate::key::KeyPart;
+use crate::reply::HeaderStyle;
+use crate::request::{HeaderCondition, HeaderMatch, Matcher, PathMatch};
 
 /// What to do with a request when limitd cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -26,23 +31,20 @@ pub enum FailureMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    /// The Envoy cluster of limitd instances.
     #[serde(default = "default_cluster")]
     limitd_cluster: String,
-    /// The `:authority` of the callout; defaults to the cluster name.
     #[serde(default)]
     limitd_authority: Option<String>,
-    /// How long a check may take before the failure mode applies.
     #[serde(default = "default_timeout")]
     timeout: String,
     #[serde(default = "default_failure_mode")]
     failure_mode: FailureMode,
-    /// The status of a denied request.
     #[serde(default = "default_deny_status")]
     deny_status: u32,
-    /// The status answered when limitd fails and the failure mode is `deny`.
     #[serde(default = "default_failure_status")]
     failure_status: u32,
+    #[serde(default)]
+    response_headers: HeaderStyle,
     rules: Vec<RawRule>,
 }
 
@@ -52,14 +54,72 @@ struct RawRule {
     name: String,
     #[serde(rename = "match", default)]
     matcher: RawMatch,
+    #[serde(default = "default_key")]
+    key: Vec<RawKeyPart>,
+    #[serde(default)]
+    missing: Option<RawMissing>,
     limit: RawLimit,
+    #[serde(default)]
+    shadow: bool,
+    #[serde(default)]
+    failure_mode: Option<FailureMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    /// The request path (before any `?`) must start with this. Absent: every path.
-    path_prefix: Option<String>,
+    path: Option<RawPath>,
+    methods: Option<Vec<String>>,
+    host: Option<String>,
+    headers: Option<Vec<RawHeaderMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawPath {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    present: Option<bool>,
+    equals: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a key part: \"client_ip\", \"path\", \"method\", {\"client_ip\": {\"ipv4_prefix\": N, \"ipv6_prefix\": N}}, {\"header\": NAME} or {\"constant\": TEXT}"
+)]
+enum RawKeyPart {
+    Named(String),
+    Tagged(RawTaggedPart),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawTaggedPart {
+    ClientIp(RawClientIp),
+    Header(String),
+    Constant(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "\"skip\" or {\"default\": TEXT}")]
+enum RawMissing {
+    Skip(String),
+    Default { default: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +127,11 @@ struct RawMatch {
 struct RawLimit {
     requests: u64,
     window: String,
+    #[serde(default = "default_cost")]
+    cost: u64,
+    #[serde(default)]
+    algorithm: Algorithm,
+    burst: Option<u64>,
 }
 
 fn default_cluster() -> String {
@@ -84,9 +149,21 @@ fn default_deny_status() -> u32 {
 fn default_failure_status() -> u32 {
     503
 }
+fn default_key() -> Vec<RawKeyPart> {
+    vec![RawKeyPart::Named("client_ip".to_owned())]
+}
+fn default_cost() -> u64 {
+    1
+}
 
 /// The longest callout timeout accepted, in milliseconds.
 const MAX_TIMEOUT_MS: u64 = 60_000;
+/// The largest limit, cost or burst limitd accepts (sums stay exact in Lua).
+const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
+/// The longest window limitd accepts: 366 days.
+const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+/// The most rules one filter may have (a check carries at most `protocol::MAX_HITS` hits).
+const MAX_RULES: usize = protocol::MAX_HITS;
 
 /// The validated configuration the filter runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,20 +171,30 @@ pub struct Policy {
     pub limitd_cluster: String,
     pub limitd_authority: String,
     pub timeout_ms: u64,
-    pub failure_mode: FailureMode,
     pub deny_status: u32,
     pub failure_status: u32,
+    pub response_headers: HeaderStyle,
     pub rules: Vec<Rule>,
 }
 
-/// One rate-limit rule: which requests it counts and how many it admits.
+/// One rate-limit rule: which requests it counts, by what key, and how many it admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Unique among the rules; namespaces the rule's counters.
     pub name: String,
-    pub path_prefix: Option<String>,
+    pub matcher: Matcher,
+    pub key: Vec<KeyPart>,
+    /// Used in place of a missing header the key needs; `None` skips the rule instead.
+    pub missing_default: Option<String>,
     pub requests: u64,
     pub window_ms: u64,
+    pub cost: u64,
+    pub algorithm: Algorithm,
+    pub burst: Option<u64>,
+    /// Count and report, never deny.
+    pub shadow: bool,
+    /// The rule's failure mode (its own, or the filter's).
+    pub failure_mode: FailureMode,
 }
 
 /// A configuration that cannot be used, with the JSON path of the culprit.
@@ -179,12 +266,18 @@ impl TryFrom<RawConfig> for Policy {
                 ));
             }
         }
+        if raw.rules.len() > MAX_RULES {
+            return Err(error(
+                "rules",
+                format!("{} rules; at most {MAX_RULES}", raw.rules.len()),
+            ));
+        }
         let mut names = HashSet::new();
         let rules = raw
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, rule)| compile_rule(i, rule, &mut names))
+            .map(|(i, rule)| compile_rule(i, rule, raw.failure_mode, &mut names))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             limitd_authority: raw
@@ -192,17 +285,25 @@ impl TryFrom<RawConfig> for Policy {
                 .unwrap_or_else(|| raw.limitd_cluster.clone()),
             limitd_cluster: raw.limitd_cluster,
             timeout_ms,
-            failure_mode: raw.failure_mode,
             deny_status: raw.deny_status,
             failure_status: raw.failure_status,
+            response_headers: raw.response_headers,
             rules,
         })
     }
 }
 
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn compile_rule(
     index: usize,
     raw: RawRule,
+    default_failure_mode: FailureMode,
     names: &mut HashSet<String>,
 ) -> Result<Rule, ConfigError> {
     let at = |field: &str| format!("rules[{index}].{field}");
@@ -230,28 +331,196 @@ fn compile_rule(
             ),
         ));
     }
-    if let Some(prefix) = &raw.matcher.path_prefix {
-        if !prefix.starts_with('/') {
+    let matcher = compile_match(raw.matcher, &at)?;
+    let key = compile_key(raw.key, &at)?;
+    let missing_default = match raw.missing {
+        None => None,
+        Some(RawMissing::Skip(word)) if word == "skip" => None,
+        Some(RawMissing::Skip(word)) => {
             return Err(error(
-                at("match.path_prefix"),
-                format!("{prefix:?} must start with \"/\""),
-            ));
+                at("missing"),
+                format!("{word:?}: use \"skip\" or {{\"default\": TEXT}}"),
+            ))
         }
+        Some(RawMissing::Default { default }) => Some(default),
+    };
+    let limit = raw.limit;
+    if !(1..=MAX_AMOUNT).contains(&limit.requests) {
+        return Err(error(
+            at("limit.requests"),
+            format!("must be between 1 and {MAX_AMOUNT}"),
+        ));
     }
-    if raw.limit.requests == 0 {
-        return Err(error(at("limit.requests"), "must be at least 1"));
-    }
-    let window_ms =
-        parse_duration_ms(&raw.limit.window).map_err(|e| error(at("limit.window"), e))?;
+    let window_ms = parse_duration_ms(&limit.window).map_err(|e| error(at("limit.window"), e))?;
     if window_ms == 0 {
         return Err(error(at("limit.window"), "must be longer than 0"));
     }
+    if window_ms > MAX_WINDOW_MS {
+        return Err(error(at("limit.window"), "must be at most 366d"));
+    }
+    let capacity = match (limit.algorithm, limit.burst) {
+        (Algorithm::Gcra, Some(burst)) if !(1..=MAX_AMOUNT).contains(&burst) => {
+            return Err(error(
+                at("limit.burst"),
+                format!("must be between 1 and {MAX_AMOUNT}"),
+            ))
+        }
+        (Algorithm::Gcra, burst) => burst.unwrap_or(limit.requests),
+        (_, Some(_)) => {
+            return Err(error(
+                at("limit.burst"),
+                "applies only to \"algorithm\": \"gcra\"",
+            ))
+        }
+        (_, None) => limit.requests,
+    };
+    if limit.cost == 0 || limit.cost > capacity {
+        let what = if limit.algorithm == Algorithm::Gcra {
+            "burst"
+        } else {
+            "requests"
+        };
+        return Err(error(
+            at("limit.cost"),
+            format!("must be between 1 and the rule's {what} ({capacity})"),
+        ));
+    }
     Ok(Rule {
         name: raw.name,
-        path_prefix: raw.matcher.path_prefix,
-        requests: raw.limit.requests,
+        matcher,
+        key,
+        missing_default,
+        requests: limit.requests,
         window_ms,
+        cost: limit.cost,
+        algorithm: limit.algorithm,
+        burst: limit.burst,
+        shadow: raw.shadow,
+        failure_mode: raw.failure_mode.unwrap_or(default_failure_mode),
     })
+}
+
+fn compile_match(raw: RawMatch, at: &impl Fn(&str) -> String) -> Result<Matcher, ConfigError> {
+    let path = match raw.path {
+        None => None,
+        Some(RawPath::Exact(p)) | Some(RawPath::Prefix(p)) if !p.starts_with('/') => {
+            return Err(error(
+                at("match.path"),
+                format!("{p:?} must start with \"/\""),
+            ))
+        }
+        Some(RawPath::Exact(p)) => Some(PathMatch::Exact(p)),
+        Some(RawPath::Prefix(p)) => Some(PathMatch::Prefix(p)),
+        Some(RawPath::Regex(re)) => Some(PathMatch::Regex(Regex::new(&re).map_err(|e| {
+            error(
+                at("match.path.regex"),
+                format!("{re:?} is not a regex: {e}"),
+            )
+        })?)),
+    };
+    let mut methods = Vec::new();
+    for (i, method) in raw.methods.unwrap_or_default().into_iter().enumerate() {
+        if !is_token(&method) {
+            return Err(error(
+                at(&format!("match.methods[{i}]")),
+                format!("{method:?} is not an HTTP method"),
+            ));
+        }
+        methods.push(method.to_ascii_uppercase());
+    }
+    let host = match raw.host {
+        Some(host) if host.is_empty() || host.contains(['/', ' ', ':']) => {
+            return Err(error(
+                at("match.host"),
+                format!("{host:?} is not a host name (no port, no scheme)"),
+            ))
+        }
+        Some(host) if host.starts_with('*') && !host.starts_with("*.") => {
+            return Err(error(
+                at("match.host"),
+                format!("{host:?}: a wildcard is written \"*.example.com\""),
+            ))
+        }
+        host => host.map(|h| h.to_ascii_lowercase()),
+    };
+    let mut headers = Vec::new();
+    for (i, h) in raw.headers.unwrap_or_default().into_iter().enumerate() {
+        if !is_token(&h.name) {
+            return Err(error(
+                at(&format!("match.headers[{i}].name")),
+                format!("{:?} is not a header name", h.name),
+            ));
+        }
+        let condition = match (h.present, h.equals) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    at(&format!("match.headers[{i}]")),
+                    "give \"present\" or \"equals\", not both",
+                ))
+            }
+            (Some(present), None) => HeaderCondition::Present(present),
+            (None, Some(value)) => HeaderCondition::Equals(value.into_bytes()),
+            (None, None) => HeaderCondition::Present(true),
+        };
+        headers.push(HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            condition,
+        });
+    }
+    Ok(Matcher {
+        path,
+        methods,
+        host,
+        headers,
+    })
+}
+
+fn compile_key(
+    raw: Vec<RawKeyPart>,
+    at: &impl Fn(&str) -> String,
+) -> Result<Vec<KeyPart>, ConfigError> {
+    if raw.is_empty() {
+        return Err(error(
+            at("key"),
+            "needs at least one part; use [{\"constant\": \"all\"}] for one shared counter",
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let here = at(&format!("key[{i}]"));
+            Ok(match part {
+                RawKeyPart::Named(name) => match name.as_str() {
+                    "client_ip" => KeyPart::ClientIp { ipv4_prefix: 32, ipv6_prefix: 128 },
+                    "path" => KeyPart::Path,
+                    "method" => KeyPart::Method,
+                    _ => {
+                        return Err(error(
+                            here,
+                            format!("{name:?} is not a key part; use \"client_ip\", \"path\", \"method\", {{\"header\": NAME}} or {{\"constant\": TEXT}}"),
+                        ))
+                    }
+                },
+                RawKeyPart::Tagged(RawTaggedPart::ClientIp(ip)) => {
+                    let (v4, v6) = (ip.ipv4_prefix.unwrap_or(32), ip.ipv6_prefix.unwrap_or(128));
+                    if v4 > 32 {
+                        return Err(error(format!("{here}.client_ip.ipv4_prefix"), format!("{v4} is more than 32")));
+                    }
+                    if v6 > 128 {
+                        return Err(error(format!("{here}.client_ip.ipv6_prefix"), format!("{v6} is more than 128")));
+                    }
+                    KeyPart::ClientIp { ipv4_prefix: v4, ipv6_prefix: v6 }
+                }
+                RawKeyPart::Tagged(RawTaggedPart::Header(name)) => {
+                    if !is_token(&name) {
+                        return Err(error(format!("{here}.header"), format!("{name:?} is not a header name")));
+                    }
+                    KeyPart::Header(name.to_ascii_lowercase())
+                }
+                RawKeyPart::Tagged(RawTaggedPart::Constant(value)) => KeyPart::Constant(value),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -266,43 +535,121 @@ mod tests {
         parse(json).unwrap_err().to_string()
     }
 
+    /// A config with one rule made of `rule_body` (the rule object's fields after its name).
+    fn rule(rule_body: &str) -> String {
+        format!(r#"{{"rules":[{{"name":"r",{rule_body}}}]}}"#)
+    }
+
+    const LIMIT: &str = r#""limit":{"requests":10,"window":"60s"}"#;
+
     #[test]
     fn the_demo_rule_compiles_with_defaults() {
-        let policy = parse(
-            r#"{"rules":[{"name":"limited_endpoint","match":{"path_prefix":"/limited_endpoint"},
-                "limit":{"requests":10,"window":"60s"}}]}"#,
-        )
+        let policy = parse(&rule(&format!(
+            r#""match":{{"path":{{"prefix":"/limited_endpoint"}}}},{LIMIT}"#
+        )))
         .unwrap();
         assert_eq!(policy.limitd_cluster, "limitd");
         assert_eq!(policy.limitd_authority, "limitd");
         assert_eq!(policy.timeout_ms, 200);
-        assert_eq!(policy.failure_mode, FailureMode::Allow);
         assert_eq!((policy.deny_status, policy.failure_status), (429, 503));
+        assert_eq!(policy.response_headers, HeaderStyle::Ietf);
+        let r = &policy.rules[0];
         assert_eq!(
-            policy.rules,
-            vec![Rule {
-                name: "limited_endpoint".into(),
-                path_prefix: Some("/limited_endpoint".into()),
-                requests: 10,
-                window_ms: 60_000
+            r.matcher.path,
+            Some(PathMatch::Prefix("/limited_endpoint".into()))
+        );
+        assert_eq!(
+            r.key,
+            vec![KeyPart::ClientIp {
+                ipv4_prefix: 32,
+                ipv6_prefix: 128
             }]
         );
+        assert_eq!((r.requests, r.window_ms, r.cost), (10, 60_000, 1));
+        assert_eq!(
+            (r.algorithm, r.burst, r.shadow),
+            (Algorithm::FixedWindow, None, false)
+        );
+        assert_eq!(r.failure_mode, FailureMode::Allow);
+        assert_eq!(r.missing_default, None);
     }
 
     #[test]
     fn every_field_is_read() {
         let policy = parse(
             r#"{"limitd_cluster":"rl","limitd_authority":"rl.local","timeout":"1s","failure_mode":"deny",
-                "deny_status":420,"failure_status":500,
-                "rules":[{"name":"all","limit":{"requests":1,"window":"1d"}}]}"#,
+                "deny_status":420,"failure_status":500,"response_headers":"legacy",
+                "rules":[{"name":"all",
+                  "match":{"path":{"regex":"^/v[0-9]+/"},"methods":["get","POST"],"host":"*.Example.com",
+                           "headers":[{"name":"X-Tier","equals":"free"},{"name":"x-internal","present":false},{"name":"x-key"}]},
+                  "key":["client_ip",{"client_ip":{"ipv4_prefix":24,"ipv6_prefix":64}},{"header":"X-Key"},"path","method",{"constant":"v1"}],
+                  "missing":{"default":"anonymous"},
+                  "limit":{"requests":100,"window":"1d","cost":5,"algorithm":"gcra","burst":20},
+                  "shadow":true,"failure_mode":"allow"}]}"#,
         )
         .unwrap();
         assert_eq!(policy.limitd_cluster, "rl");
         assert_eq!(policy.limitd_authority, "rl.local");
         assert_eq!(policy.timeout_ms, 1000);
-        assert_eq!(policy.failure_mode, FailureMode::Deny);
         assert_eq!((policy.deny_status, policy.failure_status), (420, 500));
-        assert_eq!(policy.rules[0].path_prefix, None);
+        assert_eq!(policy.response_headers, HeaderStyle::Legacy);
+        let r = &policy.rules[0];
+        assert!(
+            matches!(&r.matcher.path, Some(PathMatch::Regex(re)) if re.as_str() == "^/v[0-9]+/")
+        );
+        assert_eq!(r.matcher.methods, ["GET", "POST"]);
+        assert_eq!(r.matcher.host.as_deref(), Some("*.example.com"));
+        assert_eq!(
+            r.matcher.headers,
+            vec![
+                HeaderMatch {
+                    name: "x-tier".into(),
+                    condition: HeaderCondition::Equals(b"free".to_vec())
+                },
+                HeaderMatch {
+                    name: "x-internal".into(),
+                    condition: HeaderCondition::Present(false)
+                },
+                HeaderMatch {
+                    name: "x-key".into(),
+                    condition: HeaderCondition::Present(true)
+                },
+            ]
+        );
+        assert_eq!(
+            r.key,
+            vec![
+                KeyPart::ClientIp {
+                    ipv4_prefix: 32,
+                    ipv6_prefix: 128
+                },
+                KeyPart::ClientIp {
+                    ipv4_prefix: 24,
+                    ipv6_prefix: 64
+                },
+                KeyPart::Header("x-key".into()),
+                KeyPart::Path,
+                KeyPart::Method,
+                KeyPart::Constant("v1".into()),
+            ]
+        );
+        assert_eq!(r.missing_default.as_deref(), Some("anonymous"));
+        assert_eq!(
+            (r.requests, r.window_ms, r.cost, r.algorithm, r.burst),
+            (100, 86_400_000, 5, Algorithm::Gcra, Some(20))
+        );
+        assert!(r.shadow);
+        // The rule's own failure mode wins over the filter's.
+        assert_eq!(r.failure_mode, FailureMode::Allow);
+    }
+
+    #[test]
+    fn rules_inherit_the_filter_failure_mode() {
+        let policy = parse(&format!(
+            r#"{{"failure_mode":"deny","rules":[{{"name":"r",{LIMIT}}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(policy.rules[0].failure_mode, FailureMode::Deny);
     }
 
     #[test]
@@ -315,24 +662,44 @@ mod tests {
             e,
             r#"rules[1].limit.window: "5 minutes" is not a duration; use e.g. "500ms", "30s", "5m", "1h" or "1d""#
         );
-        let e = err(r#"{"rules":[{"name":"a","limit":{"requests":"ten","window":"1s"}}]}"#);
+        let e = err(&rule(r#""limit":{"requests":"ten","window":"1s"}"#));
         assert!(
             e.starts_with("rules[0].limit.requests: invalid type"),
             "{e}"
         );
-        let e = err(r#"{"rules":[{"name":"a","limit":{"requests":0,"window":"1s"}}]}"#);
-        assert_eq!(e, "rules[0].limit.requests: must be at least 1");
-        let e = err(r#"{"rules":[{"name":"a","limit":{"requests":1,"window":"0s"}}]}"#);
-        assert_eq!(e, "rules[0].limit.window: must be longer than 0");
+        assert_eq!(
+            err(&rule(r#""limit":{"requests":0,"window":"1s"}"#)),
+            "rules[0].limit.requests: must be between 1 and 1000000000000000"
+        );
+        assert_eq!(
+            err(&rule(r#""limit":{"requests":1,"window":"0s"}"#)),
+            "rules[0].limit.window: must be longer than 0"
+        );
+        assert_eq!(
+            err(&rule(r#""limit":{"requests":1,"window":"367d"}"#)),
+            "rules[0].limit.window: must be at most 366d"
+        );
     }
 
     #[test]
     fn unknown_fields_are_errors() {
         let e = err(r#"{"rules":[],"colour":"red"}"#);
         assert!(e.contains("unknown field `colour`"), "{e}");
-        let e = err(r#"{"rules":[{"name":"a","limit":{"requests":1,"window":"1s","burst":3}}]}"#);
+        let e = err(&rule(r#""limit":{"requests":1,"window":"1s","refill":3}"#));
         assert!(
-            e.starts_with("rules[0].limit") && e.contains("unknown field `burst`"),
+            e.starts_with("rules[0].limit") && e.contains("unknown field `refill`"),
+            "{e}"
+        );
+        let e = err(&rule(&format!(r#""match":{{"path_prefix":"/x"}},{LIMIT}"#)));
+        assert!(
+            e.starts_with("rules[0].match") && e.contains("unknown field `path_prefix`"),
+            "{e}"
+        );
+        let e = err(&rule(&format!(
+            r#""match":{{"path":{{"suffix":"/x"}}}},{LIMIT}"#
+        )));
+        assert!(
+            e.starts_with("rules[0].match.path") && e.contains("unknown variant `suffix`"),
             "{e}"
         );
     }
@@ -347,14 +714,13 @@ mod tests {
 
     #[test]
     fn rule_names_are_checked_and_unique() {
-        let e = err(r#"{"rules":[{"name":"","limit":{"requests":1,"window":"1s"}}]}"#);
+        let e = err(&format!(r#"{{"rules":[{{"name":"",{LIMIT}}}]}}"#));
         assert!(e.starts_with("rules[0].name:"), "{e}");
-        let e = err(r#"{"rules":[{"name":"a:b","limit":{"requests":1,"window":"1s"}}]}"#);
+        let e = err(&format!(r#"{{"rules":[{{"name":"a:b",{LIMIT}}}]}}"#));
         assert!(e.starts_with("rules[0].name:"), "{e}");
-        let e = err(
-            r#"{"rules":[{"name":"a","limit":{"requests":1,"window":"1s"}},
-                                {"name":"a","limit":{"requests":1,"window":"1s"}}]}"#,
-        );
+        let e = err(&format!(
+            r#"{{"rules":[{{"name":"a",{LIMIT}}},{{"name":"a",{LIMIT}}}]}}"#
+        ));
         assert!(
             e.starts_with("rules[1].name:") && e.contains("unique"),
             "{e}"
@@ -372,7 +738,76 @@ mod tests {
         assert!(err(r#"{"deny_status":99,"rules":[]}"#)
             .starts_with("deny_status: 99 is not an HTTP status"));
         assert!(err(r#"{"limitd_cluster":"","rules":[]}"#).starts_with("limitd_cluster:"));
-        assert!(err(r#"{"rules":[{"name":"a","match":{"path_prefix":"x"},"limit":{"requests":1,"window":"1s"}}]}"#)
-            .starts_with("rules[0].match.path_prefix:"));
+        assert!(err(r#"{"response_headers":"draft","rules":[]}"#)
+            .starts_with("response_headers: unknown variant"));
+    }
+
+    #[test]
+    fn match_fields_are_checked() {
+        let m = |m: &str| err(&rule(&format!(r#""match":{m},{LIMIT}"#)));
+        assert!(m(r#"{"path":{"prefix":"x"}}"#)
+            .starts_with("rules[0].match.path: \"x\" must start with"));
+        assert!(m(r#"{"path":{"regex":"(unclosed"}}"#)
+            .starts_with("rules[0].match.path.regex: \"(unclosed\" is not a regex"));
+        assert!(m(r#"{"methods":["GET","BAD METHOD"]}"#).starts_with("rules[0].match.methods[1]:"));
+        assert!(m(r#"{"host":"example.com:80"}"#).starts_with("rules[0].match.host:"));
+        assert!(m(r#"{"host":"*example.com"}"#).starts_with("rules[0].match.host:"));
+        assert!(m(r#"{"headers":[{"name":"a b"}]}"#).starts_with("rules[0].match.headers[0].name:"));
+        assert!(
+            m(r#"{"headers":[{"name":"a","present":true,"equals":"x"}]}"#)
+                .starts_with("rules[0].match.headers[0]: give")
+        );
+    }
+
+    #[test]
+    fn key_fields_are_checked() {
+        let k = |k: &str| err(&rule(&format!(r#""key":{k},{LIMIT}"#)));
+        assert!(k("[]").starts_with("rules[0].key: needs at least one part"));
+        assert!(k(r#"["ip"]"#).starts_with(r#"rules[0].key[0]: "ip" is not a key part"#));
+        assert!(
+            k(r#"[{"cookie":"x"}]"#).starts_with("rules[0].key[0]: a key part:"),
+            "{}",
+            k(r#"[{"cookie":"x"}]"#)
+        );
+        assert!(k(r#"[{"client_ip":{"ipv4_prefix":33}}]"#)
+            .starts_with("rules[0].key[0].client_ip.ipv4_prefix: 33"));
+        assert!(k(r#"[{"client_ip":{"ipv6_prefix":129}}]"#)
+            .starts_with("rules[0].key[0].client_ip.ipv6_prefix: 129"));
+        assert!(k(r#"[{"header":""}]"#).starts_with("rules[0].key[0].header:"));
+        let missing = |m: &str| err(&rule(&format!(r#""missing":{m},{LIMIT}"#)));
+        assert!(missing(r#""ignore""#).starts_with("rules[0].missing: \"ignore\""));
+        assert!(missing("42").starts_with("rules[0].missing: \"skip\" or"));
+        assert_eq!(
+            parse(&rule(&format!(r#""missing":"skip",{LIMIT}"#)))
+                .unwrap()
+                .rules[0]
+                .missing_default,
+            None
+        );
+    }
+
+    #[test]
+    fn limit_fields_are_checked() {
+        let l = |l: &str| err(&rule(&format!(r#""limit":{l}"#)));
+        assert!(l(r#"{"requests":5,"window":"1s","burst":3}"#)
+            .starts_with("rules[0].limit.burst: applies only to"));
+        assert!(
+            l(r#"{"requests":5,"window":"1s","algorithm":"gcra","burst":0}"#)
+                .starts_with("rules[0].limit.burst: must be")
+        );
+        assert!(l(r#"{"requests":5,"window":"1s","cost":6}"#)
+            .starts_with("rules[0].limit.cost: must be between 1 and the rule's requests (5)"));
+        assert!(l(r#"{"requests":5,"window":"1s","cost":0}"#).starts_with("rules[0].limit.cost:"));
+        assert!(
+            l(r#"{"requests":5,"window":"1s","algorithm":"gcra","burst":2,"cost":3}"#)
+                .starts_with("rules[0].limit.cost: must be between 1 and the rule's burst (2)")
+        );
+        assert!(l(r#"{"requests":5,"window":"1s","algorithm":"leaky"}"#)
+            .starts_with("rules[0].limit.algorithm: unknown variant `leaky`"));
+        let sliding = parse(&rule(
+            r#""limit":{"requests":5,"window":"1s","algorithm":"sliding_window"}"#,
+        ))
+        .unwrap();
+        assert_eq!(sliding.rules[0].algorithm, Algorithm::SlidingWindow);
     }
 }

@@ -14,7 +14,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::Policy;
-use crate::verdict::{CalloutError, Check, Decision, Outcome, Verdict};
+use crate::request::RequestView;
+use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -34,6 +35,7 @@ struct Metrics {
     checks: Option<u32>,
     allowed: Option<u32>,
     denied: Option<u32>,
+    shadow_denied: Option<u32>,
     failure_mode_allowed: Option<u32>,
     failure_mode_denied: Option<u32>,
     callout_errors: Option<u32>,
@@ -46,6 +48,7 @@ impl Metrics {
             checks: counter("ratelimit.checks"),
             allowed: counter("ratelimit.allowed"),
             denied: counter("ratelimit.denied"),
+            shadow_denied: counter("ratelimit.shadow_denied"),
             failure_mode_allowed: counter("ratelimit.failure_mode_allowed"),
             failure_mode_denied: counter("ratelimit.failure_mode_denied"),
             callout_errors: counter("ratelimit.callout_errors"),
@@ -84,11 +87,10 @@ impl RootContext for Root {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "ratelimit: configured {} rule(s), limitd cluster {:?}, timeout {}ms, failure mode {:?}",
+                        "ratelimit: configured {} rule(s), limitd cluster {:?}, timeout {}ms",
                         policy.rules.len(),
                         policy.limitd_cluster,
                         policy.timeout_ms,
-                        policy.failure_mode
                     ),
                 );
                 self.policy = Some(Rc::new(policy));
@@ -114,6 +116,7 @@ impl RootContext for Root {
             policy,
             metrics,
             pending: None,
+            response_headers: Vec::new(),
         }))
     }
 
@@ -128,6 +131,25 @@ struct Request {
     metrics: Rc<Metrics>,
     /// The check in flight, while the request is paused.
     pending: Option<Check>,
+    /// Rate-limit headers for the upstream's response.
+    response_headers: Headers,
+}
+
+/// The request as the host shows it; each value is fetched only when asked for.
+struct HostRequest;
+
+impl RequestView for HostRequest {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn source_address(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+    }
 }
 
 impl Request {
@@ -141,33 +163,31 @@ impl Request {
                 (":authority", &policy.limitd_authority),
                 ("content-type", "application/json"),
             ],
-            Some(&check.body),
+            Some(&check.encode()),
             vec![],
             Duration::from_millis(policy.timeout_ms),
         )
         .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))
     }
 
-    fn fail(&self, error: &CalloutError) -> Decision {
+    fn fail(&self, check: &Check, error: &CalloutError) -> Decision {
         Metrics::bump(self.metrics.callout_errors);
         log(
             LogLevel::Warn,
-            &format!(
-                "ratelimit: {error}; failure mode {:?} applies",
-                self.policy.failure_mode
-            ),
+            &format!("ratelimit: {error}; the rules' failure mode applies"),
         );
-        self.policy.on_failure()
+        self.policy.on_failure(check)
     }
 
     /// Acts on a decision; returns the action for a callback that must return one.
-    fn apply(&self, decision: Decision, paused: bool) -> Action {
+    fn apply(&mut self, decision: Decision, paused: bool) -> Action {
         match decision {
-            Decision::Allow(outcome) => {
+            Decision::Allow { outcome, headers } => {
                 Metrics::bump(match outcome {
                     Outcome::Allowed => self.metrics.allowed,
                     Outcome::FailedOpen => self.metrics.failure_mode_allowed,
                 });
+                self.response_headers = headers;
                 if paused {
                     if let Err(status) = hostcalls::resume_http_request() {
                         log(
@@ -222,6 +242,9 @@ impl Request {
             .map_err(|s| CalloutError::Body(format!("unreadable ({s:?})")))?
             .unwrap_or_default();
         let answer = self.policy.read_answer(check, &status, &body)?;
+        for _ in 0..self.policy.shadow_denials(check, &answer) {
+            Metrics::bump(self.metrics.shadow_denied);
+        }
         Ok(self.policy.decide(check, &answer))
     }
 }
@@ -239,23 +262,14 @@ impl Context for Request {
         };
         let decision = self
             .answer(&check, num_headers, body_size)
-            .unwrap_or_else(|e| self.fail(&e));
+            .unwrap_or_else(|e| self.fail(&check, &e));
         self.apply(decision, true);
     }
 }
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let source_address = || {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
-        };
-        match self.policy.evaluate(&path, source_address) {
+        match self.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
             Verdict::Check(check) => {
                 Metrics::bump(self.metrics.checks);
@@ -265,11 +279,27 @@ impl HttpContext for Request {
                         Action::Pause
                     }
                     Err(e) => {
-                        let decision = self.fail(&e);
+                        let decision = self.fail(&check, &e);
                         self.apply(decision, false)
                     }
                 }
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Only an upstream response of an allowed request gets headers here: a local
+        // reply carries its own, and passes through this callback too.
+        for (name, value) in self.response_headers.drain(..) {
+            if let Err(status) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))
+            {
+                log(
+                    LogLevel::Warn,
+                    &format!("ratelimit: cannot add response header {name}: {status:?}"),
+                );
+            }
+        }
+        Action::Continue
     }
 }

@@ -13,6 +13,9 @@
 
 pub mod config;
 pub mod duration;
+pub mod key;
+pub mod reply;
+pub mod request;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,46 +1,64 @@
 //! The filter's decisions, free of any host call: which rules a request meets,
 //! what to ask limitd, and what to do with the answer.
 //!
-//! The proxy-wasm glue reads the request, calls [`Policy::evaluate`], sends the
-//! check it returns, and turns [`Policy::decide`] or [`Policy::on_failure`]
-//! into "continue" or a local reply.
+//! The proxy-wasm glue calls [`Policy::evaluate`] with a view of the request,
+//! sends the check it returns, and turns [`Policy::decide`] or
+//! [`Policy::on_failure`] into "continue" or a local reply.
 
-use protocol::{Algorithm, CheckRequest, CheckResponse, Hit};
-use serde::Serialize;
+use protocol::{CheckRequest, CheckResponse, Hit};
 
-use crate::config::{FailureMode, Policy, Rule};
+use crate::config::{FailureMode, Policy};
+use crate::key::build_key;
+use crate::reply::{ceil_seconds, denial_body, rate_limit_headers, unavailable_body, RuleState};
+use crate::request::{path_only, RequestView};
 
 /// What to do with a request when its headers arrive.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// No rule applies: let it through without a callout.
     Continue,
-    /// Ask limitd: `body` is the encoded check, `rules` the matched rules' indices.
+    /// Ask limitd.
     Check(Check),
 }
 
-/// A check to send to limitd for one request.
-#[derive(Debug, PartialEq, Eq)]
+/// The hits to check for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// The JSON body of `POST /v1/check`.
-    pub body: Vec<u8>,
-    /// Indices into [`Policy::rules`] of the rules that matched, in hit order.
+    /// One hit per rule that applies, in rule order.
+    pub hits: Vec<Hit>,
+    /// Indices into [`Policy::rules`] of those rules, in hit order.
     pub rules: Vec<usize>,
 }
+
+impl Check {
+    /// The JSON body of `POST /v1/check` for this check alone.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_vec(&CheckRequest {
+            hits: self.hits.clone(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Headers to add to a response.
+pub type Headers = Vec<(&'static str, String)>;
 
 /// What to do with a request once its check has an answer (or has failed).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
-    Allow(Outcome),
+    /// Forward the request; add `headers` to its response.
+    Allow { outcome: Outcome, headers: Headers },
+    /// Answer it locally.
     Reply(LocalReply),
 }
 
 /// Why a request was let through, for the filter's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// limitd allowed every hit.
+    /// limitd allowed every enforced hit.
     Allowed,
-    /// limitd could not answer and the failure mode is `allow`.
+    /// limitd could not answer and the rules' failure mode is `allow`.
     FailedOpen,
 }
 
@@ -48,7 +66,7 @@ pub enum Outcome {
 #[derive(Debug, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Headers,
     pub body: String,
     /// True for a denial by a limit; false when the failure mode denied.
     pub over_limit: bool,
@@ -78,82 +96,44 @@ impl std::fmt::Display for CalloutError {
     }
 }
 
-#[derive(Serialize)]
-struct DenyBody<'a> {
-    error: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    retry_after: u64,
-}
-
-impl Rule {
-    fn matches(&self, path: &[u8]) -> bool {
-        match &self.path_prefix {
-            None => true,
-            Some(prefix) => {
-                // The query string is not part of the path a rule matches.
-                let end = path.iter().position(|&b| b == b'?').unwrap_or(path.len());
-                path[..end].starts_with(prefix.as_bytes())
-            }
-        }
-    }
-}
-
-/// The client's address without its port: `"127.0.0.2:5000"` → `"127.0.0.2"`,
-/// `"[::1]:5000"` → `"::1"`. Text that is neither is kept whole.
-pub fn client_ip(source_address: &[u8]) -> &[u8] {
-    if let Some(rest) = source_address.strip_prefix(b"[") {
-        if let Some(end) = rest.iter().position(|&b| b == b']') {
-            return &rest[..end];
-        }
-    }
-    let colons = source_address.iter().filter(|&&b| b == b':').count();
-    match source_address.iter().rposition(|&b| b == b':') {
-        Some(i) if colons == 1 => &source_address[..i],
-        _ => source_address,
-    }
-}
-
 impl Policy {
     /// Decides whether a request needs a check, and builds it.
-    ///
-    /// `path` is the `:path` header; `source_address` is asked for only when a
-    /// rule matches (it is Envoy's `source.address` property, `ip:port`).
-    pub fn evaluate<'a>(
-        &self,
-        path: &[u8],
-        source_address: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> Verdict {
-        let rules: Vec<usize> = (0..self.rules.len())
-            .filter(|&i| self.rules[i].matches(path))
-            .collect();
-        if rules.is_empty() {
-            return Verdict::Continue;
-        }
-        let address = source_address();
-        let ip = match &address {
-            Some(a) => String::from_utf8_lossy(client_ip(a)).into_owned(),
-            None => "unknown".to_owned(),
+    pub fn evaluate(&self, request: &impl RequestView) -> Verdict {
+        let raw_path = request.header(":path").unwrap_or_default();
+        let path = path_only(&raw_path);
+        let mut check = Check {
+            hits: Vec::new(),
+            rules: Vec::new(),
         };
-        let hits = rules
-            .iter()
-            .map(|&i| {
-                let rule = &self.rules[i];
-                Hit {
-                    key: format!("{}:{}", rule.name, ip),
-                    limit: rule.requests,
-                    window_ms: rule.window_ms,
-                    cost: 1,
-                    algorithm: Algorithm::FixedWindow,
-                    burst: None,
-                    shadow: false,
-                }
-            })
-            .collect();
-        // Serializing plain structs of strings and integers cannot fail.
-        let body = serde_json::to_vec(&CheckRequest { hits }).unwrap_or_default();
-        Verdict::Check(Check { body, rules })
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matcher.matches(path, request) {
+                continue;
+            }
+            let Some(key) = build_key(
+                &rule.name,
+                &rule.key,
+                path,
+                request,
+                rule.missing_default.as_deref(),
+            ) else {
+                continue; // A header the key needs is missing and the rule says skip.
+            };
+            check.hits.push(Hit {
+                key,
+                limit: rule.requests,
+                window_ms: rule.window_ms,
+                cost: rule.cost,
+                algorithm: rule.algorithm,
+                burst: rule.burst,
+                shadow: rule.shadow,
+            });
+            check.rules.push(i);
+        }
+        if check.hits.is_empty() {
+            Verdict::Continue
+        } else {
+            Verdict::Check(check)
+        }
     }
 
     /// Reads limitd's answer to `check`: `status` is the `:status` header and
@@ -171,89 +151,117 @@ impl Policy {
         }
         let answer: CheckResponse =
             serde_json::from_slice(body).map_err(|e| CalloutError::Body(e.to_string()))?;
-        if answer.hits.len() != check.rules.len() {
+        if answer.hits.len() != check.hits.len() {
             return Err(CalloutError::Body(format!(
                 "{} results for {} hits",
                 answer.hits.len(),
-                check.rules.len()
+                check.hits.len()
             )));
         }
         Ok(answer)
     }
 
-    /// Turns limitd's answer into a decision.
-    pub fn decide(&self, check: &Check, answer: &CheckResponse) -> Decision {
-        if answer.allowed {
-            return Decision::Allow(Outcome::Allowed);
-        }
-        // The client must wait for the slowest denied hit to clear.
-        let worst = check
-            .rules
+    /// How many shadow rules would have denied the request.
+    pub fn shadow_denials(&self, check: &Check, answer: &CheckResponse) -> usize {
+        check
+            .hits
             .iter()
             .zip(&answer.hits)
-            .filter(|(_, hit)| !hit.allowed)
-            .max_by_key(|(_, hit)| hit.retry_after_ms);
-        let (rule, retry_after_ms) = match worst {
-            Some((&i, hit)) => (Some(self.rules[i].name.as_str()), hit.retry_after_ms),
-            // Denied with no denied hit: a confused answer; deny without naming a rule.
-            None => (None, 1_000),
-        };
-        let retry_after = retry_after_ms.div_ceil(1000).max(1);
-        let body = DenyBody {
-            error: "rate_limited",
-            message: "Too many requests",
-            rule,
-            retry_after,
-        };
+            .filter(|(hit, result)| hit.shadow && !result.allowed)
+            .count()
+    }
+
+    /// Turns limitd's answer into a decision.
+    pub fn decide(&self, check: &Check, answer: &CheckResponse) -> Decision {
+        let enforced: Vec<(usize, &protocol::HitResult)> = check
+            .rules
+            .iter()
+            .zip(&check.hits)
+            .zip(&answer.hits)
+            .filter(|((_, hit), _)| !hit.shadow)
+            .map(|((&rule, _), result)| (rule, result))
+            .collect();
+        let states: Vec<RuleState<'_>> = enforced
+            .iter()
+            .map(|&(i, result)| RuleState {
+                name: &self.rules[i].name,
+                window_ms: self.rules[i].window_ms,
+                result,
+            })
+            .collect();
+        let mut headers = rate_limit_headers(self.response_headers, &states);
+        let denied: Vec<&(usize, &protocol::HitResult)> =
+            enforced.iter().filter(|(_, r)| !r.allowed).collect();
+        // limitd's overall answer already ignores shadow hits; a denied enforced hit
+        // denies in any case, so a confused answer cannot let a request through.
+        if answer.allowed && denied.is_empty() {
+            return Decision::Allow {
+                outcome: Outcome::Allowed,
+                headers,
+            };
+        }
+        // The client must wait for the slowest denied hit to clear.
+        let retry_after_ms = denied
+            .iter()
+            .map(|(_, r)| r.retry_after_ms)
+            .max()
+            .unwrap_or(1_000);
+        let retry_after = ceil_seconds(retry_after_ms).max(1);
+        let violated: Vec<&str> = denied
+            .iter()
+            .map(|(i, _)| self.rules[*i].name.as_str())
+            .collect();
+        headers.insert(0, ("retry-after", retry_after.to_string()));
+        headers.insert(1, ("content-type", "application/problem+json".to_owned()));
         Decision::Reply(LocalReply {
             status: self.deny_status,
-            headers: vec![
-                ("retry-after", retry_after.to_string()),
-                ("content-type", "application/json".to_owned()),
-            ],
-            body: serde_json::to_string(&body).unwrap_or_default(),
+            headers,
+            body: denial_body(self.deny_status, &violated, retry_after),
             over_limit: true,
         })
     }
 
-    /// The decision when a check got no usable answer: the failure mode.
-    pub fn on_failure(&self) -> Decision {
-        match self.failure_mode {
-            FailureMode::Allow => Decision::Allow(Outcome::FailedOpen),
-            FailureMode::Deny => {
-                let body = DenyBody {
-                    error: "rate_limiter_unavailable",
-                    message: "The rate limiter could not be reached",
-                    rule: None,
-                    retry_after: 1,
-                };
-                Decision::Reply(LocalReply {
-                    status: self.failure_status,
-                    headers: vec![
-                        ("retry-after", "1".to_owned()),
-                        ("content-type", "application/json".to_owned()),
-                    ],
-                    body: serde_json::to_string(&body).unwrap_or_default(),
-                    over_limit: false,
-                })
-            }
+    /// The decision when a check got no usable answer: a request is denied if
+    /// any enforced rule it matched has failure mode `deny`, else allowed.
+    pub fn on_failure(&self, check: &Check) -> Decision {
+        let deny = check
+            .rules
+            .iter()
+            .map(|&i| &self.rules[i])
+            .any(|rule| !rule.shadow && rule.failure_mode == FailureMode::Deny);
+        if !deny {
+            return Decision::Allow {
+                outcome: Outcome::FailedOpen,
+                headers: Vec::new(),
+            };
         }
+        Decision::Reply(LocalReply {
+            status: self.failure_status,
+            headers: vec![
+                ("retry-after", "1".to_owned()),
+                ("content-type", "application/problem+json".to_owned()),
+            ],
+            body: unavailable_body(self.failure_status),
+            over_limit: false,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use protocol::HitResult;
+    use protocol::{Algorithm, HitResult};
 
     use super::*;
+    use crate::request::tests::FakeRequest;
 
-    fn policy(failure_mode: &str) -> Policy {
+    fn policy(extra: &str) -> Policy {
         Policy::from_json(
             format!(
-                r#"{{"failure_mode":"{failure_mode}","rules":[
-                {{"name":"limited","match":{{"path_prefix":"/limited_endpoint"}},"limit":{{"requests":10,"window":"60s"}}}},
-                {{"name":"global","match":{{"path_prefix":"/"}},"limit":{{"requests":1000,"window":"1s"}}}},
-                {{"name":"api","match":{{"path_prefix":"/api"}},"limit":{{"requests":5,"window":"1m"}}}}]}}"#
+                r#"{{{extra}"rules":[
+                {{"name":"limited","match":{{"path":{{"prefix":"/limited_endpoint"}}}},"limit":{{"requests":10,"window":"60s"}}}},
+                {{"name":"global","limit":{{"requests":1000,"window":"1s"}},"key":[{{"constant":"all"}}],"shadow":true}},
+                {{"name":"api","match":{{"path":{{"prefix":"/api"}}}},"key":[{{"header":"x-api-key"}}],
+                  "limit":{{"requests":5,"window":"1m","algorithm":"gcra","burst":2}},"failure_mode":"deny"}}]}}"#
             )
             .as_bytes(),
         )
@@ -271,79 +279,107 @@ mod tests {
         HitResult {
             allowed,
             limit: 10,
-            remaining: 0,
-            reset_ms: retry_after_ms,
+            remaining: if allowed { 3 } else { 0 },
+            reset_ms: 30_000,
             retry_after_ms,
         }
     }
 
     #[test]
-    fn strips_the_port_from_the_client_address() {
-        assert_eq!(client_ip(b"127.0.0.2:5000"), b"127.0.0.2");
-        assert_eq!(client_ip(b"[::1]:5000"), b"::1");
-        assert_eq!(client_ip(b"[2001:db8::1]:443"), b"2001:db8::1");
-        assert_eq!(client_ip(b"2001:db8::1"), b"2001:db8::1");
-        assert_eq!(client_ip(b"10.0.0.1"), b"10.0.0.1");
-        assert_eq!(client_ip(b""), b"");
-    }
-
-    #[test]
-    fn a_request_no_rule_matches_continues_without_asking_for_the_address() {
-        let policy = Policy::from_json(
-            br#"{"rules":[{"name":"l","match":{"path_prefix":"/limited_endpoint"},"limit":{"requests":1,"window":"1s"}}]}"#,
+    fn a_request_no_rule_matches_continues() {
+        let p = Policy::from_json(
+            br#"{"rules":[{"name":"l","match":{"path":{"prefix":"/limited_endpoint"}},"limit":{"requests":1,"window":"1s"}}]}"#,
         )
         .unwrap();
-        for path in [&b"/"[..], b"/health", b"/limited", b"/x?/limited_endpoint"] {
+        for path in ["/", "/health", "/limited", "/x?/limited_endpoint"] {
             assert_eq!(
-                policy.evaluate(path, || panic!("address read for {path:?}")),
-                Verdict::Continue
+                p.evaluate(&FakeRequest::new("GET", path)),
+                Verdict::Continue,
+                "{path}"
             );
         }
     }
 
     #[test]
-    fn every_matching_rule_becomes_a_hit_keyed_by_rule_and_client_ip() {
-        let check = check_of(policy("allow").evaluate(b"/limited_endpoint?x=1", || {
-            Some(b"127.0.0.2:4321".to_vec())
-        }));
+    fn every_matching_rule_becomes_a_hit() {
+        let p = policy("");
+        let check = check_of(
+            p.evaluate(&FakeRequest::new("GET", "/limited_endpoint?x=1").from("127.0.0.2:4321")),
+        );
         assert_eq!(check.rules, vec![0, 1]);
-        let sent: CheckRequest = serde_json::from_slice(&check.body).unwrap();
-        let keys: Vec<_> = sent
+        let sent: CheckRequest = serde_json::from_slice(&check.encode()).unwrap();
+        let hits: Vec<_> = sent
             .hits
             .iter()
-            .map(|h| (h.key.as_str(), h.limit, h.window_ms, h.cost))
+            .map(|h| (h.key.as_str(), h.limit, h.window_ms, h.cost, h.shadow))
             .collect();
         assert_eq!(
-            keys,
+            hits,
             vec![
-                ("limited:127.0.0.2", 10, 60_000, 1),
-                ("global:127.0.0.2", 1000, 1000, 1)
+                ("limited:127.0.0.2", 10, 60_000, 1, false),
+                ("global:all", 1000, 1000, 1, true)
             ]
         );
     }
 
     #[test]
-    fn a_missing_address_is_grouped_as_unknown() {
-        let check = check_of(policy("allow").evaluate(b"/api", || None));
-        let sent: CheckRequest = serde_json::from_slice(&check.body).unwrap();
-        assert_eq!(sent.hits[1].key, "api:unknown");
+    fn a_rule_whose_key_header_is_missing_is_skipped() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/api/items")));
+        assert_eq!(check.rules, vec![1]);
+        let check =
+            check_of(p.evaluate(&FakeRequest::new("GET", "/api/items").with("x-api-key", "k1")));
+        assert_eq!(check.rules, vec![1, 2]);
+        assert_eq!(check.hits[1].key, "api:k1");
+        assert_eq!(
+            (check.hits[1].algorithm, check.hits[1].burst),
+            (Algorithm::Gcra, Some(2))
+        );
     }
 
     #[test]
-    fn an_allowed_answer_allows() {
-        let p = policy("allow");
-        let check = check_of(p.evaluate(b"/limited_endpoint", || Some(b"1.2.3.4:1".to_vec())));
+    fn an_allowed_answer_allows_with_headers_for_enforced_rules_only() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         let answer = CheckResponse {
             allowed: true,
             hits: vec![hit(true, 0), hit(true, 0)],
         };
-        assert_eq!(p.decide(&check, &answer), Decision::Allow(Outcome::Allowed));
+        let Decision::Allow { outcome, headers } = p.decide(&check, &answer) else {
+            panic!("expected allow")
+        };
+        assert_eq!(outcome, Outcome::Allowed);
+        assert_eq!(
+            headers,
+            vec![
+                ("ratelimit-policy", r#""limited";q=10;w=60"#.to_owned()),
+                ("ratelimit", r#""limited";r=3;t=30"#.to_owned()),
+            ]
+        );
     }
 
     #[test]
-    fn a_denied_answer_replies_429_naming_the_slowest_rule() {
-        let p = policy("allow");
-        let check = check_of(p.evaluate(b"/limited_endpoint", || Some(b"1.2.3.4:1".to_vec())));
+    fn a_shadow_denial_is_counted_but_does_not_deny() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
+        let answer = CheckResponse {
+            allowed: true,
+            hits: vec![hit(true, 0), hit(false, 500)],
+        };
+        assert!(matches!(
+            p.decide(&check, &answer),
+            Decision::Allow {
+                outcome: Outcome::Allowed,
+                ..
+            }
+        ));
+        assert_eq!(p.shadow_denials(&check, &answer), 1);
+    }
+
+    #[test]
+    fn a_denied_answer_replies_with_problem_details_and_headers() {
+        let p = policy(r#""response_headers":"legacy","#);
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         let answer = CheckResponse {
             allowed: false,
             hits: vec![hit(false, 42_001), hit(true, 0)],
@@ -354,19 +390,26 @@ mod tests {
         assert_eq!(reply.status, 429);
         assert!(reply.over_limit);
         assert_eq!(reply.headers[0], ("retry-after", "43".to_owned()));
+        assert_eq!(
+            reply.headers[1],
+            ("content-type", "application/problem+json".to_owned())
+        );
+        assert!(reply
+            .headers
+            .contains(&("x-ratelimit-remaining", "0".to_owned())));
         let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(body["error"], "rate_limited");
-        assert_eq!(body["rule"], "limited");
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["violated_policies"], serde_json::json!(["limited"]));
         assert_eq!(body["retry_after"], 43);
     }
 
     #[test]
-    fn retry_after_is_at_least_one_second() {
-        let p = policy("allow");
-        let check = check_of(p.evaluate(b"/limited_endpoint", || None));
+    fn a_confused_answer_cannot_let_a_denied_hit_through() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         let answer = CheckResponse {
-            allowed: false,
-            hits: vec![hit(false, 10), hit(false, 0)],
+            allowed: true,
+            hits: vec![hit(false, 10), hit(true, 0)],
         };
         let Decision::Reply(reply) = p.decide(&check, &answer) else {
             panic!("expected a reply")
@@ -376,8 +419,8 @@ mod tests {
 
     #[test]
     fn answers_that_do_not_fit_the_check_are_errors() {
-        let p = policy("allow");
-        let check = check_of(p.evaluate(b"/limited_endpoint", || None));
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         assert_eq!(
             p.read_answer(&check, b"504", b""),
             Err(CalloutError::Status("504".into()))
@@ -403,16 +446,35 @@ mod tests {
     }
 
     #[test]
-    fn the_failure_mode_decides_when_limitd_cannot() {
+    fn the_failure_mode_of_the_matched_rules_decides() {
+        let p = policy("");
+        let open = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         assert_eq!(
-            policy("allow").on_failure(),
-            Decision::Allow(Outcome::FailedOpen)
+            p.on_failure(&open),
+            Decision::Allow {
+                outcome: Outcome::FailedOpen,
+                headers: vec![]
+            }
         );
-        let Decision::Reply(reply) = policy("deny").on_failure() else {
+        let closed = check_of(p.evaluate(&FakeRequest::new("GET", "/api").with("x-api-key", "k")));
+        let Decision::Reply(reply) = p.on_failure(&closed) else {
             panic!("expected a reply")
         };
         assert_eq!(reply.status, 503);
         assert!(!reply.over_limit);
-        assert!(reply.body.contains("rate_limiter_unavailable"));
+        assert!(reply.body.contains("Rate Limiter Unavailable"));
+        // A shadow rule never denies, whatever its failure mode.
+        let shadow = Policy::from_json(
+            br#"{"failure_mode":"deny","rules":[{"name":"s","shadow":true,"limit":{"requests":1,"window":"1s"}}]}"#,
+        )
+        .unwrap();
+        let check = check_of(shadow.evaluate(&FakeRequest::new("GET", "/")));
+        assert!(matches!(
+            shadow.on_failure(&check),
+            Decision::Allow {
+                outcome: Outcome::FailedOpen,
+                ..
+            }
+        ));
     }
 }
