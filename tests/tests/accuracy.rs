@@ -1,0 +1,227 @@
+//! Accuracy under contention: 2 Envoys × 2 limitd × Redis via Sentinel, 64
+//! concurrent clients hammering one key. Fixed window and GCRA must never
+//! admit more than their limit; the sliding window's error against an exact
+//! sliding log is measured and printed (the README states it).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use e2e::stack::free_port;
+use e2e::{Binaries, EnvoyOptions, HttpConnection, Stack, StackOptions};
+
+const CLIENTS: usize = 64;
+const LIMIT: u64 = 40;
+const WINDOW_MS: u64 = 1000;
+const BURST: u64 = 10;
+const RUN: Duration = Duration::from_millis(3500);
+
+/// One answered request: when it was sent and answered (µs since the epoch,
+/// the clock Redis `TIME` reads too), and whether it was admitted.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    sent_us: u64,
+    answered_us: u64,
+    admitted: bool,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The demo rules with tighter limits, failing closed: a check that times out
+/// on this loaded machine must not be mistaken for an admission.
+fn options() -> EnvoyOptions {
+    EnvoyOptions::default()
+        .replace(r#""failure_mode": "allow""#, r#""failure_mode": "deny""#)
+        .replace(r#""limit": { "requests": 10, "window": "60s" }"#, &format!(r#""limit": {{ "requests": {LIMIT}, "window": "{WINDOW_MS}ms" }}"#))
+        .replace(
+            r#""limit": { "requests": 5, "window": "10s", "algorithm": "sliding_window" }"#,
+            &format!(r#""limit": {{ "requests": {LIMIT}, "window": "{WINDOW_MS}ms", "algorithm": "sliding_window" }}"#),
+        )
+        .replace(
+            r#""limit": { "requests": 2, "window": "1s", "algorithm": "gcra", "burst": 5 }"#,
+            &format!(r#""limit": {{ "requests": {LIMIT}, "window": "{WINDOW_MS}ms", "algorithm": "gcra", "burst": {BURST} }}"#),
+        )
+}
+
+/// Runs 64 clients against `path`, half through each Envoy, for [`RUN`].
+fn hammer(stack: &Stack, path: &'static str) -> Vec<Sample> {
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let envoys = [stack.envoy(0), stack.envoy(1)];
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let to = envoys[i % 2];
+            std::thread::spawn(move || {
+                let from = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                let mut samples = Vec::new();
+                let mut connection = None;
+                barrier.wait();
+                let until = Instant::now() + RUN;
+                while Instant::now() < until {
+                    if connection.is_none() {
+                        connection = HttpConnection::open(to, from).ok();
+                    }
+                    let Some(conn) = connection.as_mut() else {
+                        continue;
+                    };
+                    let sent_us = now_us();
+                    match conn.get(path) {
+                        Ok(response) => {
+                            // 503: the check failed (counted as not admitted).
+                            assert!(
+                                matches!(response.status, 200 | 429 | 503),
+                                "unexpected {response:?}"
+                            );
+                            samples.push(Sample {
+                                sent_us,
+                                answered_us: now_us(),
+                                admitted: response.status == 200,
+                            });
+                        }
+                        Err(_) => connection = None,
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect()
+}
+
+fn admitted(samples: &[Sample]) -> Vec<Sample> {
+    let mut admitted: Vec<Sample> = samples.iter().copied().filter(|s| s.admitted).collect();
+    admitted.sort_by_key(|s| s.answered_us);
+    admitted
+}
+
+/// Checks that no fixed window admitted more than [`LIMIT`]: per window, the
+/// requests decided certainly inside it, and over the whole run. Returns the
+/// most admitted in one window.
+fn check_fixed_windows(name: &str, samples: &[Sample]) -> u64 {
+    let window_us = WINDOW_MS * 1000;
+    let admitted = admitted(samples);
+    let mut per_window = std::collections::BTreeMap::<u64, u64>::new();
+    for s in &admitted {
+        // Decided somewhere in [sent, answered]; certain only when both are in one window.
+        if s.sent_us / window_us == s.answered_us / window_us {
+            *per_window.entry(s.sent_us / window_us).or_default() += 1;
+        }
+    }
+    let worst = per_window.values().copied().max().unwrap_or(0);
+    assert!(
+        worst <= LIMIT,
+        "{name}: a window admitted {worst} > {LIMIT}: {per_window:?}"
+    );
+    let first = samples.iter().map(|s| s.sent_us).min().unwrap_or(0) / window_us;
+    let last = samples.iter().map(|s| s.answered_us).max().unwrap_or(0) / window_us;
+    let bound = LIMIT * (last - first + 1);
+    assert!(
+        admitted.len() as u64 <= bound,
+        "{name}: {} admitted over {} windows",
+        admitted.len(),
+        last - first + 1
+    );
+    worst
+}
+
+#[test]
+fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
+    Binaries::require();
+    let mut stack = Stack::start(StackOptions {
+        envoy: options(),
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    stack
+        .start_envoy(free_port(), free_port(), &options())
+        .unwrap();
+
+    // Fixed window.
+    let fixed = hammer(&stack, "/limited_endpoint");
+    let worst = check_fixed_windows("fixed_window", &fixed);
+    eprintln!(
+        "accuracy: fixed_window: {} requests, {} admitted, at most {worst} in one window (limit {LIMIT}); failed checks: {}",
+        fixed.len(),
+        admitted(&fixed).len(),
+        stack.envoy_stat(0, "wasmcustom.ratelimit.callout_errors") + stack.envoy_stat(1, "wasmcustom.ratelimit.callout_errors"),
+    );
+    assert!(
+        fixed.len() as u64 > 10 * LIMIT,
+        "too little load to show anything: {}",
+        fixed.len()
+    );
+    assert_eq!(worst, LIMIT, "the limit was never reached in a window");
+
+    // GCRA: over any span, at most burst + rate × span (+1 for the token in progress).
+    let gcra = hammer(&stack, "/api/gcra");
+    let ok = admitted(&gcra);
+    assert!(
+        ok.len() as u64 >= BURST + LIMIT,
+        "gcra admitted only {} of {}",
+        ok.len(),
+        gcra.len()
+    );
+    let mut excess = 0i64;
+    for (i, first) in ok.iter().enumerate() {
+        for last in &ok[i..] {
+            if last.answered_us < first.sent_us {
+                continue;
+            }
+            let inside = ok
+                .iter()
+                .filter(|s| s.sent_us >= first.sent_us && s.answered_us <= last.answered_us)
+                .count() as i64;
+            let span_us = last.answered_us - first.sent_us;
+            let allowed = (BURST + LIMIT * span_us / (WINDOW_MS * 1000) + 1) as i64;
+            excess = excess.max(inside - allowed);
+        }
+    }
+    eprintln!(
+        "accuracy: gcra: {} requests, {} admitted, worst excess over burst + rate × span: {excess}",
+        gcra.len(),
+        ok.len()
+    );
+    assert!(
+        excess <= 0,
+        "gcra admitted {excess} more than burst + rate × span"
+    );
+    check_fixed_windows("gcra", &gcra);
+
+    // Sliding window: compare with an exact sliding log over the decision times
+    // (taken as the midpoint of send and answer).
+    let sliding = hammer(&stack, "/api/sliding");
+    let ok = admitted(&sliding);
+    assert!(
+        ok.len() as u64 >= 2 * LIMIT,
+        "sliding_window admitted only {} of {}",
+        ok.len(),
+        sliding.len()
+    );
+    let window_us = WINDOW_MS * 1000;
+    let times: Vec<u64> = ok.iter().map(|s| (s.sent_us + s.answered_us) / 2).collect();
+    let worst_log = times
+        .iter()
+        .map(|&t| {
+            times
+                .iter()
+                .filter(|&&u| u <= t && u + window_us > t)
+                .count() as u64
+        })
+        .max()
+        .unwrap_or(0);
+    check_fixed_windows("sliding_window", &sliding);
+    let error = (worst_log as f64 - LIMIT as f64) / LIMIT as f64 * 100.0;
+    eprintln!(
+        "accuracy: sliding_window: {} requests, {} admitted, at most {worst_log} in any {WINDOW_MS}ms sliding window (limit {LIMIT}, error {error:+.1}%)",
+        sliding.len(),
+        ok.len()
+    );
+}
