@@ -1,31 +1,68 @@
--- Fixed-window check of a batch of hits, all or nothing.
+-- Rate-limit check of a batch of hits, all or nothing: fixed window, sliding window and GCRA.
 --
--- KEYS[i]     the counter of hit i: a hash {w = start of the window its count belongs to, in ms
---             since the epoch of Redis time; c = units consumed in that window}.
--- ARGV[3i-2]  limit of hit i      (integer, 1 <= limit <= 1e15, checked by limitd)
--- ARGV[3i-1]  window_ms of hit i  (integer, 1 <= window_ms <= 366 days)
--- ARGV[3i]    cost of hit i       (integer, 0 <= cost <= 1e15)
--- Hits repeating a key share one counter (limitd guarantees they share the window length too):
--- their costs add up.
+-- KEYS[i]     the state of hit i (layouts below). Hits repeating a key share one state; limitd
+--             guarantees they share algorithm, window_ms and burst (and, for gcra, limit).
+-- ARGV[8i-7]  algorithm of hit i: 0 fixed_window, 1 sliding_window, 2 gcra
+-- ARGV[8i-6]  shadow: 1 for a shadow hit, else 0
+-- ARGV[8i-5]  limit       (integer, 1 <= limit <= 1e15, checked by limitd)
+-- ARGV[8i-4]  window_ms   (integer, 1 <= window_ms <= 366 days < 2^35)
+-- ARGV[8i-3]  cost        (integer, 0 <= cost <= 1e15)
+-- ARGV[8i-2]  gcra: burst, the bucket's capacity in units (1..1e15); 0 for the window algorithms
+-- ARGV[8i-1]  gcra: token = window_ms / gcd(window_ms, limit); 0 otherwise
+-- ARGV[8i]    gcra: rate  = limit / gcd(window_ms, limit); 0 otherwise
 --
 -- Returns integers only (a Lua float in a reply is truncated):
 --   { all_allowed (1|0), then per hit: allowed (1|0), remaining, reset_ms, retry_after_ms }
--- remaining is what is left after this check: after the increment if the check was allowed, and
--- the unconsumed rest if it was denied. reset_ms is the time until the hit's window ends.
--- retry_after_ms is 0 for an allowed hit; for a denied one the time until its window ends, or
--- the whole window length if cost > limit (such a hit can never pass: the value only paces
--- retries).
 --
--- Why a script: the decision reads every counter before any is written, and writes only if all
--- hits pass. A script runs atomically, so no other check slips in between read and write (the
--- limit holds under any concurrency), keys cannot expire halfway through (they can between the
--- commands of a read-then-MULTI sequence), and the time comes from the one Redis clock (TIME),
--- never from limitd's. Scripts are replicated by their effects, so TIME before writes is allowed.
+-- Decision. Every hit is evaluated in order against its key's state as earlier hits of this
+-- check would leave it: a hit that fits is charged to that tentative state, one that does not fit
+-- is not (it never applies). The check is allowed iff every non-shadow hit fits; shadow hits are
+-- reported but never deny. Only an allowed check writes: every non-shadow hit is then consumed,
+-- and each shadow hit only if it fitted. remaining and reset_ms describe the state after the check
+-- (the stored one, untouched, if it was denied); retry_after_ms is 0 for a hit that fitted, else
+-- the time until a request of the same cost fits (from the state the hit was evaluated against,
+-- assuming no other traffic), always > 0. A cost above what the hit could ever hold (cost > limit
+-- for the windows, cost > burst for gcra) never fits: its retry_after_ms is window_ms, which only
+-- paces retries.
 --
--- Why a hash holding its window start rather than one key per window: the key a check touches is
--- then fixed by the request alone and can be passed in KEYS as Redis requires (a per-window name
--- would be computed here from TIME). A stored w other than the current window start means the
--- count belongs to a past window: it is read as 0. PEXPIREAT at the window end deletes idle keys.
+-- fixed_window. Windows aligned to Redis time: s = now - now % W. Fits iff count + cost <= limit.
+--   remaining = limit - count; reset_ms = retry_after_ms = s + W - now (the window's end).
+-- sliding_window. Two counters: estimate = prev * (W - e) / W + curr, e = now - s. Fits iff
+--   estimate + cost <= limit, computed exactly as ceil(prev * (W - e) / W) + curr + cost <= limit
+--   (equivalent because curr, cost and limit are integers). remaining = floor(limit - estimate);
+--   reset_ms = s + W - now (the current window's end, as the protocol defines it); retry_after_ms =
+--   the exact smallest wait after which the estimate, the previous window's weight decaying
+--   linearly and then the current count becoming the previous one, lets cost fit.
+-- gcra. A token bucket of capacity burst refilled at limit units per W, kept as its theoretical
+--   arrival time TAT (the time the bucket is full again). Time is counted in ticks of 1/rate ms,
+--   so one unit costs exactly `token` ticks (the emission interval W / limit ms), and the debt
+--   D = TAT - now in ticks is an integer <= burst * token <= 2^52 (limitd checks). Fits iff
+--   D + cost * token <= burst * token. remaining = whole units left = floor((burst*token - D) /
+--   token); reset_ms = ceil(D / rate), until the bucket is full; retry_after_ms = ceil((D + cost *
+--   token - burst * token) / rate).
+--
+-- Storage. Window algorithms: a hash {w = start of the current window (ms since the epoch of
+-- Redis time), c = units in window w, p = units in window w - W}; a stored w of s - W rolls (c
+-- becomes p), anything older reads as 0. Both window algorithms keep this one layout, so a rule
+-- switching between them keeps its counts. Fixed-window keys expire at s + W, sliding-window keys
+-- at s + 2W (their count is still needed as the previous window's). gcra: a hash {t, f, d}: TAT = t
+-- + f / d ms (d = the rate it was written with; read at another rate, TAT is rounded up to the
+-- ms); it expires at TAT, when the bucket is full again and the key would read as empty anyway.
+-- A missing or stale state reads as an unused counter.
+--
+-- Why a script: the decision reads every state before any is written, and writes only if all
+-- non-shadow hits pass. A script runs atomically, so no other check slips in between read and
+-- write (the limit holds under any concurrency), keys cannot expire halfway through (they can
+-- between the commands of a read-then-MULTI sequence), and the time comes from the one Redis clock
+-- (TIME), never from limitd's. Scripts are replicated by their effects, so TIME before writes is
+-- allowed. Why a hash per key holding its window (or TAT) rather than one key per window: the key
+-- a check touches is then fixed by the request alone and can be passed in KEYS as Redis requires.
+--
+-- Arithmetic. Lua numbers are doubles, exact for integers up to 2^53; every stored or returned
+-- value is an integer. Products that may pass 2^53 (prev * e with a large limit and a long
+-- window) go through muldivmod, which never forms them.
+
+local FIXED, SLIDING, GCRA = 0, 1, 2
 
 -- Redis turns Lua numbers given to redis.call into text; %d keeps large integers exact and
 -- never uses an exponent.
@@ -33,72 +70,278 @@ local function int(x)
   return string.format('%d', x)
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The one clock: Redis TIME, in whole milliseconds since the epoch.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
+-- floor(x / y) and x mod y, exact for integers 0 <= x < 2^52 and 1 <= y: the double quotient is
+-- within one of the true one, and q * y <= x + y stays exact, so one correction settles it.
+local function divmod(x, y)
+  local q = math.floor(x / y)
+  local r = x - q * y
+  if r < 0 then
+    q, r = q - 1, r + y
+  elseif r >= y then
+    q, r = q + 1, r - y
+  end
+  return q, r
+end
+
+local function ceil_div(x, y)
+  local q, r = divmod(x, y)
+  if r > 0 then
+    q = q + 1
+  end
+  return q
+end
+
+-- floor(a * b / c) and (a * b) mod c, exact for integers 0 <= a < 2^53 and 0 <= b <= c < 2^35,
+-- without forming a * b: Horner over a's 16-bit digits, keeping the partial remainder below c,
+-- so every intermediate stays below 2^52.
+local DIGIT = 65536
+local function muldivmod(a, b, c)
+  local q, r = 0, 0
+  for shift = 48, 0, -16 do
+    local digit = math.floor(a / 2 ^ shift) % DIGIT
+    local qd
+    qd, r = divmod(r * DIGIT + digit * b, c)
+    q = q * DIGIT + qd
+  end
+  return q, r
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Window state, shared by fixed_window and sliding_window: { curr, prev, rolled } at window start
+-- s; rolled means the stored w (and p) must be rewritten.
+
+local function load_window(key, h)
+  local v = redis.call('HMGET', key, 'w', 'c', 'p')
+  local w, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if w == h.start then
+    return { curr = c, prev = p, rolled = false }
+  elseif w == h.start - h.window then
+    return { curr = 0, prev = c, rolled = true }
+  end
+  return { curr = 0, prev = 0, rolled = true }
+end
+
+local function charge_window(st, h)
+  return { curr = st.curr + h.cost, prev = st.prev, rolled = st.rolled }
+end
+
+local function store_window(key, st, h, expire_at)
+  if st.rolled then
+    redis.call('HSET', key, 'w', int(h.start), 'c', int(st.curr), 'p', int(st.prev))
+  else
+    redis.call('HSET', key, 'c', int(st.curr))
+  end
+  redis.call('PEXPIREAT', key, int(expire_at))
+end
+
+-- fixed_window ---------------------------------------------------------------------------------
+
+local fixed = { load = load_window, charge = charge_window }
+
+function fixed.fits(st, h)
+  return st.curr + h.cost <= h.limit
+end
+
+function fixed.retry(st, h)
+  if h.cost > h.limit then
+    return h.window
+  end
+  return h.left
+end
+
+function fixed.report(st, h)
+  -- A limit lowered since the count was taken can leave the count above it.
+  return math.max(0, h.limit - st.curr), h.left
+end
+
+function fixed.store(key, st, h)
+  store_window(key, st, h, h.start + h.window)
+end
+
+-- sliding_window -------------------------------------------------------------------------------
+
+-- The previous window's count as the sliding window still sees it when k ms of the current
+-- window are left: ceil(prev * k / W).
+local function weighted(prev, k, window)
+  local q, r = muldivmod(prev, k, window)
+  if r > 0 then
+    q = q + 1
+  end
+  return q
+end
+
+-- The largest k in [0, kmax] with weighted(prev, k) <= room, for room >= 0 (k = 0 always fits).
+-- Exactly floor(room * W / prev); the double quotient is within one of it and the exact test
+-- settles it.
+local function largest_fitting(prev, room, window, kmax)
+  if prev <= room then
+    return kmax
+  end
+  local k = math.min(kmax, math.floor(room * window / prev))
+  while k > 0 and weighted(prev, k, window) > room do
+    k = k - 1
+  end
+  while k < kmax and weighted(prev, k + 1, window) <= room do
+    k = k + 1
+  end
+  return k
+end
+
+local sliding = { load = load_window, charge = charge_window }
+
+function sliding.fits(st, h)
+  return weighted(st.prev, h.left, h.window) + st.curr + h.cost <= h.limit
+end
+
+function sliding.retry(st, h)
+  if h.cost > h.limit then
+    return h.window
+  end
+  local room = h.limit - st.curr - h.cost
+  if room >= 0 then
+    -- Fits later in this window, once the previous window's weight has decayed enough: wait
+    -- until only k ms are left. The hit did not fit now, so k < left and the wait is > 0.
+    return h.left - largest_fitting(st.prev, room, h.window, h.left)
+  end
+  -- Only in the next window, where the current count becomes the previous one.
+  return h.left + h.window - largest_fitting(st.curr, h.limit - h.cost, h.window, h.window)
+end
+
+function sliding.report(st, h)
+  return math.max(0, h.limit - weighted(st.prev, h.left, h.window) - st.curr), h.left
+end
+
+function sliding.store(key, st, h)
+  store_window(key, st, h, h.start + 2 * h.window)
+end
+
+-- gcra -----------------------------------------------------------------------------------------
+-- State { debt }: TAT - now in ticks of 1 / rate ms, 0 when the bucket is full.
+
+local gcra = {}
+
+function gcra.load(key, h)
+  local v = redis.call('HMGET', key, 't', 'f', 'd')
+  local t, f, d = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3])
+  if t == nil then
+    return { debt = 0 }
+  end
+  if d ~= h.rate and f > 0 then
+    -- Written at another rate (the rule changed): round the TAT up to the next ms.
+    t, f = t + 1, 0
+  end
+  return { debt = math.max(0, (t - h.now) * h.rate + f) }
+end
+
+function gcra.charge(st, h)
+  return { debt = st.debt + h.cost * h.token }
+end
+
+function gcra.fits(st, h)
+  return h.cost <= h.burst and st.debt <= (h.burst - h.cost) * h.token
+end
+
+function gcra.retry(st, h)
+  if h.cost > h.burst then
+    return h.window
+  end
+  return ceil_div(st.debt - (h.burst - h.cost) * h.token, h.rate)
+end
+
+function gcra.report(st, h)
+  local capacity = h.burst * h.token
+  local remaining = 0
+  if st.debt < capacity then
+    remaining = divmod(capacity - st.debt, h.token)
+  end
+  return remaining, ceil_div(st.debt, h.rate)
+end
+
+function gcra.store(key, st, h)
+  local ms, ticks = divmod(st.debt, h.rate)
+  local tat = h.now + ms
+  redis.call('HSET', key, 't', int(tat), 'f', int(ticks), 'd', int(h.rate))
+  if ticks > 0 then
+    tat = tat + 1
+  end
+  redis.call('PEXPIREAT', key, int(tat))
+end
+
+-- ---------------------------------------------------------------------------------------------
+
+local ALGORITHMS = { [FIXED] = fixed, [SLIDING] = sliding, [GCRA] = gcra }
+
+local now = clock_ms()
 local n = #KEYS
-local limits, windows, costs, starts, allowed = {}, {}, {}, {}, {}
-local stored = {}  -- key -> units already consumed in its current window
-local charged = {} -- key -> units consumed if this check is allowed
+local hits = {}
+local loaded, state = {}, {} -- key -> state as stored, and as this check would leave it
 local all = 1
 
 for i = 1, n do
-  local key = KEYS[i]
-  local limit = tonumber(ARGV[3 * i - 2])
-  local window = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  local start = now - (now % window)
-  limits[i], windows[i], costs[i], starts[i] = limit, window, cost, start
-  if stored[key] == nil then
-    local v = redis.call('HMGET', key, 'w', 'c')
-    if tonumber(v[1]) == start then
-      stored[key] = tonumber(v[2]) or 0
-    else
-      stored[key] = 0
-    end
-    charged[key] = stored[key]
+  local a = 8 * (i - 1)
+  local h = {
+    key = KEYS[i],
+    alg = ALGORITHMS[tonumber(ARGV[a + 1])],
+    shadow = ARGV[a + 2] == '1',
+    limit = tonumber(ARGV[a + 3]),
+    window = tonumber(ARGV[a + 4]),
+    cost = tonumber(ARGV[a + 5]),
+    burst = tonumber(ARGV[a + 6]),
+    token = tonumber(ARGV[a + 7]),
+    rate = tonumber(ARGV[a + 8]),
+    now = now,
+  }
+  h.start = now - now % h.window
+  h.left = h.start + h.window - now
+  hits[i] = h
+
+  local st = state[h.key]
+  if st == nil then
+    st = h.alg.load(h.key, h)
+    loaded[h.key], state[h.key] = st, st
   end
-  charged[key] = charged[key] + cost
-  if charged[key] <= limit then
-    allowed[i] = 1
+  h.fits = h.alg.fits(st, h)
+  if h.fits then
+    if h.cost > 0 then
+      state[h.key] = h.alg.charge(st, h)
+    end
+    h.retry = 0
   else
-    allowed[i] = 0
-    all = 0
+    h.retry = h.alg.retry(st, h)
+    if not h.shadow then
+      all = 0
+    end
   end
 end
 
 local reply = { all }
 for i = 1, n do
-  local key = KEYS[i]
-  local used = stored[key]
+  local h = hits[i]
+  local st = loaded[h.key]
   if all == 1 then
-    used = charged[key]
+    st = state[h.key]
   end
-  -- A limit lowered since the count was taken can leave used above it.
-  local remaining = math.max(0, limits[i] - used)
-  local reset = starts[i] + windows[i] - now
-  local retry = 0
-  if allowed[i] == 0 then
-    if costs[i] > limits[i] then
-      retry = windows[i]
-    else
-      retry = reset
-    end
-  end
-  reply[#reply + 1] = allowed[i]
+  local remaining, reset = h.alg.report(st, h)
+  reply[#reply + 1] = h.fits and 1 or 0
   reply[#reply + 1] = remaining
   reply[#reply + 1] = reset
-  reply[#reply + 1] = retry
+  reply[#reply + 1] = h.retry
 end
 
 if all == 1 then
+  -- Write each changed state once, with the parameters of its first hit; a batch of cost-0 hits
+  -- (or of shadow hits that did not fit) writes nothing.
   for i = 1, n do
-    local key = KEYS[i]
-    -- Write each changed counter once; a batch of cost-0 hits writes nothing.
-    if charged[key] ~= stored[key] then
-      redis.call('HSET', key, 'w', int(starts[i]), 'c', int(charged[key]))
-      redis.call('PEXPIREAT', key, int(starts[i] + windows[i]))
-      stored[key] = charged[key]
+    local h = hits[i]
+    if state[h.key] ~= loaded[h.key] then
+      h.alg.store(h.key, state[h.key], h)
+      loaded[h.key] = state[h.key]
     end
   end
 end

@@ -26,7 +26,7 @@ pub mod config;
 mod connector;
 pub mod http;
 pub mod keys;
-mod script;
+pub mod script;
 pub mod store;
 pub mod validate;
 

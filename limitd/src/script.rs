@@ -1,10 +1,61 @@
-//! The fixed-window check script (`check.lua`): how a request becomes its `KEYS`/`ARGV` and how
-//! its integer reply becomes a [`CheckResponse`].
+//! The check script (`check.lua`: fixed window, sliding window and GCRA in one atomic run): how a
+//! request becomes its `KEYS`/`ARGV` and how its integer reply becomes a [`CheckResponse`].
 
-use protocol::{CheckRequest, CheckResponse, HitResult};
+use protocol::{Algorithm, CheckRequest, CheckResponse, Hit, HitResult};
 use redis::{Script, ScriptInvocation};
 
 use crate::keys::counter_key;
+
+/// The script's source; its opening comment is the `KEYS`/`ARGV` contract.
+pub const SOURCE: &str = include_str!("check.lua");
+
+/// How many `ARGV` values each hit takes.
+pub const ARGS_PER_HIT: usize = 8;
+
+/// The script's code for each algorithm (`ARGV[8i-7]`).
+pub fn algorithm_code(algorithm: Algorithm) -> u64 {
+    match algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => 1,
+        Algorithm::Gcra => 2,
+    }
+}
+
+/// GCRA's exact time scale for `limit` units per `window_ms`: `(token, rate)` with `token / rate
+/// == window_ms / limit` in lowest terms. Time is counted in ticks of `1 / rate` ms, so one unit
+/// costs exactly `token` ticks (the emission interval) whatever the ratio: dividing by the gcd
+/// keeps the bucket's capacity in ticks, `burst * token`, small enough for Lua's doubles.
+pub fn gcra_scale(limit: u64, window_ms: u64) -> (u64, u64) {
+    let (mut a, mut b) = (limit, window_ms);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    // Both are at least 1 once validated; a zero would mean an unvalidated hit.
+    let gcd = a.max(1);
+    (window_ms / gcd, limit / gcd)
+}
+
+/// The `ARGV` values of one validated hit, in the order `check.lua` documents: algorithm, shadow,
+/// limit, window_ms, cost, then burst, token and rate for `gcra` (zeros otherwise).
+pub fn hit_arguments(hit: &Hit) -> [u64; ARGS_PER_HIT] {
+    let (burst, token, rate) = match hit.algorithm {
+        Algorithm::Gcra => {
+            let (token, rate) = gcra_scale(hit.limit, hit.window_ms);
+            (hit.burst.unwrap_or(hit.limit), token, rate)
+        }
+        Algorithm::FixedWindow | Algorithm::SlidingWindow => (0, 0, 0),
+    };
+    [
+        algorithm_code(hit.algorithm),
+        u64::from(hit.shadow),
+        hit.limit,
+        hit.window_ms,
+        hit.cost,
+        burst,
+        token,
+        rate,
+    ]
+}
 
 /// The check script, with its SHA1 computed once.
 #[derive(Debug, Clone)]
@@ -15,7 +66,7 @@ pub struct CheckScript {
 impl Default for CheckScript {
     fn default() -> Self {
         Self {
-            script: Script::new(include_str!("check.lua")),
+            script: Script::new(SOURCE),
         }
     }
 }
@@ -27,14 +78,16 @@ impl CheckScript {
     }
 
     /// The `EVALSHA` of the script for a validated `request`: every counter key in `KEYS`, then
-    /// `limit`, `window_ms`, `cost` of each hit in `ARGV`.
+    /// the [`hit_arguments`] of each hit in `ARGV`.
     pub fn invocation(&self, request: &CheckRequest) -> ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         for hit in &request.hits {
             invocation.key(counter_key(&hit.key));
         }
         for hit in &request.hits {
-            invocation.arg(hit.limit).arg(hit.window_ms).arg(hit.cost);
+            for value in hit_arguments(hit) {
+                invocation.arg(value);
+            }
         }
         invocation
     }
@@ -79,7 +132,6 @@ pub fn decode_reply(request: &CheckRequest, reply: &[i64]) -> Result<CheckRespon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Algorithm, Hit};
 
     fn request(n: usize) -> CheckRequest {
         let hit = Hit {
@@ -117,6 +169,31 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn gcra_scale_is_the_emission_interval_in_lowest_terms() {
+        assert_eq!(gcra_scale(10, 1000), (100, 1));
+        assert_eq!(gcra_scale(3, 1000), (1000, 3));
+        assert_eq!(gcra_scale(1000, 10), (1, 100));
+        assert_eq!(gcra_scale(7, 7), (1, 1));
+        // 10 million per 30 days: 2_592_000_000 ms / 10_000_000 = 1296 / 5.
+        assert_eq!(gcra_scale(10_000_000, 2_592_000_000), (1296, 5));
+    }
+
+    #[test]
+    fn hits_become_eight_arguments() {
+        let mut hit = request(1).hits.remove(0);
+        assert_eq!(hit_arguments(&hit), [0, 0, 10, 1000, 1, 0, 0, 0]);
+        hit.algorithm = Algorithm::SlidingWindow;
+        hit.shadow = true;
+        assert_eq!(hit_arguments(&hit), [1, 1, 10, 1000, 1, 0, 0, 0]);
+        hit.algorithm = Algorithm::Gcra;
+        hit.shadow = false;
+        assert_eq!(hit_arguments(&hit), [2, 0, 10, 1000, 1, 10, 100, 1]);
+        hit.burst = Some(3);
+        hit.limit = 3;
+        assert_eq!(hit_arguments(&hit), [2, 0, 3, 1000, 1, 3, 1000, 3]);
     }
 
     #[test]

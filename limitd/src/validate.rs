@@ -3,7 +3,9 @@
 //! Everything that reaches Redis passes through here first, so the script never sees a zero
 //! window (a division by zero), a number Lua cannot hold exactly, or an empty batch.
 
-use protocol::{CheckRequest, MAX_HITS};
+use protocol::{Algorithm, CheckRequest, Hit, MAX_HITS};
+
+use crate::script::gcra_scale;
 
 /// The longest window: 366 days, so a yearly limit fits even in a leap year.
 pub const MAX_WINDOW_MS: u64 = 366 * 24 * 60 * 60 * 1000;
@@ -12,6 +14,12 @@ pub const MAX_WINDOW_MS: u64 = 366 * 24 * 60 * 60 * 1000;
 /// counter never exceeds `limit`, and the script adds at most one `cost` to it, so with both at
 /// most 1e15 every sum it computes stays exact.
 pub const MAX_UNITS: u64 = 1_000_000_000_000_000;
+
+/// The largest GCRA bucket in the script's ticks (`burst * token`, see
+/// [`gcra_scale`]): the script adds one cost to a debt at most this large and divides the sum, so
+/// with 2^52 every step stays exact in a double. With the ratio in lowest terms only contrived
+/// rules reach it (10 million per 30 days with the default burst needs 1.3e10).
+pub const MAX_GCRA_TICKS: u64 = 1 << 52;
 
 /// Why a check request is refused, as one line for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,19 +60,70 @@ pub fn validate(request: &CheckRequest) -> Result<(), ValidationError> {
                 hit.cost
             )));
         }
-        // One stored counter holds one window; the same key under two window lengths would
-        // make them reset each other. Hits repeating a key with the same window are fine (the
-        // script adds their costs). At most 64 hits, so the quadratic scan is cheap.
-        if let Some(j) = hits[..i]
+        validate_burst(i, hit)?;
+        // One stored state serves one algorithm, window and bucket; the same key under two of
+        // them would make them reset or misread each other. Hits repeating a key with the same
+        // parameters are fine (the script charges them in turn). For gcra the limit is the
+        // refill rate, part of the stored state's time scale, so it must match too. At most 64
+        // hits, so the quadratic scan is cheap.
+        if let Some((j, field)) = hits[..i]
             .iter()
-            .position(|h| h.key == hit.key && h.window_ms != hit.window_ms)
+            .enumerate()
+            .filter(|(_, h)| h.key == hit.key)
+            .find_map(|(j, h)| differing_parameter(h, hit).map(|field| (j, field)))
         {
             return Err(ValidationError(format!(
-                "hits[{i}] repeats the key of hits[{j}] with a different window_ms"
+                "hits[{i}] repeats the key of hits[{j}] with a different {field}"
             )));
         }
     }
     Ok(())
+}
+
+/// `burst` only for gcra, within bounds, and a bucket the script can count exactly.
+fn validate_burst(i: usize, hit: &Hit) -> Result<(), ValidationError> {
+    if hit.algorithm != Algorithm::Gcra {
+        return match hit.burst {
+            Some(_) => Err(ValidationError(format!(
+                "hits[{i}].burst is only allowed with algorithm gcra"
+            ))),
+            None => Ok(()),
+        };
+    }
+    let burst = hit.burst.unwrap_or(hit.limit);
+    if !(1..=MAX_UNITS).contains(&burst) {
+        return Err(ValidationError(format!(
+            "hits[{i}].burst must be between 1 and {MAX_UNITS}, got {burst}"
+        )));
+    }
+    let (token, _) = gcra_scale(hit.limit, hit.window_ms);
+    if burst
+        .checked_mul(token)
+        .is_none_or(|ticks| ticks > MAX_GCRA_TICKS)
+    {
+        return Err(ValidationError(format!(
+            "hits[{i}].burst: burst * window_ms / gcd(window_ms, limit) must be at most 2^52 \
+             for exact gcra arithmetic, got {burst} * {token}"
+        )));
+    }
+    Ok(())
+}
+
+/// The first parameter two hits on one key must share but do not, if any.
+fn differing_parameter(a: &Hit, b: &Hit) -> Option<&'static str> {
+    if a.algorithm != b.algorithm {
+        Some("algorithm")
+    } else if a.window_ms != b.window_ms {
+        Some("window_ms")
+    } else if a.algorithm == Algorithm::Gcra
+        && a.burst.unwrap_or(a.limit) != b.burst.unwrap_or(b.limit)
+    {
+        Some("burst")
+    } else if a.algorithm == Algorithm::Gcra && a.limit != b.limit {
+        Some("limit (gcra)")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +140,21 @@ mod tests {
             algorithm: Algorithm::FixedWindow,
             burst: None,
             shadow: false,
+        }
+    }
+
+    fn gcra(key: &str, limit: u64, window_ms: u64, burst: Option<u64>) -> Hit {
+        Hit {
+            algorithm: Algorithm::Gcra,
+            burst,
+            ..hit(key, limit, window_ms, 1)
+        }
+    }
+
+    fn sliding(key: &str, limit: u64, window_ms: u64) -> Hit {
+        Hit {
+            algorithm: Algorithm::SlidingWindow,
+            ..hit(key, limit, window_ms, 1)
         }
     }
 
@@ -103,6 +177,42 @@ mod tests {
             Ok(())
         );
         assert_eq!(check(vec![hit("k", 1, 1, 1); MAX_HITS]), Ok(()));
+    }
+
+    #[test]
+    fn algorithms_burst_and_shadow_pass_within_bounds() {
+        let shadow = Hit {
+            shadow: true,
+            ..sliding("s", 10, 1000)
+        };
+        assert_eq!(
+            check(vec![
+                sliding("a", 10, 1000),
+                gcra("b", 10, 1000, None),
+                gcra("c", 10, 1000, Some(1)),
+                gcra("d", 1000, 10, Some(MAX_UNITS)),
+                shadow,
+            ]),
+            Ok(())
+        );
+        // Repeated keys with the same parameters; the explicit burst equals the default one.
+        assert_eq!(
+            check(vec![gcra("g", 5, 100, None), gcra("g", 5, 100, Some(5))]),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![sliding("s", 5, 100), sliding("s", 7, 100)]),
+            Ok(())
+        );
+        // The largest limits and windows, with a ratio that reduces well.
+        assert_eq!(
+            check(vec![gcra("y", 1_000_000_000, 86_400_000, None)]),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![gcra("m", 10_000_000, 2_592_000_000, None)]),
+            Ok(())
+        );
     }
 
     #[test]
@@ -130,7 +240,53 @@ mod tests {
             ),
             (
                 vec![hit("a", 1, 1000, 1), hit("a", 1, 2000, 1)],
-                "hits[1] repeats the key of hits[0]",
+                "hits[1] repeats the key of hits[0] with a different window_ms",
+            ),
+            (
+                vec![hit("a", 1, 1000, 1), sliding("a", 1, 1000)],
+                "hits[1] repeats the key of hits[0] with a different algorithm",
+            ),
+            (
+                vec![
+                    gcra("a", 5, 1000, None),
+                    gcra("b", 5, 1000, None),
+                    gcra("a", 5, 1000, Some(2)),
+                ],
+                "hits[2] repeats the key of hits[0] with a different burst",
+            ),
+            (
+                vec![gcra("a", 5, 1000, Some(5)), gcra("a", 6, 1000, Some(5))],
+                "hits[1] repeats the key of hits[0] with a different limit (gcra)",
+            ),
+            (
+                vec![Hit {
+                    burst: Some(3),
+                    ..hit("a", 5, 1000, 1)
+                }],
+                "hits[0].burst is only allowed with algorithm gcra",
+            ),
+            (
+                vec![
+                    sliding("a", 5, 1000),
+                    Hit {
+                        burst: Some(3),
+                        ..sliding("b", 5, 1000)
+                    },
+                ],
+                "hits[1].burst is only allowed with algorithm gcra",
+            ),
+            (
+                vec![gcra("a", 5, 1000, Some(0))],
+                "hits[0].burst must be between 1",
+            ),
+            (
+                vec![gcra("a", 5, 1000, Some(MAX_UNITS + 1))],
+                "hits[0].burst must be between 1",
+            ),
+            (
+                // A prime limit over a year: the ratio does not reduce, 1e6 * 3.16e10 ticks.
+                vec![gcra("a", 999_983, MAX_WINDOW_MS, Some(1_000_000))],
+                "hits[0].burst: burst * window_ms / gcd(window_ms, limit) must be at most 2^52",
             ),
         ];
         for (hits, expected) in cases {

@@ -3,7 +3,9 @@
 //! One test binary (modules below) so the suite links once. Each test starts its own Redis on
 //! a free loopback port, so tests run in parallel without sharing counters.
 
+mod algorithms;
 mod counting;
+mod model;
 mod sentinel;
 mod serving;
 mod support;
