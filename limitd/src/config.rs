@@ -18,14 +18,17 @@ use redis::IntoConnectionInfo;
 /// | `SENTINEL_HOSTS` | comma-separated `host:port` of the Redis Sentinels (`[v6]:port` for IPv6) | — |
 /// | `REDIS_MASTER` | the master name the sentinels monitor | `mymaster` |
 /// | `REDIS_URL` | one plain Redis without Sentinel, e.g. `redis://127.0.0.1:6379` | — |
-/// | `REDIS_PASSWORD` | password of the Redis data nodes; also sent to the sentinels | none |
+/// | `REDIS_PASSWORD` | password of the Redis data nodes (master and replicas) | none |
+/// | `SENTINEL_PASSWORD` | password of the sentinels (their `requirepass`), only with `SENTINEL_HOSTS` | none |
 /// | `REDIS_CONNECT_TIMEOUT_MS` | timeout of one connection attempt to Redis | `500` |
 /// | `REDIS_RESPONSE_TIMEOUT_MS` | timeout of one Redis command (the check script, `PING`) | `250` |
 /// | `LIMITD_MAX_BODY_BYTES` | the largest accepted check body; larger ones get `413` | `65536` |
 /// | `LIMITD_SHUTDOWN_GRACE_MS` | how long in-flight requests may drain after a shutdown signal | `5000` |
 ///
 /// Exactly one of `SENTINEL_HOSTS` and `REDIS_URL` must be set. `REDIS_MASTER` applies only
-/// with `SENTINEL_HOSTS`. A password in `REDIS_URL` wins over `REDIS_PASSWORD`.
+/// with `SENTINEL_HOSTS`, and so does `SENTINEL_PASSWORD` (ignored with `REDIS_URL`). A password
+/// in `REDIS_URL` wins over `REDIS_PASSWORD`. `REDIS_PASSWORD` is not sent to the sentinels:
+/// unauthenticated sentinels refuse an `AUTH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where the HTTP server listens (`LIMITD_LISTEN`).
@@ -41,8 +44,10 @@ pub struct Config {
 pub struct RedisConfig {
     /// A single Redis, or a master found through Sentinel.
     pub target: RedisTarget,
-    /// Password of the data nodes, and of the sentinels (`REDIS_PASSWORD`).
+    /// Password of the data nodes (`REDIS_PASSWORD`).
     pub password: Option<String>,
+    /// Password of the sentinels (`SENTINEL_PASSWORD`); unused without Sentinel.
+    pub sentinel_password: Option<String>,
     /// Timeout of one connection attempt (`REDIS_CONNECT_TIMEOUT_MS`).
     pub connect_timeout: Duration,
     /// Timeout of one command (`REDIS_RESPONSE_TIMEOUT_MS`).
@@ -55,6 +60,10 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("target", &self.target)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .finish()
@@ -188,7 +197,10 @@ impl Config {
             )
         })?;
 
+        // Passwords are taken as given: spaces may be part of one (only an all-blank value
+        // counts as unset).
         let password = get("REDIS_PASSWORD");
+        let sentinel_password = get("SENTINEL_PASSWORD");
         let target = match (get("SENTINEL_HOSTS"), get("REDIS_URL")) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -251,6 +263,7 @@ impl Config {
             redis: RedisConfig {
                 target,
                 password,
+                sentinel_password,
                 connect_timeout,
                 response_timeout,
             },
@@ -354,6 +367,7 @@ mod tests {
             }
         );
         assert_eq!(config.redis.password, None);
+        assert_eq!(config.redis.sentinel_password, None);
         assert_eq!(config.redis.connect_timeout, Duration::from_millis(500));
         assert_eq!(config.redis.response_timeout, Duration::from_millis(250));
         assert_eq!(config.http.max_body_bytes, 65536);
@@ -369,6 +383,7 @@ mod tests {
             ),
             ("REDIS_MASTER", "cache"),
             ("REDIS_PASSWORD", "s3cret"),
+            ("SENTINEL_PASSWORD", "guard"),
             ("LIMITD_LISTEN", "127.0.0.1:9000"),
             ("REDIS_CONNECT_TIMEOUT_MS", "100"),
             ("REDIS_RESPONSE_TIMEOUT_MS", "50"),
@@ -388,6 +403,7 @@ mod tests {
             }
         );
         assert_eq!(config.redis.password.as_deref(), Some("s3cret"));
+        assert_eq!(config.redis.sentinel_password.as_deref(), Some("guard"));
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.redis.connect_timeout, Duration::from_millis(100));
         assert_eq!(config.redis.response_timeout, Duration::from_millis(50));
@@ -464,9 +480,13 @@ mod tests {
         let config = parse(&[
             ("REDIS_URL", "redis://:pw1@127.0.0.1:6379"),
             ("REDIS_PASSWORD", "pw2"),
+            ("SENTINEL_PASSWORD", "pw3"),
         ])
         .unwrap();
         let text = format!("{config:?}");
-        assert!(!text.contains("pw1") && !text.contains("pw2"), "{text}");
+        assert!(
+            !text.contains("pw1") && !text.contains("pw2") && !text.contains("pw3"),
+            "{text}"
+        );
     }
 }

@@ -4,14 +4,23 @@
 //! redis-rs does not follow a failover by itself (a `MultiplexedConnection` is pinned to one
 //! address; redis-rs issue #1438), so every new connection made here resolves the master
 //! afresh. [`crate::store`] decides when a new connection is needed.
+//!
+//! Passwords: `REDIS_PASSWORD` goes to the data nodes only (the master, and the `ROLE` check
+//! redis-rs makes on it during resolution); `SENTINEL_PASSWORD` to the sentinels only. They are
+//! separate because Redis refuses an `AUTH` sent to a server without a password ("AUTH called
+//! without any password configured"), so one password for both broke the common set-up of
+//! protected data nodes behind unauthenticated sentinels.
+//!
+//! Timeouts: every connection limitd opens to a data node carries the configured connect and
+//! response timeouts. redis-rs' sentinel connections, and its `ROLE` check of the master, use
+//! redis-rs' defaults (1 s connect, 500 ms response), which it does not let us change; the
+//! whole resolution is therefore bounded by `resolve_timeout` as well.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
-};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::Mutex;
 
 use crate::config::{RedisConfig, RedisTarget};
@@ -65,9 +74,10 @@ impl Connector {
                 let mut builder =
                     SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?;
                 if let Some(password) = &config.password {
-                    builder = builder
-                        .set_client_to_redis_password(password)
-                        .set_client_to_sentinel_password(password);
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(password) = &config.sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
                 }
                 Target::Sentinel(Mutex::new(builder.build()?))
             }
@@ -98,8 +108,9 @@ impl Connector {
                     Ok(result) => result,
                     // Dropping the resolution is safe: redis-rs caches only sentinel
                     // connections it has verified.
-                    Err(_) => Err(RedisError::from((
-                        ErrorKind::Io,
+                    // An I/O `TimedOut`, so it is classified as a timeout like any other.
+                    Err(_) => Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
                         "timed out resolving the master through Sentinel",
                     ))),
                 }
@@ -116,6 +127,16 @@ impl Connector {
             .get_multiplexed_async_connection_with_config(&self.connection)
             .await?;
         Ok((connection, addr))
+    }
+
+    /// Which settings to check when Redis refuses authentication.
+    pub fn auth_hint(&self) -> &'static str {
+        match self.target {
+            Target::Single(_) => "check REDIS_PASSWORD (or the password in REDIS_URL)",
+            Target::Sentinel(_) => {
+                "check REDIS_PASSWORD (data nodes) and SENTINEL_PASSWORD (sentinels)"
+            }
+        }
     }
 
     /// Whether the master can move (Sentinel), so it is worth watching.

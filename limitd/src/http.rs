@@ -1,16 +1,23 @@
 //! The HTTP handlers and the mapping of every failure to a status and a one-line JSON reason.
 
+use std::time::Instant;
+
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::{CheckRequest, CheckResponse};
+use protocol::{BatchRequest, BatchResponse, CheckRequest, CheckResponse, MAX_CHECKS};
 use serde::Serialize;
 
+use crate::metrics::{BadRequest, CheckOutcome, CONTENT_TYPE};
 use crate::store::StoreError;
 use crate::validate::validate;
 use crate::AppState;
+
+/// The longest reason sent back, in characters. serde's messages quote the offending value,
+/// so without a bound a hostile body would be echoed back at length.
+const MAX_REASON_CHARS: usize = 240;
 
 /// A request limitd will not or cannot answer, as the client sees it.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +31,9 @@ pub enum AppError {
     /// Redis failed (`503` when transient, `500` otherwise).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A bug on our side (`500`); the detail is logged.
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -42,6 +52,13 @@ impl IntoResponse for AppError {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "redis unavailable".to_owned(),
+                )
+            }
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "check failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
                 )
             }
             Self::Store(err) => {
@@ -73,9 +90,59 @@ fn rejection(rejection: JsonRejection, max_body_bytes: usize) -> AppError {
     }
 }
 
-/// Replaces line breaks so a reason always stays one line.
+/// Makes a reason one short line: control characters (line breaks included) become spaces,
+/// and a long reason keeps its start and its end (where serde puts the position).
 fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let count = text.chars().count();
+    if count <= MAX_REASON_CHARS {
+        return text.chars().map(clean).collect();
+    }
+    let tail = MAX_REASON_CHARS / 3;
+    let head = MAX_REASON_CHARS - tail - 1;
+    let mut out: String = text.chars().take(head).map(clean).collect();
+    out.push('…');
+    out.extend(text.chars().skip(count - tail).map(clean));
+    out
+}
+
+/// Takes a JSON body, or refuses it (400 malformed, 413 too large), counting refusals.
+fn accept<T>(state: &AppState, body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
+    match body {
+        Ok(Json(request)) => Ok(request),
+        Err(rejected) => {
+            let err = rejection(rejected, state.http.max_body_bytes);
+            state.metrics().bad_request(match err {
+                AppError::PayloadTooLarge(_) => BadRequest::TooLarge,
+                _ => BadRequest::Malformed,
+            });
+            Err(err)
+        }
+    }
+}
+
+/// Runs one validated check against the store, with its metrics.
+async fn run(state: &AppState, request: &CheckRequest) -> Result<CheckResponse, StoreError> {
+    let metrics = state.metrics();
+    let started = Instant::now();
+    let result = {
+        let _in_flight = metrics.in_flight();
+        state.store.check(request).await
+    };
+    match &result {
+        Ok(response) => {
+            let allowed = response.hits.iter().filter(|h| h.allowed).count() as u64;
+            let denied = response.hits.len() as u64 - allowed;
+            let outcome = if response.allowed {
+                CheckOutcome::Allowed
+            } else {
+                CheckOutcome::Denied
+            };
+            metrics.check_finished(outcome, allowed, denied, started.elapsed());
+        }
+        Err(_) => metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed()),
+    }
+    result
 }
 
 /// `POST /v1/check`.
@@ -83,9 +150,54 @@ pub async fn check(
     State(state): State<AppState>,
     body: Result<Json<CheckRequest>, JsonRejection>,
 ) -> Result<Json<CheckResponse>, AppError> {
-    let Json(request) = body.map_err(|r| rejection(r, state.http.max_body_bytes))?;
-    validate(&request).map_err(|e| AppError::BadRequest(e.0))?;
-    Ok(Json(state.store.check(&request).await?))
+    let request = accept(&state, body)?;
+    if let Err(err) = validate(&request) {
+        state.metrics().bad_request(BadRequest::Malformed);
+        return Err(AppError::BadRequest(err.0));
+    }
+    Ok(Json(run(&state, &request).await?))
+}
+
+/// `POST /v1/checks`: independent checks, each all-or-nothing on its own,
+/// answered in order. They run concurrently over the one multiplexed Redis
+/// connection (pipelined: one round trip for the batch). If Redis fails any of
+/// them, the whole batch answers 503 and the proxy applies its failure mode.
+pub async fn check_batch(
+    State(state): State<AppState>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Json<BatchResponse>, AppError> {
+    let batch = accept(&state, body)?;
+    let refuse = |reason: String| {
+        state.metrics().bad_request(BadRequest::Malformed);
+        AppError::BadRequest(reason)
+    };
+    if batch.checks.is_empty() || batch.checks.len() > MAX_CHECKS {
+        return Err(refuse(format!("checks: {} checks; send 1 to {MAX_CHECKS}", batch.checks.len())));
+    }
+    for (i, check) in batch.checks.iter().enumerate() {
+        validate(check).map_err(|err| refuse(format!("checks[{i}]: {}", err.0)))?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, check) in batch.checks.into_iter().enumerate() {
+        let state = state.clone();
+        tasks.spawn(async move { (i, run(&state, &check).await) });
+    }
+    let mut results: Vec<Option<CheckResponse>> = vec![None; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, Ok(response))) => results[i] = Some(response),
+            Ok((_, Err(err))) => return Err(AppError::Store(err)),
+            Err(join) => return Err(AppError::Internal(format!("a check task failed: {join}"))),
+        }
+    }
+    Ok(Json(BatchResponse { results: results.into_iter().flatten().collect() }))
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let master = state.store.master_addr();
+    let text = state.metrics().render(master.as_deref());
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 /// `GET /healthz`: the process is alive.
@@ -179,7 +291,8 @@ mod tests {
                 "unknown field `colour`",
             ),
             (
-                r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"algorithm":"gcra"}]}"#.into(),
+                r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"algorithm":"leaky_bucket"}]}"#
+                    .into(),
                 "unknown variant",
             ),
             (r#"{"hits":[],"x":1}"#.into(), "unknown field `x`"),
@@ -261,6 +374,66 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(send(&app, get("/nope")).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn metrics_count_refusals_and_unanswered_checks() {
+        let app = app_without_redis(1024).await;
+        let json = Some("application/json");
+        let valid = r#"{"hits":[{"key":"k","limit":1,"window_ms":1000}]}"#;
+        send(&app, post("{", json)).await;
+        send(&app, post(valid, None)).await;
+        send(&app, post(r#"{"hits":[]}"#, json)).await;
+        send(&app, post("x".repeat(2000), json)).await;
+        send(&app, post(valid, json)).await;
+
+        let response = app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for line in [
+            r#"limitd_bad_requests_total{status="400"} 3"#,
+            r#"limitd_bad_requests_total{status="413"} 1"#,
+            r#"limitd_checks_total{result="error"} 1"#,
+            r#"limitd_checks_total{result="allowed"} 0"#,
+            "limitd_check_duration_seconds_count 1",
+            "limitd_checks_in_flight 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("limitd_redis_master{"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_reason_echoing_a_huge_value_stays_short() {
+        let app = app_without_redis(65536).await;
+        let big = "z".repeat(20_000);
+        let body = format!(r#"{{"hits":[{{"key":"k","limit":"{big}","window_ms":1}}]}}"#);
+        let (status, text) = send(&app, post(body, Some("application/json"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let reason = reason(&text);
+        assert!(reason.chars().count() <= MAX_REASON_CHARS, "{reason}");
+        assert!(reason.contains("invalid type"), "{reason}");
+        // The position, at the end of serde's message, survives the cut.
+        assert!(reason.contains("column"), "{reason}");
+    }
+
+    #[test]
+    fn reasons_become_one_line_without_control_characters() {
+        assert_eq!(one_line("a\r\nb\tc\u{0}d"), "a  b c d");
+        assert_eq!(one_line("short"), "short");
+        let long: String = "€".repeat(1000);
+        let cut = one_line(&long);
+        assert_eq!(cut.chars().count(), MAX_REASON_CHARS);
+        assert!(cut.contains('…'));
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //!   `LIMITD_MAX_BODY_BYTES`; `503` when Redis cannot be reached in time; `500` for anything else.
 //! - `GET /healthz`: `200 ok` while the process runs.
 //! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use, else `503`.
+//! - `GET /metrics`: Prometheus text exposition format 0.0.4 (see [`metrics`]).
+//!
+//! Hostile input: the body is bounded before it is parsed (`413`), `serde_json` bounds nesting
+//! (128 levels), rejects invalid UTF-8, lone surrogates, raw control characters, duplicate and
+//! unknown fields, and numbers that are not whole and non-negative or do not fit a `u64`; then
+//! [`validate`] bounds every number the script sees. Keys may hold any Unicode (escapes
+//! included); [`keys`] hashes long ones. So nothing a client sends reaches Redis unchecked, and
+//! every refusal is a `400` with a one-line reason of bounded length.
 
 use std::future::{Future, IntoFuture};
 
@@ -26,6 +34,7 @@ pub mod config;
 mod connector;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod script;
 pub mod store;
 pub mod validate;
@@ -59,6 +68,11 @@ impl AppState {
     pub fn store(&self) -> &CounterStore {
         &self.store
     }
+
+    /// The metrics of this app and its store.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        self.store.metrics()
+    }
 }
 
 /// The HTTP application: every route, with the body limit applied.
@@ -66,8 +80,10 @@ pub fn app(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.http.max_body_bytes);
     Router::new()
         .route(protocol::CHECK_PATH, post(http::check))
+        .route(protocol::BATCH_PATH, post(http::check_batch))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
         .layer(body_limit)
         .with_state(state)
 }

@@ -20,6 +20,13 @@
 //! also asks the sentinels for the master every [`MASTER_WATCH_INTERVAL`] and starts a rebuild
 //! when the address differs from the connected one.
 //!
+//! Every failed command, connection attempt and master resolution is counted in
+//! `limitd_redis_errors_total` by [`classify`]; every rebuilt connection in
+//! `limitd_reconnects_total`, and in `limitd_failovers_total` when it reached another address
+//! (see [`crate::metrics`]). An authentication failure is logged at error level with the
+//! variables to check, since retrying will not fix it (the store still retries, in case the
+//! server's password is what changes).
+//!
 //! Redis replication is asynchronous: counts acknowledged by the old master just before it died
 //! may be missing on the new one, so a failover can under-count (admit a little more than the
 //! limit) for the window in progress. It never over-counts.
@@ -34,6 +41,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::config::RedisConfig;
 use crate::connector::Connector;
+use crate::metrics::{Metrics, RedisErrorKind};
 use crate::script::{decode_reply, CheckScript};
 
 /// How often, with Sentinel, the master's address is compared with the connected one.
@@ -91,12 +99,17 @@ impl From<RedisError> for StoreError {
 ///
 /// `READONLY` needs its own arm: redis-rs classifies it as "refresh slots and retry" (a Cluster
 /// notion), not as unrecoverable, yet for us it means the master was demoted.
+///
+/// Authentication errors count too: they say the connection is unusable (a failed handshake,
+/// or `NOAUTH` on a connection that never authenticated), and the client should learn that
+/// Redis is unavailable (`503`), not that limitd is broken.
 pub fn is_transient(err: &RedisError) -> bool {
     err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_unrecoverable_error()
+        || is_auth_error(err)
         || matches!(
             err.kind(),
             ErrorKind::Server(
@@ -107,6 +120,31 @@ pub fn is_transient(err: &RedisError) -> bool {
                     | ServerErrorKind::ClusterDown
             ) | ErrorKind::MasterNameNotFoundBySentinel
         )
+}
+
+/// The `kind` label of `err` in `limitd_redis_errors_total`.
+pub fn classify(err: &RedisError) -> RedisErrorKind {
+    if err.is_timeout() {
+        RedisErrorKind::Timeout
+    } else if is_auth_error(err) {
+        RedisErrorKind::Auth
+    } else {
+        match err.kind() {
+            ErrorKind::Server(ServerErrorKind::ReadOnly) => RedisErrorKind::ReadOnly,
+            ErrorKind::Server(ServerErrorKind::NoScript) => RedisErrorKind::NoScript,
+            ErrorKind::Io => RedisErrorKind::Io,
+            _ => RedisErrorKind::Other,
+        }
+    }
+}
+
+/// Whether `err` is a refused or missing authentication: a failed `AUTH` during the
+/// connection handshake (wrong password, or a password sent to a server without one), or
+/// `NOAUTH`/`WRONGPASS`/`NOPERM` from a command (no password sent to a server that needs one).
+pub fn is_auth_error(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::AuthenticationFailed
+        || err.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// Runs checks against Redis; cheap to clone (all clones share one connection).
@@ -127,6 +165,7 @@ impl std::fmt::Debug for CounterStore {
 
 struct Shared {
     connector: Connector,
+    metrics: Arc<Metrics>,
     script: CheckScript,
     /// The connection in use. A std lock: held only to clone or replace the handle, never
     /// across an `.await`.
@@ -150,10 +189,19 @@ impl CounterStore {
     ///
     /// Must be called inside a tokio runtime (it spawns the reconnect and watch tasks).
     pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        Self::connect_with_metrics(config, Arc::default()).await
+    }
+
+    /// [`CounterStore::connect`], counting into `metrics`.
+    pub async fn connect_with_metrics(
+        config: &RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let connector = Connector::new(config).map_err(StoreError::Config)?;
         let follows_failover = connector.follows_failover();
         let shared = Arc::new(Shared {
             connector,
+            metrics,
             script: CheckScript::default(),
             current: RwLock::new(Link {
                 generation: 0,
@@ -169,7 +217,8 @@ impl CounterStore {
                 shared.rebuilding.store(false, Ordering::Release);
             }
             Err(err) => {
-                tracing::warn!(error = %err, "redis unreachable at start-up; retrying in the background");
+                shared.count_error(&err);
+                shared.log_connect_failure(&err, 0, "at start-up; retrying in the background");
                 tokio::spawn(rebuild(Arc::downgrade(&shared)));
             }
         }
@@ -207,6 +256,11 @@ impl CounterStore {
         self.shared.link().addr.map(|a| a.to_string())
     }
 
+    /// The metrics this store counts into (shared with the HTTP side by [`crate::AppState`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
     fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
         let guard = self
             .shared
@@ -221,6 +275,7 @@ impl CounterStore {
 
     /// Classifies `err` and, when the connection is suspect, starts a rebuild.
     fn failed(&self, generation: u64, err: RedisError) -> StoreError {
+        self.shared.count_error(&err);
         let err = StoreError::from(err);
         if err.is_transient() {
             self.shared.request_rebuild(generation, &err);
@@ -244,11 +299,37 @@ impl Shared {
         Ok((connection, addr))
     }
 
+    fn count_error(&self, err: &RedisError) {
+        self.metrics.redis_error(classify(err));
+    }
+
+    /// Logs a failed connection attempt. A refused password is an error with the variables to
+    /// check (only a configuration change fixes it); anything else a warning.
+    fn log_connect_failure(&self, err: &RedisError, attempts: u32, when: &str) {
+        if is_auth_error(err) {
+            let hint = self.connector.auth_hint();
+            tracing::error!(error = %err, attempts, hint, "redis refused authentication {when}");
+        } else {
+            tracing::warn!(error = %err, attempts, "redis unreachable {when}");
+        }
+    }
+
+    /// Swaps in a new connection. Every connection after the first counts as a reconnect, and
+    /// as a failover when its address differs from the previous one.
     fn install(&self, (connection, addr): (MultiplexedConnection, String)) {
-        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        guard.generation += 1;
-        guard.connection = Some(connection);
-        guard.addr = Some(addr.into());
+        let previous = {
+            let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            guard.generation += 1;
+            guard.connection = Some(connection);
+            guard.addr.replace(Arc::from(addr.as_str()))
+        };
+        if let Some(previous) = previous {
+            let moved = *previous != *addr;
+            if moved {
+                tracing::warn!(from = %previous, to = %addr, "redis master moved");
+            }
+            self.metrics.reconnected(moved);
+        }
     }
 
     /// Starts a rebuild unless one is running or `generation` has already been replaced.
@@ -286,11 +367,13 @@ async fn rebuild(shared: Weak<Shared>) {
                 strong.rebuilding.store(false, Ordering::Release);
                 return;
             }
-            // One line per attempt would flood the log in a long outage.
-            Err(err) if attempts == 1 || attempts.is_multiple_of(10) => {
-                tracing::warn!(error = %err, attempts, "reconnecting to redis failed; retrying");
+            Err(err) => {
+                strong.count_error(&err);
+                // One line per attempt would flood the log in a long outage.
+                if attempts == 1 || attempts.is_multiple_of(10) {
+                    strong.log_connect_failure(&err, attempts, "reconnecting; retrying");
+                }
             }
-            Err(_) => {}
         }
         drop(strong);
         tokio::time::sleep(backoff).await;
@@ -323,7 +406,10 @@ async fn watch_master(shared: Weak<Shared>) {
                 }
             }
             // Errors here are the sentinels' or the master's; requests see their own.
-            Err(err) => tracing::debug!(error = %err, "master watch: resolution failed"),
+            Err(err) => {
+                strong.count_error(&err);
+                tracing::debug!(error = %err, "master watch: resolution failed");
+            }
         }
     }
 }
@@ -342,6 +428,61 @@ mod tests {
         for err in [refused, timeout, readonly, loading] {
             assert!(is_transient(&err), "{err}");
             assert!(StoreError::from(err).is_transient());
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_for_the_metrics() {
+        let cases = [
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                RedisErrorKind::Timeout,
+            ),
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                RedisErrorKind::Io,
+            ),
+            (
+                RedisError::from((ErrorKind::Io, "closed")),
+                RedisErrorKind::Io,
+            ),
+            (
+                RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY")),
+                RedisErrorKind::ReadOnly,
+            ),
+            (
+                RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT")),
+                RedisErrorKind::NoScript,
+            ),
+            (
+                RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "Password authentication failed",
+                )),
+                RedisErrorKind::Auth,
+            ),
+            (
+                redis::make_extension_error(
+                    "NOAUTH".into(),
+                    Some("Authentication required.".into()),
+                ),
+                RedisErrorKind::Auth,
+            ),
+            (
+                redis::make_extension_error("WRONGPASS".into(), None),
+                RedisErrorKind::Auth,
+            ),
+            (
+                RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "LOADING")),
+                RedisErrorKind::Other,
+            ),
+            (
+                RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR x")),
+                RedisErrorKind::Other,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(classify(&err), kind, "{err}");
         }
     }
 

@@ -4,8 +4,13 @@
 //! a free loopback port, so tests run in parallel without sharing counters.
 
 mod algorithms;
+mod auth;
 mod counting;
+mod discovery;
+mod hostile;
+mod metrics;
 mod model;
 mod sentinel;
 mod serving;
+mod shutdown;
 mod support;

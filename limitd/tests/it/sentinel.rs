@@ -113,4 +113,10 @@ async fn a_failover_is_followed_without_restart() {
         state.store().master_addr(),
         Some(format!("127.0.0.1:{}", replica.port))
     );
+    let text = crate::metrics::scrape(&app).await;
+    assert_eq!(
+        crate::metrics::value(&text, "limitd_failovers_total"),
+        Some(1.0),
+        "{text}"
+    );
 }
