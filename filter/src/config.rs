@@ -13,6 +13,7 @@ use regex_lite::Regex;
 use serde::Deserialize;
 
 use crate::duration::parse_duration_ms;
+use crate::fallback::Fallback;
 use crate::key::KeyPart;
 use crate::reply::HeaderStyle;
 use crate::request::{HeaderCondition, HeaderMatch, Matcher, PathMatch};
@@ -45,7 +46,30 @@ struct RawConfig {
     failure_status: u32,
     #[serde(default)]
     response_headers: HeaderStyle,
+    #[serde(default)]
+    batch: RawBatch,
     rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_max_checks")]
+    max_checks: usize,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            enabled: true,
+            max_checks: default_max_checks(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +87,15 @@ struct RawRule {
     shadow: bool,
     #[serde(default)]
     failure_mode: Option<FailureMode>,
+    #[serde(default)]
+    fallback: Option<RawFallback>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    requests: u64,
+    window: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +182,15 @@ fn default_deny_status() -> u32 {
 fn default_failure_status() -> u32 {
     503
 }
+fn default_true() -> bool {
+    true
+}
+fn default_max_checks() -> usize {
+    64
+}
+fn default_max_in_flight() -> usize {
+    1
+}
 fn default_key() -> Vec<RawKeyPart> {
     vec![RawKeyPart::Named("client_ip".to_owned())]
 }
@@ -174,7 +216,19 @@ pub struct Policy {
     pub deny_status: u32,
     pub failure_status: u32,
     pub response_headers: HeaderStyle,
+    pub batch: Batching,
     pub rules: Vec<Rule>,
+}
+
+/// How a worker shares callouts among its requests (group commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// False: one callout per request, to `/v1/check`.
+    pub enabled: bool,
+    /// The most checks in one callout.
+    pub max_checks: usize,
+    /// The most callouts a worker has in flight at once.
+    pub max_in_flight: usize,
 }
 
 /// One rate-limit rule: which requests it counts, by what key, and how many it admits.
@@ -195,6 +249,9 @@ pub struct Rule {
     pub shadow: bool,
     /// The rule's failure mode (its own, or the filter's).
     pub failure_mode: FailureMode,
+    /// A local limit each Envoy enforces while limitd cannot answer, in place
+    /// of the failure mode.
+    pub fallback: Option<Fallback>,
 }
 
 /// A configuration that cannot be used, with the JSON path of the culprit.
@@ -266,6 +323,15 @@ impl TryFrom<RawConfig> for Policy {
                 ));
             }
         }
+        if !(1..=protocol::MAX_CHECKS).contains(&raw.batch.max_checks) {
+            return Err(error(
+                "batch.max_checks",
+                format!("must be between 1 and {}", protocol::MAX_CHECKS),
+            ));
+        }
+        if !(1..=16).contains(&raw.batch.max_in_flight) {
+            return Err(error("batch.max_in_flight", "must be between 1 and 16"));
+        }
         if raw.rules.len() > MAX_RULES {
             return Err(error(
                 "rules",
@@ -288,6 +354,11 @@ impl TryFrom<RawConfig> for Policy {
             deny_status: raw.deny_status,
             failure_status: raw.failure_status,
             response_headers: raw.response_headers,
+            batch: Batching {
+                enabled: raw.batch.enabled,
+                max_checks: raw.batch.max_checks,
+                max_in_flight: raw.batch.max_in_flight,
+            },
             rules,
         })
     }
@@ -385,6 +456,35 @@ fn compile_rule(
             format!("must be between 1 and the rule's {what} ({capacity})"),
         ));
     }
+    let fallback = match raw.fallback {
+        None => None,
+        Some(f) => {
+            if !(1..=MAX_AMOUNT).contains(&f.requests) {
+                return Err(error(
+                    at("fallback.requests"),
+                    format!("must be between 1 and {MAX_AMOUNT}"),
+                ));
+            }
+            let window_ms =
+                parse_duration_ms(&f.window).map_err(|e| error(at("fallback.window"), e))?;
+            if !(1..=MAX_WINDOW_MS).contains(&window_ms) {
+                return Err(error(
+                    at("fallback.window"),
+                    "must be longer than 0 and at most 366d",
+                ));
+            }
+            if limit.cost > f.requests {
+                return Err(error(
+                    at("fallback.requests"),
+                    format!("must be at least the rule's cost ({})", limit.cost),
+                ));
+            }
+            Some(Fallback {
+                requests: f.requests,
+                window_ms,
+            })
+        }
+    };
     Ok(Rule {
         name: raw.name,
         matcher,
@@ -397,6 +497,7 @@ fn compile_rule(
         burst: limit.burst,
         shadow: raw.shadow,
         failure_mode: raw.failure_mode.unwrap_or(default_failure_mode),
+        fallback,
     })
 }
 
@@ -553,6 +654,14 @@ mod tests {
         assert_eq!(policy.timeout_ms, 200);
         assert_eq!((policy.deny_status, policy.failure_status), (429, 503));
         assert_eq!(policy.response_headers, HeaderStyle::Ietf);
+        assert_eq!(
+            policy.batch,
+            Batching {
+                enabled: true,
+                max_checks: 64,
+                max_in_flight: 1
+            }
+        );
         let r = &policy.rules[0];
         assert_eq!(
             r.matcher.path,
@@ -579,6 +688,7 @@ mod tests {
         let policy = parse(
             r#"{"limitd_cluster":"rl","limitd_authority":"rl.local","timeout":"1s","failure_mode":"deny",
                 "deny_status":420,"failure_status":500,"response_headers":"legacy",
+                "batch":{"enabled":false,"max_checks":8,"max_in_flight":2},
                 "rules":[{"name":"all",
                   "match":{"path":{"regex":"^/v[0-9]+/"},"methods":["get","POST"],"host":"*.Example.com",
                            "headers":[{"name":"X-Tier","equals":"free"},{"name":"x-internal","present":false},{"name":"x-key"}]},
@@ -593,6 +703,14 @@ mod tests {
         assert_eq!(policy.timeout_ms, 1000);
         assert_eq!((policy.deny_status, policy.failure_status), (420, 500));
         assert_eq!(policy.response_headers, HeaderStyle::Legacy);
+        assert_eq!(
+            policy.batch,
+            Batching {
+                enabled: false,
+                max_checks: 8,
+                max_in_flight: 2
+            }
+        );
         let r = &policy.rules[0];
         assert!(
             matches!(&r.matcher.path, Some(PathMatch::Regex(re)) if re.as_str() == "^/v[0-9]+/")
@@ -740,6 +858,12 @@ mod tests {
         assert!(err(r#"{"limitd_cluster":"","rules":[]}"#).starts_with("limitd_cluster:"));
         assert!(err(r#"{"response_headers":"draft","rules":[]}"#)
             .starts_with("response_headers: unknown variant"));
+        assert!(err(r#"{"batch":{"max_checks":0},"rules":[]}"#)
+            .starts_with("batch.max_checks: must be between 1 and 256"));
+        assert!(
+            err(r#"{"batch":{"max_in_flight":17},"rules":[]}"#).starts_with("batch.max_in_flight:")
+        );
+        assert!(err(r#"{"batch":{"size":1},"rules":[]}"#).contains("unknown field `size`"));
     }
 
     #[test]

@@ -2,34 +2,64 @@
 //!
 //! Every host call here goes through `proxy_wasm::hostcalls` and has its
 //! `Result` handled: the SDK's convenience trait methods `unwrap`, and a panic
-//! traps the VM (which `failure_policy` then turns into 503s or a bypass).
+//! traps the VM (which `failure_policy` then turns into 503s for a moment).
+//!
+//! # Group commit
+//!
+//! A callout's answer goes to the context that dispatched it, and Envoy
+//! cancels a callout whose context is destroyed; so a callout shared by many
+//! requests is dispatched by the worker's root context. A request with a check
+//! queues it in the VM's [`Batcher`], wakes the root through a shared queue
+//! registered under a name unique to this VM (a timestamp is not unique: two
+//! workers read the same clock), and pauses. The root sends what waits as one
+//! `POST /v1/checks` as soon as no callout is in flight, and on the answer
+//! resumes or answers each request after making it the effective context.
+//! Requests whose client went away are skipped: the set of live contexts is
+//! kept in `on_done`, because acting on a context the SDK has dropped traps.
+//!
+//! The `Batcher` is shared through `Rc<RefCell<..>>` between the contexts of
+//! one VM (one thread). No borrow is held across a host call: a local reply
+//! re-enters the filter (`on_http_response_headers`) synchronously.
 
 #![allow(unsafe_code)] // `proxy_wasm::main!` expands to an `extern "C"` export.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
+use crate::batch::{encode_batch, read_batch_answer, Batcher, Entry};
 use crate::config::Policy;
+use crate::fallback::LocalCounters;
 use crate::request::RequestView;
-use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, Verdict};
+use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { policy: None, metrics: None }) });
+    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
+        Box::new(Root { root_id, vm: None, queue: None, sent_at: HashMap::new() })
+    });
 }}
+
+/// The shared-data key of the counter that gives each VM a unique queue name.
+const VM_SEQUENCE_KEY: &str = "ratelimit.vm_sequence";
 
 fn log(level: LogLevel, message: &str) {
     // Nothing useful can be done if logging itself fails.
     let _ = hostcalls::log(level, message);
 }
 
+fn now() -> Option<SystemTime> {
+    hostcalls::get_current_time().ok()
+}
+
 /// The filter's counters, shown by Envoy as `wasmcustom.ratelimit.*` in `/stats`
-/// (and without the prefix in `/stats/prometheus`). Same-named counters of every
+/// (and without the prefix in `/stats/prometheus`). Same-named metrics of every
 /// worker's VM add up.
 struct Metrics {
     checks: Option<u32>,
@@ -38,7 +68,12 @@ struct Metrics {
     shadow_denied: Option<u32>,
     failure_mode_allowed: Option<u32>,
     failure_mode_denied: Option<u32>,
+    fallback_allowed: Option<u32>,
+    fallback_denied: Option<u32>,
     callout_errors: Option<u32>,
+    callouts: Option<u32>,
+    /// Histogram of callout round trips, in microseconds.
+    callout_latency_us: Option<u32>,
 }
 
 impl Metrics {
@@ -51,29 +86,272 @@ impl Metrics {
             shadow_denied: counter("ratelimit.shadow_denied"),
             failure_mode_allowed: counter("ratelimit.failure_mode_allowed"),
             failure_mode_denied: counter("ratelimit.failure_mode_denied"),
+            fallback_allowed: counter("ratelimit.fallback_allowed"),
+            fallback_denied: counter("ratelimit.fallback_denied"),
             callout_errors: counter("ratelimit.callout_errors"),
+            callouts: counter("ratelimit.callouts"),
+            callout_latency_us: hostcalls::define_metric(
+                MetricType::Histogram,
+                "ratelimit.callout_latency_us",
+            )
+            .ok(),
+        }
+    }
+
+    fn add(id: Option<u32>, n: usize) {
+        if let (Some(id), Ok(n)) = (id, i64::try_from(n)) {
+            if n > 0 {
+                let _ = hostcalls::increment_metric(id, n);
+            }
         }
     }
 
     fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+        Metrics::add(id, 1);
+    }
+
+    fn record_latency(&self, since: Option<SystemTime>) {
+        let elapsed = since.and_then(|t| now()?.duration_since(t).ok());
+        if let (Some(id), Some(elapsed)) = (self.callout_latency_us, elapsed) {
+            let _ = hostcalls::record_metric(
+                id,
+                u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+    }
+}
+
+/// What the contexts of one VM share.
+struct Vm {
+    policy: Policy,
+    metrics: Metrics,
+    batcher: RefCell<Batcher>,
+}
+
+impl Vm {
+    fn callout_headers(&self, path: &'static str) -> Vec<(&str, &str)> {
+        vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", &self.policy.limitd_authority),
+            ("content-type", "application/json"),
+        ]
+    }
+
+    fn dispatch(&self, path: &'static str, body: &[u8]) -> Result<u32, CalloutError> {
+        Metrics::bump(self.metrics.callouts);
+        hostcalls::dispatch_http_call(
+            &self.policy.limitd_cluster,
+            self.callout_headers(path),
+            Some(body),
+            vec![],
+            Duration::from_millis(self.policy.timeout_ms),
+        )
+        .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))
+    }
+
+    /// Reads the answer to the callout being handled: its status and body.
+    fn read_callout(
+        &self,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), CalloutError> {
+        // A callout reset after its headers arrives with none; reading a header then
+        // would make the SDK panic, so this is checked first.
+        if num_headers == 0 {
+            return Err(CalloutError::Reset);
+        }
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .map_err(|s| CalloutError::Status(format!("unreadable ({s:?})")))?
+            .unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .map_err(|s| CalloutError::Body(format!("unreadable ({s:?})")))?
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    fn failed(&self, check: &Check, error: &CalloutError) -> Decision {
+        Metrics::bump(self.metrics.callout_errors);
+        log(
+            LogLevel::Warn,
+            &format!("ratelimit: {error}; the rules' failure mode applies"),
+        );
+        self.policy.on_failure(check, &SharedCounters)
+    }
+
+    fn decided(&self, check: &Check, answer: &protocol::CheckResponse) -> Decision {
+        Metrics::add(
+            self.metrics.shadow_denied,
+            self.policy.shadow_denials(check, answer),
+        );
+        self.policy.decide(check, answer)
+    }
+
+    /// Carries out a decision for the current (effective) request context.
+    /// Returns the headers to add to the upstream's response, if any.
+    fn carry_out(&self, decision: Decision, paused: bool) -> (Action, Headers) {
+        match decision {
+            Decision::Allow { outcome, headers } => {
+                Metrics::bump(match outcome {
+                    Outcome::Allowed => self.metrics.allowed,
+                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
+                    Outcome::FallbackAllowed => self.metrics.fallback_allowed,
+                });
+                if paused {
+                    if let Err(status) = hostcalls::resume_http_request() {
+                        log(
+                            LogLevel::Warn,
+                            &format!("ratelimit: cannot resume the request: {status:?}"),
+                        );
+                    }
+                }
+                (Action::Continue, headers)
+            }
+            Decision::Reply(reply) => {
+                Metrics::bump(match reply.kind {
+                    ReplyKind::OverLimit => self.metrics.denied,
+                    ReplyKind::FallbackOverLimit => self.metrics.fallback_denied,
+                    ReplyKind::Unavailable => self.metrics.failure_mode_denied,
+                });
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                if let Err(status) = hostcalls::send_http_response(
+                    reply.status,
+                    headers,
+                    Some(reply.body.as_bytes()),
+                ) {
+                    log(
+                        LogLevel::Warn,
+                        &format!("ratelimit: cannot send the local reply: {status:?}"),
+                    );
+                }
+                (Action::Pause, Vec::new())
+            }
         }
     }
 }
 
 struct Root {
-    policy: Option<Rc<Policy>>,
-    metrics: Option<Rc<Metrics>>,
+    root_id: u32,
+    vm: Option<Rc<Vm>>,
+    /// The queue that wakes this root, under a name unique to this VM.
+    queue: Option<u32>,
+    /// When each batch callout in flight was sent, for the latency histogram.
+    sent_at: HashMap<u32, Option<SystemTime>>,
 }
 
-impl Context for Root {}
+impl Root {
+    /// Registers this VM's wake-up queue under `ratelimit.wake.<n>`, with `n`
+    /// taken from a counter in shared data (compare-and-swap).
+    fn register_queue(&self) -> Option<u32> {
+        for _ in 0..64 {
+            let (value, cas) = hostcalls::get_shared_data(VM_SEQUENCE_KEY).ok()?;
+            let n: u64 = value
+                .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0);
+            match hostcalls::set_shared_data(
+                VM_SEQUENCE_KEY,
+                Some((n + 1).to_string().as_bytes()),
+                cas,
+            ) {
+                Ok(()) => {
+                    return hostcalls::register_shared_queue(&format!("ratelimit.wake.{n}")).ok()
+                }
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Sends what waits, as long as the bound on callouts in flight allows.
+    fn pump(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        loop {
+            let Some(batch) = vm.batcher.borrow_mut().next_batch() else {
+                return;
+            };
+            match vm.dispatch(protocol::BATCH_PATH, &encode_batch(&batch)) {
+                Ok(token) => {
+                    self.sent_at.insert(token, now());
+                    vm.batcher.borrow_mut().sent(token, batch);
+                }
+                Err(e) => {
+                    let decisions: Vec<(u32, Decision)> = batch
+                        .into_iter()
+                        .map(|entry| (entry.context_id, vm.failed(&entry.check, &e)))
+                        .collect();
+                    self.deliver(&vm, decisions);
+                }
+            }
+        }
+    }
+
+    /// Resumes or answers each request, as its own effective context.
+    fn deliver(&self, vm: &Vm, decisions: Vec<(u32, Decision)>) {
+        for (context_id, decision) in decisions {
+            if !vm.batcher.borrow().is_live(context_id) {
+                continue;
+            }
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue; // Gone on the host's side too.
+            }
+            let (_, headers) = vm.carry_out(decision, true);
+            vm.batcher.borrow_mut().set_headers(context_id, headers);
+        }
+        let _ = hostcalls::set_effective_context(self.root_id);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(vm) = self.vm.clone() else { return };
+        let Some(batch) = vm.batcher.borrow_mut().finished(token_id) else {
+            return;
+        };
+        vm.metrics
+            .record_latency(self.sent_at.remove(&token_id).flatten());
+        let answers = vm
+            .read_callout(num_headers, body_size)
+            .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
+        let decisions: Vec<(u32, Decision)> = match answers {
+            Ok(answers) => batch
+                .iter()
+                .zip(&answers)
+                .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer)))
+                .collect(),
+            Err(e) => batch
+                .iter()
+                .map(|entry: &Entry| (entry.context_id, vm.failed(&entry.check, &e)))
+                .collect(),
+        };
+        self.deliver(&vm, decisions);
+        self.pump();
+    }
+}
 
 impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // The main thread's VM starts before the workers' and creates the counter;
+        // a missing key's first write is unconditional, so workers must not race on it.
+        if let Ok((None, _)) = hostcalls::get_shared_data(VM_SEQUENCE_KEY) {
+            let _ = hostcalls::set_shared_data(VM_SEQUENCE_KEY, Some(b"0"), None);
+        }
+        true
+    }
+
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => Vec::new(),
+            Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
                 log(
                     LogLevel::Critical,
@@ -82,39 +360,68 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Policy::from_json(&bytes) {
-            Ok(policy) => {
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "ratelimit: configured {} rule(s), limitd cluster {:?}, timeout {}ms",
-                        policy.rules.len(),
-                        policy.limitd_cluster,
-                        policy.timeout_ms,
-                    ),
-                );
-                self.policy = Some(Rc::new(policy));
-                if self.metrics.is_none() {
-                    self.metrics = Some(Rc::new(Metrics::define()));
-                }
-                true
-            }
+        let policy = match Policy::from_json(&bytes) {
+            Ok(policy) => policy,
             Err(e) => {
                 log(
                     LogLevel::Critical,
                     &format!("ratelimit: invalid plugin configuration: {e}"),
                 );
-                false
+                return false;
+            }
+        };
+        if policy.batch.enabled && self.queue.is_none() {
+            self.queue = self.register_queue();
+            if self.queue.is_none() {
+                log(
+                    LogLevel::Error,
+                    "ratelimit: no wake-up queue; checking each request with its own callout",
+                );
             }
         }
+        log(
+            LogLevel::Info,
+            &format!(
+                "ratelimit: configured {} rule(s), limitd cluster {:?}, timeout {}ms, batching {}",
+                policy.rules.len(),
+                policy.limitd_cluster,
+                policy.timeout_ms,
+                if policy.batch.enabled && self.queue.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+            ),
+        );
+        let batcher = Batcher::new(policy.batch.max_checks, policy.batch.max_in_flight);
+        self.vm = Some(Rc::new(Vm {
+            policy,
+            metrics: Metrics::define(),
+            batcher: RefCell::new(batcher),
+        }));
+        true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let policy = self.policy.clone()?;
-        let metrics = self.metrics.clone()?;
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(vm) = &self.vm {
+            vm.batcher.borrow_mut().wake_handled();
+        }
+        self.pump();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        vm.batcher.borrow_mut().created(context_id);
+        let queue = if vm.policy.batch.enabled {
+            self.queue
+        } else {
+            None
+        };
         Some(Box::new(Request {
-            policy,
-            metrics,
+            context_id,
+            vm,
+            queue,
             pending: None,
             response_headers: Vec::new(),
         }))
@@ -127,12 +434,33 @@ impl RootContext for Root {
 
 /// One HTTP request going through the filter.
 struct Request {
-    policy: Rc<Policy>,
-    metrics: Rc<Metrics>,
-    /// The check in flight, while the request is paused.
+    context_id: u32,
+    vm: Rc<Vm>,
+    /// The root's wake-up queue; `None`: this request makes its own callout.
+    queue: Option<u32>,
+    /// Without batching: the check in flight, while the request is paused.
     pending: Option<Check>,
-    /// Rate-limit headers for the upstream's response.
+    /// Without batching: rate-limit headers for the upstream's response.
     response_headers: Headers,
+}
+
+/// Fallback counters in Envoy's shared data (one map per `vm_id`, process-wide).
+struct SharedCounters;
+
+impl LocalCounters for SharedCounters {
+    fn now_ms(&self) -> u64 {
+        now()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn load(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn store(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
 }
 
 /// The request as the host shows it; each value is fetched only when asked for.
@@ -153,99 +481,44 @@ impl RequestView for HostRequest {
 }
 
 impl Request {
-    fn dispatch(&self, check: &Check) -> Result<u32, CalloutError> {
-        let policy = &self.policy;
-        hostcalls::dispatch_http_call(
-            &policy.limitd_cluster,
-            vec![
-                (":method", "POST"),
-                (":path", protocol::CHECK_PATH),
-                (":authority", &policy.limitd_authority),
-                ("content-type", "application/json"),
-            ],
-            Some(&check.encode()),
-            vec![],
-            Duration::from_millis(policy.timeout_ms),
-        )
-        .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))
-    }
-
-    fn fail(&self, check: &Check, error: &CalloutError) -> Decision {
-        Metrics::bump(self.metrics.callout_errors);
-        log(
-            LogLevel::Warn,
-            &format!("ratelimit: {error}; the rules' failure mode applies"),
-        );
-        self.policy.on_failure(check)
-    }
-
-    /// Acts on a decision; returns the action for a callback that must return one.
-    fn apply(&mut self, decision: Decision, paused: bool) -> Action {
-        match decision {
-            Decision::Allow { outcome, headers } => {
-                Metrics::bump(match outcome {
-                    Outcome::Allowed => self.metrics.allowed,
-                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
-                });
+    /// Queues the check for the root's next batch and wakes the root if needed.
+    fn queue_check(&mut self, queue: u32, check: Check) -> Action {
+        let wake = self
+            .vm
+            .batcher
+            .borrow_mut()
+            .push(self.context_id, check.clone());
+        if wake {
+            if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"w")) {
+                // Without a wake-up the root would never send it: decide now.
+                self.vm.batcher.borrow_mut().wake_handled();
+                self.vm.batcher.borrow_mut().done(self.context_id);
+                let decision = self.vm.failed(
+                    &check,
+                    &CalloutError::Dispatch(format!("wake-up queue: {status:?}")),
+                );
+                let (action, headers) = self.vm.carry_out(decision, false);
                 self.response_headers = headers;
-                if paused {
-                    if let Err(status) = hostcalls::resume_http_request() {
-                        log(
-                            LogLevel::Warn,
-                            &format!("ratelimit: cannot resume the request: {status:?}"),
-                        );
-                    }
-                }
-                Action::Continue
+                return action;
             }
-            Decision::Reply(reply) => {
-                Metrics::bump(if reply.over_limit {
-                    self.metrics.denied
-                } else {
-                    self.metrics.failure_mode_denied
-                });
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
-                if let Err(status) = hostcalls::send_http_response(
-                    reply.status,
-                    headers,
-                    Some(reply.body.as_bytes()),
-                ) {
-                    log(
-                        LogLevel::Warn,
-                        &format!("ratelimit: cannot send the local reply: {status:?}"),
-                    );
-                }
+        }
+        Action::Pause
+    }
+
+    /// Sends the check in a callout of this request's own.
+    fn send_check(&mut self, check: Check) -> Action {
+        match self.vm.dispatch(protocol::CHECK_PATH, &check.encode()) {
+            Ok(_token) => {
+                self.pending = Some(check);
                 Action::Pause
             }
+            Err(e) => {
+                let decision = self.vm.failed(&check, &e);
+                let (action, headers) = self.vm.carry_out(decision, false);
+                self.response_headers = headers;
+                action
+            }
         }
-    }
-
-    fn answer(
-        &self,
-        check: &Check,
-        num_headers: usize,
-        body_size: usize,
-    ) -> Result<Decision, CalloutError> {
-        // A callout reset after its headers arrives with none; reading a header then
-        // would make the SDK panic, so this is checked first.
-        if num_headers == 0 {
-            return Err(CalloutError::Reset);
-        }
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .map_err(|s| CalloutError::Status(format!("unreadable ({s:?})")))?
-            .unwrap_or_default();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .map_err(|s| CalloutError::Body(format!("unreadable ({s:?})")))?
-            .unwrap_or_default();
-        let answer = self.policy.read_answer(check, &status, &body)?;
-        for _ in 0..self.policy.shadow_denials(check, &answer) {
-            Metrics::bump(self.metrics.shadow_denied);
-        }
-        Ok(self.policy.decide(check, &answer))
     }
 }
 
@@ -260,28 +533,33 @@ impl Context for Request {
         let Some(check) = self.pending.take() else {
             return;
         };
-        let decision = self
-            .answer(&check, num_headers, body_size)
-            .unwrap_or_else(|e| self.fail(&check, &e));
-        self.apply(decision, true);
+        let vm = self.vm.clone();
+        let answer = vm
+            .read_callout(num_headers, body_size)
+            .and_then(|(status, body)| vm.policy.read_answer(&check, &status, &body));
+        let decision = match answer {
+            Ok(answer) => vm.decided(&check, &answer),
+            Err(e) => vm.failed(&check, &e),
+        };
+        let (_, headers) = vm.carry_out(decision, true);
+        self.response_headers = headers;
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.vm.batcher.borrow_mut().done(self.context_id);
+        true
     }
 }
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.policy.evaluate(&HostRequest) {
+        match self.vm.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
             Verdict::Check(check) => {
-                Metrics::bump(self.metrics.checks);
-                match self.dispatch(&check) {
-                    Ok(_token) => {
-                        self.pending = Some(check);
-                        Action::Pause
-                    }
-                    Err(e) => {
-                        let decision = self.fail(&check, &e);
-                        self.apply(decision, false)
-                    }
+                Metrics::bump(self.vm.metrics.checks);
+                match self.queue {
+                    Some(queue) => self.queue_check(queue, check),
+                    None => self.send_check(check),
                 }
             }
         }
@@ -290,7 +568,9 @@ impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Only an upstream response of an allowed request gets headers here: a local
         // reply carries its own, and passes through this callback too.
-        for (name, value) in self.response_headers.drain(..) {
+        let mut headers = std::mem::take(&mut self.response_headers);
+        headers.extend(self.vm.batcher.borrow_mut().take_headers(self.context_id));
+        for (name, value) in headers {
             if let Err(status) =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))
             {

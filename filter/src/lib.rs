@@ -11,8 +11,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod batch;
 pub mod config;
 pub mod duration;
+pub mod fallback;
 pub mod key;
 pub mod reply;
 pub mod request;

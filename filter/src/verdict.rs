@@ -8,6 +8,7 @@
 use protocol::{CheckRequest, CheckResponse, Hit};
 
 use crate::config::{FailureMode, Policy};
+use crate::fallback::{self, Fallback, LocalCounters, Standing};
 use crate::key::build_key;
 use crate::reply::{ceil_seconds, denial_body, rate_limit_headers, unavailable_body, RuleState};
 use crate::request::{path_only, RequestView};
@@ -60,6 +61,19 @@ pub enum Outcome {
     Allowed,
     /// limitd could not answer and the rules' failure mode is `allow`.
     FailedOpen,
+    /// limitd could not answer and the rules' fallback limits admitted it.
+    FallbackAllowed,
+}
+
+/// Why the filter answers a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// limitd denied it.
+    OverLimit,
+    /// limitd could not answer and a fallback limit is spent.
+    FallbackOverLimit,
+    /// limitd could not answer and a rule fails closed.
+    Unavailable,
 }
 
 /// A response the filter answers itself instead of forwarding the request.
@@ -68,8 +82,7 @@ pub struct LocalReply {
     pub status: u32,
     pub headers: Headers,
     pub body: String,
-    /// True for a denial by a limit; false when the failure mode denied.
-    pub over_limit: bool,
+    pub kind: ReplyKind,
 }
 
 /// Why a check got no usable answer.
@@ -217,33 +230,77 @@ impl Policy {
             status: self.deny_status,
             headers,
             body: denial_body(self.deny_status, &violated, retry_after),
-            over_limit: true,
+            kind: ReplyKind::OverLimit,
         })
     }
 
-    /// The decision when a check got no usable answer: a request is denied if
-    /// any enforced rule it matched has failure mode `deny`, else allowed.
-    pub fn on_failure(&self, check: &Check) -> Decision {
-        let deny = check
-            .rules
-            .iter()
-            .map(|&i| &self.rules[i])
-            .any(|rule| !rule.shadow && rule.failure_mode == FailureMode::Deny);
-        if !deny {
-            return Decision::Allow {
-                outcome: Outcome::FailedOpen,
-                headers: Vec::new(),
-            };
+    /// The decision when a check got no usable answer. Each enforced rule the
+    /// request matched either has a fallback limit, enforced locally with
+    /// `counters`, or its failure mode. The request is answered
+    /// `failure_status` if any rule fails closed, denied if any fallback limit
+    /// is spent (consuming nothing), and allowed otherwise.
+    pub fn on_failure(&self, check: &Check, counters: &impl LocalCounters) -> Decision {
+        let mut unavailable = false;
+        let mut over: Vec<(&str, u64)> = Vec::new();
+        let mut spend: Vec<(&Hit, Fallback, bool)> = Vec::new();
+        for (&i, hit) in check.rules.iter().zip(&check.hits) {
+            let rule = &self.rules[i];
+            if rule.shadow {
+                continue;
+            }
+            let standing = rule.fallback.map(|limit| {
+                (
+                    limit,
+                    fallback::standing(counters, &hit.key, hit.cost, limit),
+                )
+            });
+            match standing {
+                Some((limit, Standing::Fits { new_key })) => spend.push((hit, limit, new_key)),
+                Some((_, Standing::Over { retry_after_ms })) => {
+                    over.push((&rule.name, retry_after_ms))
+                }
+                Some((_, Standing::Full)) | None => {
+                    unavailable |= rule.failure_mode == FailureMode::Deny
+                }
+            }
         }
-        Decision::Reply(LocalReply {
-            status: self.failure_status,
-            headers: vec![
-                ("retry-after", "1".to_owned()),
-                ("content-type", "application/problem+json".to_owned()),
-            ],
-            body: unavailable_body(self.failure_status),
-            over_limit: false,
-        })
+        if unavailable {
+            return Decision::Reply(LocalReply {
+                status: self.failure_status,
+                headers: vec![
+                    ("retry-after", "1".to_owned()),
+                    ("content-type", "application/problem+json".to_owned()),
+                ],
+                body: unavailable_body(self.failure_status),
+                kind: ReplyKind::Unavailable,
+            });
+        }
+        if !over.is_empty() {
+            let retry_after =
+                ceil_seconds(over.iter().map(|(_, ms)| *ms).max().unwrap_or(1_000)).max(1);
+            let violated: Vec<&str> = over.iter().map(|(name, _)| *name).collect();
+            return Decision::Reply(LocalReply {
+                status: self.deny_status,
+                headers: vec![
+                    ("retry-after", retry_after.to_string()),
+                    ("content-type", "application/problem+json".to_owned()),
+                ],
+                body: denial_body(self.deny_status, &violated, retry_after),
+                kind: ReplyKind::FallbackOverLimit,
+            });
+        }
+        let outcome = if spend.is_empty() {
+            Outcome::FailedOpen
+        } else {
+            Outcome::FallbackAllowed
+        };
+        for (hit, limit, new_key) in spend {
+            fallback::spend(counters, &hit.key, hit.cost, limit, new_key);
+        }
+        Decision::Allow {
+            outcome,
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -252,6 +309,7 @@ mod tests {
     use protocol::{Algorithm, HitResult};
 
     use super::*;
+    use crate::fallback::tests::FakeCounters;
     use crate::request::tests::FakeRequest;
 
     fn policy(extra: &str) -> Policy {
@@ -388,7 +446,7 @@ mod tests {
             panic!("expected a reply")
         };
         assert_eq!(reply.status, 429);
-        assert!(reply.over_limit);
+        assert_eq!(reply.kind, ReplyKind::OverLimit);
         assert_eq!(reply.headers[0], ("retry-after", "43".to_owned()));
         assert_eq!(
             reply.headers[1],
@@ -450,18 +508,18 @@ mod tests {
         let p = policy("");
         let open = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
         assert_eq!(
-            p.on_failure(&open),
+            p.on_failure(&open, &FakeCounters::default()),
             Decision::Allow {
                 outcome: Outcome::FailedOpen,
                 headers: vec![]
             }
         );
         let closed = check_of(p.evaluate(&FakeRequest::new("GET", "/api").with("x-api-key", "k")));
-        let Decision::Reply(reply) = p.on_failure(&closed) else {
+        let Decision::Reply(reply) = p.on_failure(&closed, &FakeCounters::default()) else {
             panic!("expected a reply")
         };
         assert_eq!(reply.status, 503);
-        assert!(!reply.over_limit);
+        assert_eq!(reply.kind, ReplyKind::Unavailable);
         assert!(reply.body.contains("Rate Limiter Unavailable"));
         // A shadow rule never denies, whatever its failure mode.
         let shadow = Policy::from_json(
@@ -470,11 +528,80 @@ mod tests {
         .unwrap();
         let check = check_of(shadow.evaluate(&FakeRequest::new("GET", "/")));
         assert!(matches!(
-            shadow.on_failure(&check),
+            shadow.on_failure(&check, &FakeCounters::default()),
             Decision::Allow {
                 outcome: Outcome::FailedOpen,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn fallback_limits_hold_while_limitd_is_away() {
+        let p = Policy::from_json(
+            br#"{"failure_mode":"deny","rules":[
+                {"name":"fb","fallback":{"requests":2,"window":"1s"},"limit":{"requests":10,"window":"1s"}},
+                {"name":"open","match":{"path":{"prefix":"/open"}},"failure_mode":"allow","limit":{"requests":1,"window":"1s"}}]}"#,
+        )
+        .unwrap();
+        let counters = FakeCounters::default();
+        counters.now.set(5_400);
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/open")));
+        for _ in 0..2 {
+            assert!(matches!(
+                p.on_failure(&check, &counters),
+                Decision::Allow {
+                    outcome: Outcome::FallbackAllowed,
+                    ..
+                }
+            ));
+        }
+        let Decision::Reply(reply) = p.on_failure(&check, &counters) else {
+            panic!("expected a reply")
+        };
+        assert_eq!(
+            (reply.status, reply.kind),
+            (429, ReplyKind::FallbackOverLimit)
+        );
+        assert_eq!(reply.headers[0], ("retry-after", "1".to_owned()));
+        assert!(
+            reply.body.contains(r#""violated_policies":["fb"]"#),
+            "{}",
+            reply.body
+        );
+        // Another client has its own fallback counter.
+        let other = check_of(p.evaluate(&FakeRequest::new("GET", "/open").from("10.0.0.9:1")));
+        assert!(matches!(
+            p.on_failure(&other, &counters),
+            Decision::Allow { .. }
+        ));
+        // A new window starts afresh.
+        counters.now.set(6_000);
+        assert!(matches!(
+            p.on_failure(&check, &counters),
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn a_rule_failing_closed_wins_over_a_fallback() {
+        let p = Policy::from_json(
+            br#"{"rules":[
+                {"name":"fb","fallback":{"requests":2,"window":"1s"},"limit":{"requests":10,"window":"1s"}},
+                {"name":"closed","failure_mode":"deny","limit":{"requests":1,"window":"1s"}}]}"#,
+        )
+        .unwrap();
+        let counters = FakeCounters::default();
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/")));
+        let Decision::Reply(reply) = p.on_failure(&check, &counters) else {
+            panic!("expected a reply")
+        };
+        assert_eq!(reply.kind, ReplyKind::Unavailable);
+        // Nothing was spent on the fallback counter by the refused request.
+        assert!(counters
+            .data
+            .borrow()
+            .keys()
+            .all(|k| !k.starts_with("ratelimit.fallback:")));
     }
 }

@@ -19,8 +19,33 @@ use serde::{Deserialize, Serialize};
 /// The path of the check endpoint.
 pub const CHECK_PATH: &str = "/v1/check";
 
+/// The path of the batch endpoint: several independent checks in one request.
+pub const BATCH_PATH: &str = "/v1/checks";
+
 /// The most hits one check may carry.
 pub const MAX_HITS: usize = 64;
+
+/// The most checks one batch may carry.
+pub const MAX_CHECKS: usize = 256;
+
+/// The body of `POST /v1/checks`: independent checks, each decided (all or
+/// nothing) on its own, as if each had been sent to `/v1/check`. A proxy
+/// sends the checks of the requests that arrived while its previous batch was
+/// in flight (group commit), so the cost of a callout is shared while every
+/// request is still decided globally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// At least one, at most [`MAX_CHECKS`].
+    pub checks: Vec<CheckRequest>,
+}
+
+/// limitd's answer to a [`BatchRequest`]: one result per check, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResponse {
+    pub results: Vec<CheckResponse>,
+}
 
 /// The body of `POST /v1/check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -132,6 +132,12 @@ pub struct EnvoyOptions {
     /// Exact snippets of `envoy.yaml` to replace, each of which must occur once
     /// (e.g. `"failure_mode": "allow"` → `"failure_mode": "deny"`).
     pub replacements: Vec<(String, String)>,
+    /// HTTP filters to swap, applied after `replacements`: (filter name, YAML
+    /// list items from column 0 to put in its place; empty removes it). See
+    /// [`envoy_config::replace_http_filter`].
+    pub http_filters: Vec<(String, String)>,
+    /// Envoy's `--concurrency` (worker threads); 2 when unset.
+    pub concurrency: Option<u32>,
 }
 
 impl EnvoyOptions {
@@ -139,7 +145,27 @@ impl EnvoyOptions {
         self.replacements.push((from.to_owned(), to.to_owned()));
         self
     }
+
+    /// Puts `items` (YAML list items written from column 0) in place of the
+    /// HTTP filter `name`.
+    pub fn replace_http_filter(mut self, name: &str, items: &str) -> Self {
+        self.http_filters.push((name.to_owned(), items.to_owned()));
+        self
+    }
+
+    /// Removes the HTTP filter `name` (e.g. `envoy.filters.http.wasm`).
+    pub fn without_http_filter(self, name: &str) -> Self {
+        self.replace_http_filter(name, "")
+    }
+
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = Some(workers);
+        self
+    }
 }
+
+/// Envoy's worker threads when [`EnvoyOptions::concurrency`] is unset.
+const DEFAULT_CONCURRENCY: u32 = 2;
 
 /// How to start a stack.
 #[derive(Debug, Clone)]
@@ -393,17 +419,31 @@ impl Stack {
             limitds: [local(self.ports.limitd[0]), local(self.ports.limitd[1])],
             wasm: &self.binaries.wasm,
         };
-        envoy_config::rewrite(&shipped, &addresses, &options.replacements)
+        let mut text = envoy_config::rewrite(&shipped, &addresses, &options.replacements)?;
+        for (name, items) in &options.http_filters {
+            text = envoy_config::replace_http_filter(&text, name, items)?;
+        }
+        Ok(text)
     }
 
     /// Starts the process of an Envoy named `name` with a given configuration text.
     pub fn spawn_envoy(&mut self, name: &str, config: &str) -> Result<(), String> {
+        self.spawn_envoy_with(name, config, DEFAULT_CONCURRENCY)
+    }
+
+    /// Like [`Stack::spawn_envoy`], with `concurrency` worker threads.
+    pub fn spawn_envoy_with(
+        &mut self,
+        name: &str,
+        config: &str,
+        concurrency: u32,
+    ) -> Result<(), String> {
         let path = self.dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).map_err(|e| e.to_string())?;
         let mut command = Command::new(&self.binaries.envoy);
         command.arg("-c").arg(&path).args([
             "--concurrency",
-            "2",
+            &concurrency.to_string(),
             "--disable-hot-restart",
             "--log-level",
             "info",
@@ -421,22 +461,26 @@ impl Stack {
     ) -> Result<usize, String> {
         let name = format!("envoy-{}", self.envoys.len() + 1);
         let config = self.envoy_config(port, admin, options)?;
-        self.spawn_envoy(&name, &config)?;
+        let concurrency = options.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        self.spawn_envoy_with(&name, &config, concurrency)?;
         let admin_addr = local(admin);
         let backends = self.ports.backends;
+        let limitds = self.ports.limitd;
         self.await_ready(&name, || {
             let ready = http_get(admin_addr, "/ready", None).map_err(|e| e.to_string())?;
             if ready.status != 200 {
                 return Err(format!("/ready: {}", ready.status));
             }
-            // Round robin is only visible once both backends passed their health check.
+            // Round robin is only visible once both backends passed their health check,
+            // and checks only spread over both limitd once both passed theirs.
             let clusters = http_get(admin_addr, "/clusters", None)
                 .map_err(|e| e.to_string())?
                 .body;
-            for port in backends {
-                let flag = format!("backends::127.0.0.1:{port}::health_flags::healthy");
+            let upstreams = backends.iter().map(|p| ("backends", p));
+            for (cluster, port) in upstreams.chain(limitds.iter().map(|p| ("limitd", p))) {
+                let flag = format!("{cluster}::127.0.0.1:{port}::health_flags::healthy");
                 if !clusters.contains(&flag) {
-                    return Err(format!("backend on port {port} not healthy yet"));
+                    return Err(format!("{cluster} on port {port} not healthy yet"));
                 }
             }
             Ok(())

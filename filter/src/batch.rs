@@ -1,0 +1,341 @@
+//! Group commit of checks, free of host calls: requests that arrive while a
+//! callout is in flight wait, and go out together in the next one.
+//!
+//! One [`Batcher`] lives in each worker's VM, shared by its root context
+//! (which makes the callouts, so that it receives their answers) and its HTTP
+//! contexts (which queue their checks and wake the root). The glue drives it;
+//! this module decides what waits, what goes out, and what is still alive.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use protocol::{BatchResponse, CheckResponse, Hit};
+use serde::Serialize;
+
+use crate::verdict::{CalloutError, Check, Headers};
+
+/// A request's check, waiting for or riding in a callout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The HTTP context of the request.
+    pub context_id: u32,
+    pub check: Check,
+}
+
+/// The queue, the callouts in flight, and which requests are still alive.
+#[derive(Debug)]
+pub struct Batcher {
+    max_batch: usize,
+    max_in_flight: usize,
+    waiting: VecDeque<Entry>,
+    in_flight: HashMap<u32, Vec<Entry>>,
+    live: HashSet<u32>,
+    /// True while a wake-up of the root is queued and not yet handled.
+    woken: bool,
+    /// Rate-limit headers for the responses of allowed requests, by context.
+    headers: HashMap<u32, Headers>,
+}
+
+impl Batcher {
+    pub fn new(max_batch: usize, max_in_flight: usize) -> Self {
+        Batcher {
+            max_batch: max_batch.max(1),
+            max_in_flight: max_in_flight.max(1),
+            waiting: VecDeque::new(),
+            in_flight: HashMap::new(),
+            live: HashSet::new(),
+            woken: false,
+            headers: HashMap::new(),
+        }
+    }
+
+    /// A request's context was created.
+    pub fn created(&mut self, context_id: u32) {
+        self.live.insert(context_id);
+    }
+
+    /// A request's context is done: whatever it waited for is dropped.
+    pub fn done(&mut self, context_id: u32) {
+        self.live.remove(&context_id);
+        self.headers.remove(&context_id);
+    }
+
+    /// Whether the request is still there to be resumed or answered.
+    pub fn is_live(&self, context_id: u32) -> bool {
+        self.live.contains(&context_id)
+    }
+
+    /// Queues a request's check. Returns true when the caller must wake the
+    /// root (no wake-up is pending yet).
+    pub fn push(&mut self, context_id: u32, check: Check) -> bool {
+        self.waiting.push_back(Entry { context_id, check });
+        !std::mem::replace(&mut self.woken, true)
+    }
+
+    /// The root was woken: later pushes must wake it again.
+    pub fn wake_handled(&mut self) {
+        self.woken = false;
+    }
+
+    /// The next batch to send, if a callout may start and live requests wait.
+    /// Requests whose client went away are dropped here.
+    pub fn next_batch(&mut self) -> Option<Vec<Entry>> {
+        if self.in_flight.len() >= self.max_in_flight {
+            return None;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            let Some(entry) = self.waiting.pop_front() else {
+                break;
+            };
+            if self.live.contains(&entry.context_id) {
+                batch.push(entry);
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// A batch went out as the callout `token`.
+    pub fn sent(&mut self, token: u32, batch: Vec<Entry>) {
+        self.in_flight.insert(token, batch);
+    }
+
+    /// The callout `token` finished: its batch, if it was ours.
+    pub fn finished(&mut self, token: u32) -> Option<Vec<Entry>> {
+        self.in_flight.remove(&token)
+    }
+
+    /// How many requests wait for a callout.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn set_headers(&mut self, context_id: u32, headers: Headers) {
+        if !headers.is_empty() && self.live.contains(&context_id) {
+            self.headers.insert(context_id, headers);
+        }
+    }
+
+    pub fn take_headers(&mut self, context_id: u32) -> Headers {
+        self.headers.remove(&context_id).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct CheckRef<'a> {
+    hits: &'a [Hit],
+}
+
+#[derive(Serialize)]
+struct BatchRef<'a> {
+    checks: Vec<CheckRef<'a>>,
+}
+
+/// The JSON body of `POST /v1/checks` for a batch.
+pub fn encode_batch(batch: &[Entry]) -> Vec<u8> {
+    let body = BatchRef {
+        checks: batch
+            .iter()
+            .map(|e| CheckRef {
+                hits: &e.check.hits,
+            })
+            .collect(),
+    };
+    // Serializing plain structs of strings and integers cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Reads limitd's answer to a batch: one result per check, each with one
+/// result per hit.
+pub fn read_batch_answer(
+    batch: &[Entry],
+    status: &[u8],
+    body: &[u8],
+) -> Result<Vec<CheckResponse>, CalloutError> {
+    if status != b"200" {
+        return Err(CalloutError::Status(
+            String::from_utf8_lossy(status).into_owned(),
+        ));
+    }
+    let answer: BatchResponse =
+        serde_json::from_slice(body).map_err(|e| CalloutError::Body(e.to_string()))?;
+    if answer.results.len() != batch.len() {
+        return Err(CalloutError::Body(format!(
+            "{} results for {} checks",
+            answer.results.len(),
+            batch.len()
+        )));
+    }
+    for (entry, result) in batch.iter().zip(&answer.results) {
+        if result.hits.len() != entry.check.hits.len() {
+            return Err(CalloutError::Body(format!(
+                "{} hit results for {} hits",
+                result.hits.len(),
+                entry.check.hits.len()
+            )));
+        }
+    }
+    Ok(answer.results)
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{Algorithm, BatchRequest, HitResult};
+
+    use super::*;
+
+    fn check(key: &str) -> Check {
+        Check {
+            hits: vec![Hit {
+                key: key.into(),
+                limit: 10,
+                window_ms: 1000,
+                cost: 1,
+                algorithm: Algorithm::FixedWindow,
+                burst: None,
+                shadow: false,
+            }],
+            rules: vec![0],
+        }
+    }
+
+    fn ids(batch: &[Entry]) -> Vec<u32> {
+        batch.iter().map(|e| e.context_id).collect()
+    }
+
+    #[test]
+    fn the_first_push_wakes_the_root_and_later_ones_ride_along() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=3 {
+            b.created(id);
+        }
+        assert!(b.push(1, check("a")));
+        assert!(!b.push(2, check("b")));
+        b.wake_handled();
+        assert!(b.push(3, check("c")));
+        assert_eq!(ids(&b.next_batch().unwrap()), [1, 2, 3]);
+        assert_eq!(b.next_batch(), None);
+    }
+
+    #[test]
+    fn requests_wait_while_the_callouts_in_flight_are_at_their_bound() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=4 {
+            b.created(id);
+        }
+        b.push(1, check("a"));
+        let first = b.next_batch().unwrap();
+        b.sent(7, first);
+        b.push(2, check("b"));
+        b.push(3, check("c"));
+        assert_eq!(b.next_batch(), None, "one callout in flight at most");
+        assert_eq!(b.waiting(), 2);
+        assert_eq!(ids(&b.finished(7).unwrap()), [1]);
+        assert_eq!(b.finished(7), None);
+        assert_eq!(ids(&b.next_batch().unwrap()), [2, 3]);
+    }
+
+    #[test]
+    fn batches_are_bounded() {
+        let mut b = Batcher::new(2, 4);
+        for id in 1..=5 {
+            b.created(id);
+            b.push(id, check("k"));
+        }
+        assert_eq!(ids(&b.next_batch().unwrap()), [1, 2]);
+        assert_eq!(ids(&b.next_batch().unwrap()), [3, 4]);
+        assert_eq!(ids(&b.next_batch().unwrap()), [5]);
+    }
+
+    #[test]
+    fn requests_whose_client_went_away_are_dropped() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=3 {
+            b.created(id);
+            b.push(id, check("k"));
+        }
+        b.done(2);
+        assert!(!b.is_live(2));
+        assert_eq!(ids(&b.next_batch().unwrap()), [1, 3]);
+        b.done(1);
+        b.done(3);
+        b.created(4);
+        b.push(5, check("never created"));
+        assert_eq!(b.next_batch(), None);
+    }
+
+    #[test]
+    fn headers_are_kept_for_live_requests_only() {
+        let mut b = Batcher::new(64, 1);
+        b.created(1);
+        b.set_headers(1, vec![("ratelimit", "x".into())]);
+        b.set_headers(2, vec![("ratelimit", "y".into())]);
+        assert_eq!(b.take_headers(1), vec![("ratelimit", "x".to_owned())]);
+        assert!(b.take_headers(1).is_empty());
+        assert!(b.take_headers(2).is_empty());
+        b.set_headers(1, vec![("ratelimit", "z".into())]);
+        b.done(1);
+        assert!(b.take_headers(1).is_empty());
+    }
+
+    #[test]
+    fn a_batch_encodes_as_one_check_per_request() {
+        let batch = vec![
+            Entry {
+                context_id: 1,
+                check: check("a"),
+            },
+            Entry {
+                context_id: 2,
+                check: check("b"),
+            },
+        ];
+        let sent: BatchRequest = serde_json::from_slice(&encode_batch(&batch)).unwrap();
+        assert_eq!(sent.checks.len(), 2);
+        assert_eq!(sent.checks[1].hits[0].key, "b");
+    }
+
+    #[test]
+    fn answers_must_fit_the_batch() {
+        let batch = vec![Entry {
+            context_id: 1,
+            check: check("a"),
+        }];
+        let result = |hits: usize| CheckResponse {
+            allowed: true,
+            hits: vec![
+                HitResult {
+                    allowed: true,
+                    limit: 10,
+                    remaining: 9,
+                    reset_ms: 1,
+                    retry_after_ms: 0
+                };
+                hits
+            ],
+        };
+        let body =
+            |results: Vec<CheckResponse>| serde_json::to_vec(&BatchResponse { results }).unwrap();
+        assert_eq!(
+            read_batch_answer(&batch, b"200", &body(vec![result(1)]))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(matches!(
+            read_batch_answer(&batch, b"200", &body(vec![])),
+            Err(CalloutError::Body(_))
+        ));
+        assert!(matches!(
+            read_batch_answer(&batch, b"200", &body(vec![result(2)])),
+            Err(CalloutError::Body(_))
+        ));
+        assert_eq!(
+            read_batch_answer(&batch, b"503", b""),
+            Err(CalloutError::Status("503".into()))
+        );
+        assert!(matches!(
+            read_batch_answer(&batch, b"200", b"{"),
+            Err(CalloutError::Body(_))
+        ));
+    }
+}
