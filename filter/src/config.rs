@@ -274,6 +274,20 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Escapes control characters (a field name in the JSON may contain a
+/// newline), so an error is always one log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
@@ -287,8 +301,12 @@ impl Policy {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            error(path, e.into_inner().to_string())
+            let path = if path == "." {
+                String::new()
+            } else {
+                one_line(&path)
+            };
+            error(path, one_line(&e.into_inner().to_string()))
         })?;
         Policy::try_from(raw)
     }

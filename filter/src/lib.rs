@@ -13,6 +13,8 @@
 
 pub mod batch;
 pub mod config;
+#[cfg(test)]
+mod config_fuzz;
 pub mod duration;
 pub mod fallback;
 pub mod key;
