@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::duration::parse_duration_ms;
 use crate::fallback::Fallback;
+use crate::json_path;
 use crate::key::KeyPart;
 use crate::reply::HeaderStyle;
 use crate::request::{HeaderCondition, HeaderMatch, Matcher, PathMatch};
@@ -298,15 +299,9 @@ fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl Policy {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                String::new()
-            } else {
-                one_line(&path)
-            };
-            error(path, one_line(&e.into_inner().to_string()))
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let offset = json_path::offset_of(bytes, e.line(), e.column());
+            error(one_line(&json_path::path_at(bytes, offset)), one_line(&json_path::message_of(&e)))
         })?;
         Policy::try_from(raw)
     }

@@ -17,6 +17,7 @@ pub mod config;
 mod config_fuzz;
 pub mod duration;
 pub mod fallback;
+mod json_path;
 pub mod key;
 pub mod reply;
 pub mod request;

@@ -172,7 +172,10 @@ pub async fn check_batch(
         AppError::BadRequest(reason)
     };
     if batch.checks.is_empty() || batch.checks.len() > MAX_CHECKS {
-        return Err(refuse(format!("checks: {} checks; send 1 to {MAX_CHECKS}", batch.checks.len())));
+        return Err(refuse(format!(
+            "checks: {} checks; send 1 to {MAX_CHECKS}",
+            batch.checks.len()
+        )));
     }
     for (i, check) in batch.checks.iter().enumerate() {
         validate(check).map_err(|err| refuse(format!("checks[{i}]: {}", err.0)))?;
@@ -190,7 +193,9 @@ pub async fn check_batch(
             Err(join) => return Err(AppError::Internal(format!("a check task failed: {join}"))),
         }
     }
-    Ok(Json(BatchResponse { results: results.into_iter().flatten().collect() }))
+    Ok(Json(BatchResponse {
+        results: results.into_iter().flatten().collect(),
+    }))
 }
 
 /// `GET /metrics`: the Prometheus text exposition.

@@ -5,6 +5,7 @@
 
 mod algorithms;
 mod auth;
+mod batch;
 mod counting;
 mod discovery;
 mod hostile;
