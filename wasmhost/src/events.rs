@@ -83,6 +83,20 @@ impl Vm {
         .map(drop)
     }
 
+    /// The id of the shared queue registered as `name` in this VM's `vm_id`
+    /// (`proxy_resolve_shared_queue`), if any VM registered it.
+    pub fn resolve_queue(&self, name: &str) -> Option<u32> {
+        let state = self.store.data();
+        state.shared().resolve_queue(&state.vm_id, name)
+    }
+
+    /// Whether the last VM to register queue `queue_id` is this one: its
+    /// events come here.
+    pub fn owns_queue(&self, queue_id: u32) -> bool {
+        let state = self.store.data();
+        state.shared().queue_owner(queue_id) == Some(state.vm)
+    }
+
     /// How many items a shared queue holds (`None`: no such queue).
     pub fn queue_len(&self, queue_id: u32) -> Option<usize> {
         self.store.data().shared().queue_len(queue_id)

@@ -175,6 +175,12 @@ impl Shared {
         self.queues.get(index).map(|q| q.items.len())
     }
 
+    /// The VM whose root gets queue `id`'s events.
+    pub(crate) fn queue_owner(&self, id: u32) -> Option<u64> {
+        let index = (id as usize).checked_sub(1)?;
+        self.queues.get(index).map(|q| q.owner_vm)
+    }
+
     /// The oldest undelivered queue-ready event of VM `vm`.
     pub(crate) fn next_event(&mut self, vm: u64) -> Option<QueueEvent> {
         self.events.get_mut(&vm)?.pop_front()

@@ -2,110 +2,94 @@
 //! across the proxy-wasm ABI (callouts, replies, resumptions, metrics) for the
 //! rules, answers and failures Envoy would give it.
 //!
+//! By default the filter batches: a request queues its check and pauses, the
+//! worker's root context sends what waits as one `POST /v1/checks`, and its
+//! answer resumes or answers each request. The requests here come one at a
+//! time, so each batch holds one check; `batching.rs` tests group commit
+//! itself, `fallback.rs` the local limits used while limitd is away. A few
+//! tests here keep `"batch": {"enabled": false}` (one `POST /v1/check` per
+//! request, from the request's own context).
+//!
 //! The module is the one `cargo xtask build` (and `cargo xtask test`) produce;
 //! these tests do not build it.
 
 mod common;
 
+use common::filter::{
+    answer, batch_answer, batch_of, config, fail, get, json, metric, only_pending_call, result,
+    single_answer, without_batching, FAILURES,
+};
 use common::host;
 use protocol::{Algorithm, CheckRequest, CheckResponse, HitResult};
-use wasmhost::{Action, HostError, LogLevel, Request, Vm};
-
-/// The demo's rule, with the given failure mode.
-fn config(failure_mode: &str) -> String {
-    format!(
-        r#"{{
-            "limitd_cluster": "limitd",
-            "timeout": "250ms",
-            "failure_mode": "{failure_mode}",
-            "rules": [{{
-                "name": "limited_endpoint",
-                "match": {{ "path": {{ "prefix": "/limited_endpoint" }} }},
-                "limit": {{ "requests": 10, "window": "60s" }}
-            }}]
-        }}"#
-    )
-}
+use wasmhost::{Action, HostError, LogLevel, Vm};
 
 fn start(failure_mode: &str) -> Vm {
     host().start(config(failure_mode)).unwrap()
 }
 
-/// A `GET` from 127.0.0.2:5555.
-fn get(vm: &mut Vm, path: &str) -> Request {
-    vm.request()
-        .header(":method", "GET")
-        .header(":path", path)
-        .header(":authority", "example.com")
-        .property("source.address", "127.0.0.2:5555")
-        .send_headers()
-        .unwrap()
-}
-
-/// limitd's answer to a one-hit check.
-fn answer(allowed: bool, retry_after_ms: u64) -> Vec<u8> {
-    serde_json::to_vec(&CheckResponse {
-        allowed,
-        hits: vec![HitResult {
-            allowed,
-            limit: 10,
-            remaining: if allowed { 9 } else { 0 },
-            reset_ms: 41_234,
-            retry_after_ms,
-        }],
-    })
-    .unwrap()
-}
-
-/// The token of the one callout waiting for an answer.
-fn only_pending_token(vm: &Vm) -> u32 {
-    let pending = vm.pending_calls();
-    assert_eq!(
-        pending.len(),
-        1,
-        "expected one pending callout: {pending:?}"
-    );
-    pending[0].token
-}
-
-fn metric(vm: &Vm, name: &str) -> i64 {
-    vm.metric(&format!("ratelimit.{name}")).unwrap_or(0)
-}
-
-fn json(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap()
-}
-
 #[test]
-fn a_matching_request_pauses_and_sends_its_check_to_limitd() {
+fn a_matching_request_pauses_and_the_root_sends_its_check_to_limitd() {
     let mut vm = start("allow");
     let req = get(&mut vm, "/limited_endpoint?page=2");
     assert_eq!(req.action, Action::Pause);
 
-    let calls = vm.pending_calls();
-    assert_eq!(calls.len(), 1);
-    let call = &calls[0];
+    let call = only_pending_call(&vm);
     assert_eq!(call.cluster, "limitd");
     assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
-    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/check"));
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/checks"));
     assert_eq!(call.headers.get(":authority").as_deref(), Some("limitd"));
     assert_eq!(
         call.headers.get("content-type").as_deref(),
         Some("application/json")
     );
     assert_eq!(call.timeout_ms, 250);
-    assert_eq!(call.context_id, req.id);
+    // The root dispatches it, so that the answer outlives any one request.
+    assert_eq!(call.context_id, vm.root_id());
 
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
+    let batch = batch_of(&call);
+    assert_eq!(batch.checks.len(), 1);
+    let check = &batch.checks[0];
     assert_eq!(check.hits.len(), 1);
     let hit = &check.hits[0];
     assert_eq!(hit.key, "limited_endpoint:127.0.0.2");
     assert_eq!((hit.limit, hit.window_ms, hit.cost), (10, 60_000, 1));
     assert_eq!(hit.algorithm, Algorithm::FixedWindow);
 
-    assert_eq!(metric(&vm, "checks"), 1);
+    assert_eq!((metric(&vm, "checks"), metric(&vm, "callouts")), (1, 1));
     assert!(!vm.request_resumed(req.id));
     assert!(vm.local_reply(req.id).is_none());
+}
+
+#[test]
+fn without_batching_a_request_sends_its_own_check_from_its_own_context() {
+    let mut vm = host().start(without_batching(&config("allow"))).unwrap();
+    let req = get(&mut vm, "/limited_endpoint?page=2");
+    assert_eq!(req.action, Action::Pause);
+
+    let call = only_pending_call(&vm);
+    assert_eq!(call.cluster, "limitd");
+    assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/check"));
+    assert_eq!(call.headers.get(":authority").as_deref(), Some("limitd"));
+    assert_eq!(call.timeout_ms, 250);
+    assert_eq!(call.context_id, req.id);
+    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(check.hits.len(), 1);
+    assert_eq!(check.hits[0].key, "limited_endpoint:127.0.0.2");
+
+    vm.respond_to_call(call.token, &[(":status", "200")], &single_answer(true, 0))
+        .unwrap();
+    assert!(vm.request_forwarded(req));
+    let response = vm.response_headers(req.id, &[(":status", "200")]).unwrap();
+    assert_eq!(
+        response.headers.get("ratelimit").as_deref(),
+        Some(r#""limited_endpoint";r=9;t=42"#)
+    );
+    assert_eq!(
+        vm.resolve_queue("ratelimit.wake.0"),
+        None,
+        "no wake-up queue without batching"
+    );
 }
 
 #[test]
@@ -120,15 +104,15 @@ fn the_callout_authority_and_client_key_follow_config_and_properties() {
         .send_headers()
         .unwrap();
     assert_eq!(req.action, Action::Pause);
-    let call = &vm.pending_calls()[0];
+    let call = only_pending_call(&vm);
     assert_eq!(
         call.headers.get(":authority").as_deref(),
         Some("limitd.internal")
     );
     assert_eq!(call.timeout_ms, 200, "the default timeout");
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
-    assert_eq!(check.hits[0].key, "all:10.1.2.3");
-    assert_eq!((check.hits[0].limit, check.hits[0].window_ms), (5, 1_000));
+    let hit = &batch_of(&call).checks[0].hits[0];
+    assert_eq!(hit.key, "all:10.1.2.3");
+    assert_eq!((hit.limit, hit.window_ms), (5, 1_000));
 }
 
 #[test]
@@ -143,13 +127,18 @@ fn every_matching_rule_is_one_hit_of_the_same_check() {
         .property("source.address", "10.0.0.1:1")
         .send_headers()
         .unwrap();
-    let call = vm.pending_calls()[0].clone();
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
-    let keys: Vec<&str> = check.hits.iter().map(|h| h.key.as_str()).collect();
+    let call = only_pending_call(&vm);
+    let batch = batch_of(&call);
+    assert_eq!(batch.checks.len(), 1, "one request, one check");
+    let keys: Vec<&str> = batch.checks[0]
+        .hits
+        .iter()
+        .map(|h| h.key.as_str())
+        .collect();
     assert_eq!(keys, ["global:10.0.0.1", "api:10.0.0.1"]);
 
     // The second hit is over its limit: the reply names it and its wait.
-    let body = serde_json::to_vec(&CheckResponse {
+    let body = batch_answer(vec![CheckResponse {
         allowed: false,
         hits: vec![
             HitResult {
@@ -167,8 +156,7 @@ fn every_matching_rule_is_one_hit_of_the_same_check() {
                 retry_after_ms: 6_500,
             },
         ],
-    })
-    .unwrap();
+    }]);
     vm.respond_to_call(call.token, &[(":status", "200")], &body)
         .unwrap();
     let reply = vm.local_reply(req.id).expect("a denial");
@@ -189,14 +177,18 @@ fn a_request_no_rule_matches_continues_without_a_callout() {
         assert!(vm.request_forwarded(req));
     }
     assert!(vm.calls().is_empty());
-    assert_eq!(metric(&vm, "checks"), 0);
+    assert!(
+        vm.pending_queue_events().is_empty(),
+        "nothing to wake the root for"
+    );
+    assert_eq!((metric(&vm, "checks"), metric(&vm, "callouts")), (0, 0));
 }
 
 #[test]
 fn a_denied_check_is_answered_429_with_retry_after_and_a_problem_body() {
     let mut vm = start("allow");
     let req = get(&mut vm, "/limited_endpoint");
-    let token = only_pending_token(&vm);
+    let token = only_pending_call(&vm).token;
     vm.respond_to_call(
         token,
         &[(":status", "200"), ("content-type", "application/json")],
@@ -237,7 +229,7 @@ fn a_denied_check_is_answered_429_with_retry_after_and_a_problem_body() {
 fn an_allowed_check_resumes_the_request_and_reports_the_quota_on_the_response() {
     let mut vm = start("deny");
     let req = get(&mut vm, "/limited_endpoint");
-    let token = only_pending_token(&vm);
+    let token = only_pending_call(&vm).token;
     vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
         .unwrap();
 
@@ -246,6 +238,11 @@ fn an_allowed_check_resumes_the_request_and_reports_the_quota_on_the_response() 
     assert!(vm.request_forwarded(req));
     assert_eq!(metric(&vm, "allowed"), 1);
     assert_eq!(metric(&vm, "callout_errors"), 0);
+    assert_eq!(
+        vm.histogram("ratelimit.callout_latency_us")
+            .map(|h| h.len()),
+        Some(1)
+    );
 
     let response = vm
         .response_headers(req.id, &[(":status", "200"), ("content-length", "2")])
@@ -276,7 +273,7 @@ fn the_response_header_style_is_configurable() {
         );
         let mut vm = host().start(config).unwrap();
         let req = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
+        let token = only_pending_call(&vm).token;
         vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
             .unwrap();
         vm.response_headers(req.id, &[(":status", "200")])
@@ -311,13 +308,13 @@ fn a_shadow_rule_is_counted_but_never_denies() {
         {"name": "shadow", "key": [{"constant": "all"}], "limit": {"requests": 1, "window": "1s"}, "shadow": true}]}"#;
     let mut vm = host().start(config).unwrap();
     let req = get(&mut vm, "/anything");
-    let call = vm.pending_calls()[0].clone();
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
-    assert!(check.hits[0].shadow);
-    assert_eq!(check.hits[0].key, "shadow:all");
+    let call = only_pending_call(&vm);
+    let hit = batch_of(&call).checks[0].hits[0].clone();
+    assert!(hit.shadow);
+    assert_eq!(hit.key, "shadow:all");
 
     // limitd's overall answer ignores shadow hits; the shadow hit itself is over.
-    let body = serde_json::to_vec(&CheckResponse {
+    let body = batch_answer(vec![CheckResponse {
         allowed: true,
         hits: vec![HitResult {
             allowed: false,
@@ -326,56 +323,15 @@ fn a_shadow_rule_is_counted_but_never_denies() {
             reset_ms: 800,
             retry_after_ms: 800,
         }],
-    })
-    .unwrap();
+    }]);
     vm.respond_to_call(call.token, &[(":status", "200")], &body)
         .unwrap();
     assert!(vm.request_forwarded(req));
     assert_eq!(metric(&vm, "shadow_denied"), 1);
     assert_eq!(metric(&vm, "denied"), 0);
-}
-
-/// The ways a callout can fail, as Envoy reports them to the filter.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    /// Nothing listening: Envoy answers 503 itself.
-    Unavailable,
-    /// The timeout fired: Envoy answers 504 itself.
-    Timeout,
-    /// The upstream reset after its headers: the callback gets no headers.
-    Reset,
-    /// A 200 whose body is not a check response.
-    GarbageBody,
-    /// A 200 with a result count that does not match the hits.
-    WrongHitCount,
-}
-
-const FAILURES: [Failure; 5] = [
-    Failure::Unavailable,
-    Failure::Timeout,
-    Failure::Reset,
-    Failure::GarbageBody,
-    Failure::WrongHitCount,
-];
-
-fn fail(vm: &mut Vm, token: u32, failure: Failure) -> Result<(), HostError> {
-    match failure {
-        Failure::Unavailable => vm.respond_to_call(
-            token,
-            &[(":status", "503"), ("content-type", "text/plain")],
-            b"no healthy upstream",
-        ),
-        Failure::Timeout => vm.time_out_call(token),
-        Failure::Reset => vm.reset_call(token),
-        Failure::GarbageBody => {
-            vm.respond_to_call(token, &[(":status", "200")], b"<html>oops</html>")
-        }
-        Failure::WrongHitCount => vm.respond_to_call(
-            token,
-            &[(":status", "200")],
-            br#"{"allowed": true, "hits": []}"#,
-        ),
-    }
+    // A shadow rule shows in no response header.
+    let response = vm.response_headers(req.id, &[(":status", "200")]).unwrap();
+    assert_eq!(response.headers.get("ratelimit"), None);
 }
 
 #[test]
@@ -383,8 +339,8 @@ fn a_failed_callout_lets_the_request_through_in_failure_mode_allow() {
     for failure in FAILURES {
         let mut vm = start("allow");
         let req = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        fail(&mut vm, token, failure).unwrap();
+        let token = only_pending_call(&vm).token;
+        fail(&mut vm, token, 1, failure).unwrap();
 
         assert!(vm.request_resumed(req.id), "{failure:?}");
         assert!(vm.local_reply(req.id).is_none(), "{failure:?}");
@@ -396,6 +352,7 @@ fn a_failed_callout_lets_the_request_through_in_failure_mode_allow() {
             vm.logs().iter().any(|l| l.level >= LogLevel::Warn),
             "{failure:?}"
         );
+        assert!(vm.trap().is_none(), "{failure:?}");
     }
 }
 
@@ -404,8 +361,8 @@ fn a_failed_callout_is_answered_503_in_failure_mode_deny() {
     for failure in FAILURES {
         let mut vm = start("deny");
         let req = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        fail(&mut vm, token, failure).unwrap();
+        let token = only_pending_call(&vm).token;
+        fail(&mut vm, token, 1, failure).unwrap();
 
         assert!(!vm.request_resumed(req.id), "{failure:?}");
         let reply = vm
@@ -433,9 +390,9 @@ fn a_callout_to_an_unknown_cluster_fails_at_once_by_the_failure_mode() {
         )
     };
 
+    // Batched: the root's dispatch is refused, and it decides the waiting request.
     let mut vm = host().start(config("allow")).unwrap();
     let req = get(&mut vm, "/limited_endpoint");
-    assert_eq!(req.action, Action::Continue);
     assert!(
         vm.calls().is_empty(),
         "Envoy refuses the dispatch: no callout"
@@ -450,6 +407,16 @@ fn a_callout_to_an_unknown_cluster_fails_at_once_by_the_failure_mode() {
     assert!(vm.calls().is_empty());
     assert_eq!(vm.local_reply(req.id).map(|r| r.status), Some(503));
     assert_eq!(metric(&vm, "failure_mode_denied"), 1);
+    // The next request is not stuck behind the failed one.
+    let next = get(&mut vm, "/limited_endpoint");
+    assert_eq!(vm.local_reply(next.id).map(|r| r.status), Some(503));
+
+    // Without batching the request decides at once, in its own callback.
+    let mut vm = host().start(without_batching(&config("allow"))).unwrap();
+    let req = get(&mut vm, "/limited_endpoint");
+    assert_eq!(req.action, Action::Continue);
+    assert!(vm.calls().is_empty());
+    assert_eq!(metric(&vm, "failure_mode_allowed"), 1);
 }
 
 #[test]
@@ -461,7 +428,8 @@ fn a_rules_own_failure_mode_overrides_the_filters() {
     let mut vm = host().start(config).unwrap();
     let open = get(&mut vm, "/home");
     let closed = get(&mut vm, "/pay/now");
-    for call in vm.pending_calls() {
+    // The second waits for the first callout; each is reset in turn.
+    while let Some(call) = vm.pending_calls().first().cloned() {
         vm.reset_call(call.token).unwrap();
     }
     assert!(vm.request_forwarded(open));
@@ -480,7 +448,7 @@ fn a_custom_deny_status_is_used_for_denials() {
     let config = config("allow").replace(r#""timeout""#, r#""deny_status": 403, "timeout""#);
     let mut vm = host().start(config).unwrap();
     let req = get(&mut vm, "/limited_endpoint");
-    let token = only_pending_token(&vm);
+    let token = only_pending_call(&vm).token;
     vm.respond_to_call(token, &[(":status", "200")], &answer(false, 500))
         .unwrap();
     let reply = vm.local_reply(req.id).expect("a denial");
@@ -509,6 +477,20 @@ fn a_malformed_configuration_is_refused_naming_the_field() {
             "rules[0].limit.requests",
         ),
         (r#"{"timeout": "0ms", "rules": []}"#, "timeout"),
+        (
+            r#"{"batch": {"max_checks": 0}, "rules": []}"#,
+            "batch.max_checks",
+        ),
+        (
+            r#"{"batch": {"max_in_flight": 17}, "rules": []}"#,
+            "batch.max_in_flight",
+        ),
+        (r#"{"batch": {"size": 8}, "rules": []}"#, "size"),
+        (
+            r#"{"rules": [{"name": "x", "limit": {"requests": 1, "window": "1s"},
+                "fallback": {"requests": 1, "window": "soon"}}]}"#,
+            "rules[0].fallback.window",
+        ),
         ("not json", "invalid plugin configuration"),
         ("", "invalid plugin configuration"),
     ];
@@ -541,9 +523,10 @@ fn non_utf8_and_huge_header_values_do_not_trap() {
         .send_headers()
         .unwrap();
     assert_eq!(req.action, Action::Pause);
-    let call = vm.pending_calls()[0].clone();
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
-    assert!(check.hits[0].key.starts_with("limited_endpoint:"));
+    let call = only_pending_call(&vm);
+    assert!(batch_of(&call).checks[0].hits[0]
+        .key
+        .starts_with("limited_endpoint:"));
     vm.respond_to_call(call.token, &[(":status", "200")], &answer(true, 0))
         .unwrap();
     assert!(vm.request_resumed(req.id));
@@ -558,74 +541,91 @@ fn non_utf8_and_huge_header_values_do_not_trap() {
         .send_headers()
         .unwrap();
     assert_eq!(req.action, Action::Pause);
-    let req = vm
+    let other = vm
         .request()
         .header(":path", [0xff, 0xff])
         .header("cookie", &huge)
         .send_headers()
         .unwrap();
-    assert_eq!(req.action, Action::Continue);
+    assert_eq!(other.action, Action::Continue);
 
     // A huge, non-UTF-8 answer from limitd is a failure, not a trap.
-    let token = vm.pending_calls()[0].token;
+    let token = only_pending_call(&vm).token;
     vm.respond_to_call(
         token,
         &[(":status", "200"), ("x-junk", "\u{fffd}")],
         &[0xff; 1 << 16],
     )
     .unwrap();
+    assert!(vm.request_resumed(req.id));
     assert_eq!(metric(&vm, "failure_mode_allowed"), 1);
     assert!(vm.trap().is_none());
 }
 
 #[test]
 fn an_answer_for_a_client_that_went_away_does_not_trap() {
-    for allowed in [true, false] {
-        let mut vm = start("deny");
+    for batching in [true, false] {
+        for allowed in [true, false] {
+            let case = format!("batching {batching}, allowed {allowed}");
+            let config = if batching {
+                config("deny")
+            } else {
+                without_batching(&config("deny"))
+            };
+            let body = |allowed| {
+                if batching {
+                    answer(allowed, 1_000)
+                } else {
+                    single_answer(allowed, 1_000)
+                }
+            };
+            let mut vm = host().start(config).unwrap();
 
-        // The client disconnects while its check is in flight; the answer still arrives.
-        let gone = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        vm.finish(gone.id).unwrap();
-        vm.respond_to_call(token, &[(":status", "200")], &answer(allowed, 1_000))
-            .unwrap();
-        assert!(vm.local_reply(gone.id).is_none());
-        assert!(!vm.request_resumed(gone.id));
+            // The client disconnects while its check is in flight; the answer still arrives.
+            let gone = get(&mut vm, "/limited_endpoint");
+            let token = only_pending_call(&vm).token;
+            vm.finish(gone.id).unwrap();
+            vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
+                .unwrap();
+            assert!(vm.local_reply(gone.id).is_none(), "{case}");
+            assert!(!vm.request_resumed(gone.id), "{case}");
 
-        // Ended (`proxy_on_done`) but not yet deleted when the answer lands.
-        let ending = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        vm.done(ending.id).unwrap();
-        vm.respond_to_call(token, &[(":status", "200")], &answer(allowed, 1_000))
-            .unwrap();
-        vm.log(ending.id).unwrap();
-        vm.delete(ending.id).unwrap();
+            // Ended (`proxy_on_done`) but not yet deleted when the answer lands.
+            let ending = get(&mut vm, "/limited_endpoint");
+            let token = only_pending_call(&vm).token;
+            vm.done(ending.id).unwrap();
+            vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
+                .unwrap();
+            vm.log(ending.id).unwrap();
+            vm.delete(ending.id).unwrap();
 
-        // Gone in the module while the host still has it (a disconnect and
-        // the answer in the same event-loop pass).
-        let racing = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        vm.finish_in_module_only(racing.id).unwrap();
-        vm.respond_to_call(token, &[(":status", "200")], &answer(allowed, 1_000))
-            .unwrap();
+            // Gone in the module while the host still has it (a disconnect and
+            // the answer in the same event-loop pass).
+            let racing = get(&mut vm, "/limited_endpoint");
+            let token = only_pending_call(&vm).token;
+            vm.finish_in_module_only(racing.id).unwrap();
+            vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
+                .unwrap();
+            assert!(vm.local_reply(racing.id).is_none(), "{case}");
 
-        // The VM is still healthy: the next request is checked as usual.
-        let next = get(&mut vm, "/limited_endpoint");
-        let token = only_pending_token(&vm);
-        vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
-            .unwrap();
-        assert!(vm.request_resumed(next.id));
-        assert!(vm.trap().is_none());
+            // The VM is still healthy: the next request is checked as usual.
+            let next = get(&mut vm, "/limited_endpoint");
+            let token = only_pending_call(&vm).token;
+            vm.respond_to_call(token, &[(":status", "200")], &body(true))
+                .unwrap();
+            assert!(vm.request_resumed(next.id), "{case}");
+            assert!(vm.trap().is_none(), "{case}");
+        }
     }
 }
 
 #[test]
-fn concurrent_requests_each_get_their_own_answer() {
-    let mut vm = start("allow");
+fn without_batching_concurrent_requests_each_get_their_own_answer() {
+    let mut vm = host().start(without_batching(&config("allow"))).unwrap();
     let first = get(&mut vm, "/limited_endpoint");
     let second = get(&mut vm, "/limited_endpoint");
     let calls = vm.pending_calls();
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 2, "one callout per request");
     let token_of = |id| {
         calls
             .iter()
@@ -638,20 +638,25 @@ fn concurrent_requests_each_get_their_own_answer() {
     vm.respond_to_call(
         token_of(second.id),
         &[(":status", "200")],
-        &answer(false, 2_000),
+        &single_answer(false, 2_000),
     )
     .unwrap();
-    vm.respond_to_call(token_of(first.id), &[(":status", "200")], &answer(true, 0))
-        .unwrap();
+    vm.respond_to_call(
+        token_of(first.id),
+        &[(":status", "200")],
+        &single_answer(true, 0),
+    )
+    .unwrap();
     assert!(vm.request_resumed(first.id) && vm.local_reply(first.id).is_none());
     assert!(!vm.request_resumed(second.id) && vm.local_reply(second.id).is_some());
     assert_eq!(
         (
             metric(&vm, "allowed"),
             metric(&vm, "denied"),
-            metric(&vm, "checks")
+            metric(&vm, "checks"),
+            metric(&vm, "callouts")
         ),
-        (1, 1, 2)
+        (1, 1, 2, 2)
     );
 }
 
@@ -663,8 +668,47 @@ fn metrics_add_up_across_the_vms_of_one_host() {
         host.start(config("allow")).unwrap(),
     ];
     for vm in &mut workers {
-        get(vm, "/limited_endpoint");
+        let req = get(vm, "/limited_endpoint");
+        let token = only_pending_call(vm).token;
+        vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
+            .unwrap();
+        assert!(vm.request_resumed(req.id));
     }
     assert_eq!(host.metric("ratelimit.checks"), Some(2));
-    assert_eq!(workers[0].metric("ratelimit.checks"), Some(2));
+    assert_eq!(host.metric("ratelimit.callouts"), Some(2));
+    assert_eq!(host.metric("ratelimit.allowed"), Some(2));
+    assert_eq!(workers[0].metric("ratelimit.allowed"), Some(2));
+    assert_eq!(
+        workers[0]
+            .histogram("ratelimit.callout_latency_us")
+            .map(|h| h.len()),
+        Some(2)
+    );
+}
+
+/// A batch answer is read as one result per check, in order; limitd's
+/// single-check shape is not mistaken for one.
+#[test]
+fn a_batch_answer_is_one_result_per_check() {
+    let mut vm = start("allow");
+    let req = get(&mut vm, "/limited_endpoint");
+    let token = only_pending_call(&vm).token;
+    vm.respond_to_call(
+        token,
+        &[(":status", "200")],
+        &batch_answer(vec![result(true, 3, 0)]),
+    )
+    .unwrap();
+    let response = vm.response_headers(req.id, &[(":status", "200")]).unwrap();
+    assert_eq!(
+        response.headers.get("ratelimit").as_deref(),
+        Some(r#""limited_endpoint";r=3;t=42"#)
+    );
+    // limitd's single-check answer is not a batch answer: a failure, not a guess.
+    let req = get(&mut vm, "/limited_endpoint");
+    let token = only_pending_call(&vm).token;
+    vm.respond_to_call(token, &[(":status", "200")], &single_answer(false, 5_000))
+        .unwrap();
+    assert!(vm.request_forwarded(req));
+    assert_eq!(metric(&vm, "failure_mode_allowed"), 1);
 }

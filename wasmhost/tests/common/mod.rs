@@ -63,3 +63,7 @@ fn warn_if_stale(wasm: &Path) {
         }
     }
 }
+
+// Each test file uses some of these helpers.
+#[allow(dead_code)]
+pub mod filter;
