@@ -139,15 +139,16 @@ impl Vm {
     }
 
     fn dispatch(&self, path: &'static str, body: &[u8]) -> Result<u32, CalloutError> {
-        Metrics::bump(self.metrics.callouts);
-        hostcalls::dispatch_http_call(
+        let token = hostcalls::dispatch_http_call(
             &self.policy.limitd_cluster,
             self.callout_headers(path),
             Some(body),
             vec![],
             Duration::from_millis(self.policy.timeout_ms),
         )
-        .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))
+        .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))?;
+        Metrics::bump(self.metrics.callouts);
+        Ok(token)
     }
 
     /// Reads the answer to the callout being handled: its status and body.
@@ -171,12 +172,29 @@ impl Vm {
     }
 
     fn failed(&self, check: &Check, error: &CalloutError) -> Decision {
-        Metrics::bump(self.metrics.callout_errors);
+        self.failed_batch(std::slice::from_ref(check), error)
+            .pop()
+            .unwrap_or(Decision::Allow {
+                outcome: Outcome::FailedOpen,
+                headers: Vec::new(),
+            })
+    }
+
+    /// The failure mode's decisions for the checks of a callout that failed,
+    /// counted per check and logged once.
+    fn failed_batch(&self, checks: &[Check], error: &CalloutError) -> Vec<Decision> {
+        Metrics::add(self.metrics.callout_errors, checks.len());
         log(
             LogLevel::Warn,
-            &format!("ratelimit: {error}; the rules' failure mode applies"),
+            &format!(
+                "ratelimit: {error}; the rules' failure mode applies to {} request(s)",
+                checks.len()
+            ),
         );
-        self.policy.on_failure(check, &SharedCounters)
+        checks
+            .iter()
+            .map(|check| self.policy.on_failure(check, &SharedCounters))
+            .collect()
     }
 
     fn decided(&self, check: &Check, answer: &protocol::CheckResponse) -> Decision {
@@ -280,10 +298,7 @@ impl Root {
                     vm.batcher.borrow_mut().sent(token, batch);
                 }
                 Err(e) => {
-                    let decisions: Vec<(u32, Decision)> = batch
-                        .into_iter()
-                        .map(|entry| (entry.context_id, vm.failed(&entry.check, &e)))
-                        .collect();
+                    let decisions = decide_failed(&vm, batch, &e);
                     self.deliver(&vm, decisions);
                 }
             }
@@ -306,6 +321,21 @@ impl Root {
     }
 }
 
+/// The failure mode's decisions for the live requests of a failed callout.
+fn decide_failed(vm: &Vm, batch: Vec<Entry>, error: &CalloutError) -> Vec<(u32, Decision)> {
+    let (ids, checks): (Vec<u32>, Vec<Check>) = batch
+        .into_iter()
+        .filter(|entry| vm.batcher.borrow().is_live(entry.context_id))
+        .map(|entry| (entry.context_id, entry.check))
+        .unzip();
+    if checks.is_empty() {
+        return Vec::new();
+    }
+    ids.into_iter()
+        .zip(vm.failed_batch(&checks, error))
+        .collect()
+}
+
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
@@ -323,16 +353,16 @@ impl Context for Root {
         let answers = vm
             .read_callout(num_headers, body_size)
             .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
+        // Requests whose client left meanwhile are not decided at all: nothing
+        // of theirs may be counted (shadow denials, fallback budget, failures).
         let decisions: Vec<(u32, Decision)> = match answers {
             Ok(answers) => batch
                 .iter()
                 .zip(&answers)
+                .filter(|(entry, _)| vm.batcher.borrow().is_live(entry.context_id))
                 .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer)))
                 .collect(),
-            Err(e) => batch
-                .iter()
-                .map(|entry: &Entry| (entry.context_id, vm.failed(&entry.check, &e)))
-                .collect(),
+            Err(e) => decide_failed(&vm, batch, &e),
         };
         self.deliver(&vm, decisions);
         self.pump();

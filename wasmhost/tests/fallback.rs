@@ -183,3 +183,30 @@ fn without_a_fallback_the_failure_mode_applies_and_without_batching_the_fallback
     let over = request(&mut vm, "10.0.0.1");
     assert_fallback_denied(&vm, over, "1");
 }
+
+#[test]
+fn a_client_that_went_away_while_its_batch_was_in_flight_spends_no_fallback() {
+    let mut vm = host().start(CONFIG).unwrap();
+    vm.hold_queue_events(true);
+    let reqs: Vec<Request> = (0..3)
+        .map(|_| get_from(&mut vm, "/limited_endpoint", "10.0.0.1"))
+        .collect();
+    vm.deliver_queue_events().unwrap();
+    let call = only_pending_call(&vm);
+    assert_eq!(batch_of(&call).checks.len(), 3);
+
+    // The first client leaves before limitd's failure is known: only two
+    // requests are left to decide, and the fallback admits two.
+    vm.finish(reqs[0].id).unwrap();
+    vm.reset_call(call.token).unwrap();
+    assert!(vm.request_forwarded(reqs[1]));
+    assert!(
+        vm.request_forwarded(reqs[2]),
+        "denied {:?}: the departed client spent a fallback unit",
+        vm.local_reply(reqs[2].id).map(|r| r.status)
+    );
+    assert_eq!(
+        (metric(&vm, "fallback_allowed"), metric(&vm, "fallback_denied")),
+        (2, 0)
+    );
+}
