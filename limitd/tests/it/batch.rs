@@ -66,12 +66,18 @@ async fn malformed_batches_are_refused_naming_the_check() {
     );
     let (status, text) = post_batch(&app, &too_many).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
-    let bad_second = format!(r#"{{"checks":[{{"hits":[{}]}},{{"hits":[]}}]}}"#, hit("k", 1));
+    let bad_second = format!(
+        r#"{{"checks":[{{"hits":[{}]}},{{"hits":[]}}]}}"#,
+        hit("k", 1)
+    );
     let (status, text) = post_batch(&app, &bad_second).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("checks[1]: "), "{text}");
     let (status, _) = post_batch(&app, r#"{"hits":[]}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Nothing was counted for the refused batches.
-    assert_eq!(check_one(&app, "k", 1, 60_000, 0).await.hits[0].remaining, 1);
+    assert_eq!(
+        check_one(&app, "k", 1, 60_000, 0).await.hits[0].remaining,
+        1
+    );
 }
