@@ -1,7 +1,8 @@
 //! Rewrites the shipped `envoy.yaml` for a local run: socket addresses, the
 //! wasm filename and, for tests that need it, exact snippets of the plugin
 //! configuration. Everything else stays as shipped, so what ships is what is
-//! tested.
+//! tested. The benchmark also swaps or removes whole HTTP filters
+//! ([`replace_http_filter`]) to compare against Envoy without our limiter.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -75,6 +76,47 @@ pub fn rewrite(
     Ok(text)
 }
 
+/// Replaces the HTTP filter named `name` (its whole `- name: <name>` list item
+/// in `http_filters`, which must occur once) by `replacement`: YAML list items
+/// written from column 0, re-indented to where the filter was. An empty
+/// `replacement` removes the filter.
+pub fn replace_http_filter(text: &str, name: &str, replacement: &str) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let item = format!("- name: {name}");
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim() == item)
+        .collect();
+    let [start] = starts[..] else {
+        return Err(format!(
+            "envoy config: expected the http filter {name:?} exactly once, found it {} times",
+            starts.len()
+        ));
+    };
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    // The item ends before the next non-blank line indented no deeper than its dash.
+    let end = (start + 1..lines.len())
+        .find(|&i| {
+            let line = lines[i];
+            !line.trim().is_empty() && line.len() - line.trim_start().len() <= indent
+        })
+        .unwrap_or(lines.len());
+    let pad = " ".repeat(indent);
+    let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
+    out.extend(replacement.lines().map(|l| {
+        if l.trim().is_empty() {
+            String::new()
+        } else {
+            format!("{pad}{l}")
+        }
+    }));
+    out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
+    let mut joined = out.join("\n");
+    if text.ends_with('\n') {
+        joined.push('\n');
+    }
+    Ok(joined)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +172,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("no such text"), "{err}");
+    }
+
+    fn http_filter_names(text: &str) -> Vec<String> {
+        let yaml: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+        let manager = &yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        manager["typed_config"]["http_filters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn an_http_filter_can_be_removed_or_swapped() {
+        let shipped = shipped();
+        assert_eq!(
+            http_filter_names(&shipped),
+            ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        );
+        let removed = replace_http_filter(&shipped, "envoy.filters.http.wasm", "").unwrap();
+        assert_eq!(http_filter_names(&removed), ["envoy.filters.http.router"]);
+        assert!(!removed.contains(WASM_PATH) && !removed.contains("vm_config"));
+        // Everything after the filter (router, clusters) is intact.
+        assert!(removed.ends_with(
+            shipped
+                .split("- name: envoy.filters.http.router")
+                .nth(1)
+                .unwrap()
+        ));
+
+        let swapped = replace_http_filter(
+            &shipped,
+            "envoy.filters.http.wasm",
+            "- name: envoy.filters.http.local_ratelimit\n  typed_config:\n    stat_prefix: x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            http_filter_names(&swapped),
+            [
+                "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.router"
+            ]
+        );
+        let err = replace_http_filter(&shipped, "envoy.filters.http.nope", "").unwrap_err();
+        assert!(err.contains("envoy.filters.http.nope"), "{err}");
     }
 }

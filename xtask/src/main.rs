@@ -3,7 +3,10 @@
 //! - `setup`: install what is missing (wasm target, Envoy, Redis and Sentinel);
 //! - `build`: setup, then build limitd, backend (release) and `ratelimit.wasm`;
 //! - `demo`: build, then run the whole stack on the documented ports until Ctrl-C;
-//! - `test`: build, then run every test (unit and end-to-end).
+//! - `test`: build, then run every test (unit and end-to-end);
+//! - `bench`: build, then measure the limiter's cost against Envoy without it (see `bench/`).
+
+mod bench;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -25,7 +28,8 @@ fn main() -> ExitCode {
         Some("test") => setup()
             .and_then(|()| build())
             .and_then(|()| test(&args[1..])),
-        _ => Err("usage: cargo xtask <setup|build|demo|test [cargo test args]>".to_owned()),
+        Some("bench") => setup().and_then(|()| build()).and_then(|()| bench::run()),
+        _ => Err("usage: cargo xtask <setup|build|demo|test [cargo test args]|bench>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +115,8 @@ fn setup_envoy() -> Result<(), String> {
 }
 
 fn is_root_with_apt() -> bool {
-    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0") && Path::new("/usr/bin/apt-get").is_file()
+    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
+        && Path::new("/usr/bin/apt-get").is_file()
 }
 
 /// Installs Debian packages with apt-get (as root).

@@ -1,0 +1,109 @@
+//! Who used the CPU during a measurement: the machine as a whole
+//! (`/proc/stat`) against the benchmark's own processes (the stack's
+//! processes, this process and its reaped children: wrk, redis-benchmark).
+//! The difference is other work on a shared machine, which makes a run's
+//! figures suspect; `steal` is time the hypervisor gave to other guests.
+
+/// Cumulative CPU times in clock ticks (`USER_HZ`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    /// Busy time of the whole machine, steal excluded.
+    machine_busy: u64,
+    /// Everything, idle and steal included.
+    machine_total: u64,
+    steal: u64,
+    ours: u64,
+}
+
+/// Shares of the machine's CPU time between two snapshots (0.0–1.0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shares {
+    pub ours: f64,
+    pub others: f64,
+    pub steal: f64,
+}
+
+/// Takes a snapshot; `pids` are the benchmark's live processes.
+pub fn snapshot(pids: &[u32]) -> Snapshot {
+    let (machine_busy, machine_total, steal) = machine().unwrap_or_default();
+    let own = process_times("self", true).unwrap_or(0);
+    let stack: u64 = pids
+        .iter()
+        .filter_map(|pid| process_times(&pid.to_string(), false))
+        .sum();
+    Snapshot {
+        machine_busy,
+        machine_total,
+        steal,
+        ours: own + stack,
+    }
+}
+
+impl Snapshot {
+    /// The shares used from `self` to `later`.
+    pub fn shares_until(&self, later: &Snapshot) -> Shares {
+        let total = later
+            .machine_total
+            .saturating_sub(self.machine_total)
+            .max(1) as f64;
+        let busy = later.machine_busy.saturating_sub(self.machine_busy);
+        let ours = later.ours.saturating_sub(self.ours);
+        Shares {
+            ours: ours as f64 / total,
+            others: busy.saturating_sub(ours) as f64 / total,
+            steal: later.steal.saturating_sub(self.steal) as f64 / total,
+        }
+    }
+}
+
+/// `/proc/stat`'s first line: (busy without steal, total, steal).
+fn machine() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let values: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let field = |i: usize| values.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    let total = busy + field(3) + field(4) + field(7);
+    Some((busy, total, field(7)))
+}
+
+/// utime + stime of `/proc/<pid>/stat`, plus its reaped children's with `children`.
+fn process_times(pid: &str, children: bool) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "pid (comm) ": state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let field = |n: usize| fields.get(n - 4).copied().unwrap_or(0);
+    let own = field(14) + field(15);
+    Some(if children {
+        own + field(16) + field(17)
+    } else {
+        own
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_times_and_the_machine_is_counted() {
+        let (busy, total, _) = machine().unwrap();
+        assert!(total >= busy && busy > 0);
+        assert!(process_times("self", true).is_some());
+        let a = snapshot(&[]);
+        let shares = a.shares_until(&snapshot(&[]));
+        assert!(shares.ours >= 0.0 && shares.others >= 0.0);
+    }
+}

@@ -1,0 +1,501 @@
+//! `cargo xtask bench`: what the limiter costs, measured side by side on this
+//! machine in one run, all on loopback.
+//!
+//! One stack (Redis master + 2 replicas + 3 sentinels, 2 limitd, 2 backends)
+//! with three Envoys in front of the same backends: no limiter, Envoy's own
+//! `local_ratelimit`, and ours (see [`scenarios`]). Each round measures every
+//! scenario in turn (the order rotates each round), so slow drifts of a shared
+//! machine spread over all of them; each figure is the median of the rounds:
+//!
+//! - requests/s: `wrk` closed loop;
+//! - p50/p99 latency: our open-loop generator at a fixed moderate rate
+//!   ([`open_loop`]), measured from each request's scheduled send time;
+//! - limitd alone (wrk POSTing `/v1/check` to one limitd) against
+//!   `redis-benchmark` running the same script by `EVALSHA` on the master.
+//!
+//! Settings (environment): `BENCH_ROUNDS` (6), `BENCH_SECONDS` per measurement
+//! (3), `BENCH_RATE` of the open loop in requests/s (1000),
+//! `BENCH_CONNECTIONS` of wrk (32), `BENCH_ENVOY_CONCURRENCY` (1).
+//!
+//! Why Envoy `--concurrency 1` and `wrk -t1`: the machine has 2 cores, and in
+//! the limiter scenarios limitd, Redis and the backends need CPU too. One Envoy
+//! worker and one wrk thread leave the other core to them, so the comparison
+//! measures the limiter's cost rather than a fight for cores Envoy would win in
+//! the baseline only. 32 connections keep that one worker busy.
+
+mod cpu;
+mod open_loop;
+mod report;
+mod scenarios;
+mod svg;
+mod wrk;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::paths::workspace_root;
+use e2e::stack::free_port;
+use e2e::{http_get, redis_command, Binaries, Resp, Stack, StackOptions};
+
+use self::report::{EnvoyRound, LimitdRound, Results};
+use self::scenarios::{Scenario, SCENARIOS};
+use super::{apt_install, is_root_with_apt, on_path, output, step};
+
+/// The stack's processes, whose CPU time is the benchmark's own.
+const STACK_PROCESSES: [&str; 13] = [
+    "redis-master",
+    "redis-replica-1",
+    "redis-replica-2",
+    "sentinel-1",
+    "sentinel-2",
+    "sentinel-3",
+    "limitd-1",
+    "limitd-2",
+    "backend-1",
+    "backend-2",
+    "envoy-1",
+    "envoy-2",
+    "envoy-3",
+];
+
+/// wrk's threads (see the module's comment).
+const WRK_THREADS: u32 = 1;
+/// Connections of the open-loop generator: at 1000 req/s, one request every
+/// 8 ms on each, far more than any scenario's latency.
+const OPEN_LOOP_CONNECTIONS: u32 = 8;
+const WARM_UP_SECONDS: u64 = 2;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    rounds: usize,
+    seconds: u64,
+    rate: u32,
+    connections: u32,
+    concurrency: u32,
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a valid number")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        Ok(Settings {
+            rounds: setting("BENCH_ROUNDS", 6)?.max(1),
+            seconds: setting("BENCH_SECONDS", 3)?.max(1),
+            rate: setting("BENCH_RATE", 1000)?.max(1),
+            connections: setting("BENCH_CONNECTIONS", 32)?.max(1),
+            concurrency: setting("BENCH_ENVOY_CONCURRENCY", 1)?.max(1),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Envoy --concurrency {}, wrk -t{WRK_THREADS} -c{} for {} s, open loop {} req/s on {OPEN_LOOP_CONNECTIONS} \
+             connections for {} s, {} rounds, medians",
+            self.concurrency, self.connections, self.seconds, self.rate, self.seconds, self.rounds
+        )
+    }
+}
+
+pub fn run() -> Result<(), String> {
+    setup_tools()?;
+    let settings = Settings::from_env()?;
+    let started = Instant::now();
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut load = vec![("start".to_owned(), loadavg())];
+    let mut warnings = Vec::new();
+
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 3 Envoys (ours, none, local_ratelimit)");
+    let c = settings.concurrency;
+    let mut stack = Stack::start(StackOptions {
+        envoy: scenarios::ours(c),
+        ..StackOptions::default()
+    })?;
+    // Starting them also proves the rewritten configurations are valid.
+    stack.start_envoy(free_port(), free_port(), &scenarios::baseline(c))?;
+    stack.start_envoy(free_port(), free_port(), &scenarios::local_ratelimit(c))?;
+    check_scenarios(&stack, &mut warnings)?;
+    let pids: Vec<u32> = STACK_PROCESSES
+        .iter()
+        .filter_map(|name| stack.process(name).and_then(|p| p.pid()))
+        .collect();
+
+    let master = stack.ports.redis[0];
+    let limitd_url = format!("http://127.0.0.1:{}/v1/check", stack.ports.limitd[0]);
+    let lua = out.join("check.lua");
+    std::fs::write(&lua, scenarios::limitd_wrk_script()).map_err(|e| e.to_string())?;
+    let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
+
+    step(&format!("warming up ({WARM_UP_SECONDS} s each)"));
+    for s in &SCENARIOS {
+        wrk::run(
+            &url(s),
+            WRK_THREADS,
+            settings.connections,
+            WARM_UP_SECONDS,
+            None,
+        )?;
+    }
+    wrk::run(
+        &limitd_url,
+        WRK_THREADS,
+        settings.connections,
+        WARM_UP_SECONDS,
+        Some(&lua),
+    )?;
+    let sha = load_check_script(master, &mut warnings)?;
+    let mut cpu_rounds = Vec::new();
+    let mut evalsha: Vec<String> = vec!["EVALSHA".to_owned(), sha];
+    evalsha.extend(scenarios::evalsha_arguments());
+    // Calibrates redis-benchmark's request count to about `seconds`.
+    let mut redis_rps = redis_benchmark(master, settings.connections, 20_000, &evalsha)?;
+
+    let mut envoy_rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); SCENARIOS.len()];
+    let mut limitd_rounds = Vec::new();
+    for round in 0..settings.rounds {
+        step(&format!("round {}/{}", round + 1, settings.rounds));
+        let cpu_start = cpu::snapshot(&pids);
+        for k in 0..SCENARIOS.len() {
+            let i = (round + k) % SCENARIOS.len();
+            let s = &SCENARIOS[i];
+            let closed = wrk::run(
+                &url(s),
+                WRK_THREADS,
+                settings.connections,
+                settings.seconds,
+                None,
+            )?;
+            let open = open_loop::run(
+                stack.envoy(s.envoy),
+                s.path,
+                settings.rate,
+                OPEN_LOOP_CONNECTIONS,
+                Duration::from_secs(settings.seconds),
+                s.status,
+            )?;
+            eprintln!(
+                "    {:<16} {:>8.0} req/s   open loop p50 {:.3} ms  p99 {:.3} ms  ({} ok, {} other)",
+                s.id, closed.requests_per_sec, open.p50_ms, open.p99_ms, open.ok, open.errors
+            );
+            envoy_rounds[i].push(EnvoyRound { wrk: closed, open });
+        }
+        let n = ((redis_rps * settings.seconds as f64) as u64).max(10_000);
+        let limitd_first = round % 2 == 0;
+        let mut limitd = None;
+        if limitd_first {
+            limitd = Some(wrk::run(
+                &limitd_url,
+                WRK_THREADS,
+                settings.connections,
+                settings.seconds,
+                Some(&lua),
+            )?);
+        }
+        redis_rps = redis_benchmark(master, settings.connections, n, &evalsha)?;
+        let limitd = match limitd {
+            Some(l) => l,
+            None => wrk::run(
+                &limitd_url,
+                WRK_THREADS,
+                settings.connections,
+                settings.seconds,
+                Some(&lua),
+            )?,
+        };
+        eprintln!(
+            "    {:<16} {:>8.0} checks/s   Redis EVALSHA {:.0}/s",
+            "limitd alone", limitd.requests_per_sec, redis_rps
+        );
+        limitd_rounds.push(LimitdRound { limitd, redis_rps });
+        load.push((format!("after round {}", round + 1), loadavg()));
+        let shares = cpu_start.shares_until(&cpu::snapshot(&pids));
+        eprintln!(
+            "    CPU: the benchmark {:.0}%, other processes {:.0}%, steal {:.0}%",
+            shares.ours * 100.0,
+            shares.others * 100.0,
+            shares.steal * 100.0
+        );
+        if shares.others > 0.10 || shares.steal > 0.05 {
+            warnings.push(format!(
+                "round {}: other processes used {:.0}% of the machine's CPU (steal {:.0}%): \
+                 its figures are disturbed",
+                round + 1,
+                shares.others * 100.0,
+                shares.steal * 100.0
+            ));
+        }
+        cpu_rounds.push(shares);
+    }
+
+    let counters = counters(&stack);
+    check_counters(&counters, &mut warnings);
+    let limitd_hwm_kib: Vec<u64> = ["limitd-1", "limitd-2"]
+        .iter()
+        .map(|name| {
+            stack
+                .process(name)
+                .and_then(|p| p.pid())
+                .and_then(peak_rss_kib)
+                .unwrap_or(0)
+        })
+        .collect();
+    drop(stack);
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wasm = Binaries::locate().wasm;
+    let results = Results {
+        date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        machine: machine(cores),
+        settings: settings.describe(),
+        seconds: started.elapsed().as_secs_f64(),
+        scenarios: SCENARIOS.iter().copied().zip(envoy_rounds).collect(),
+        limitd: limitd_rounds,
+        wasm_bytes: std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0),
+        limitd_hwm_kib,
+        load,
+        cpu: cpu_rounds,
+        counters,
+        warnings,
+    };
+    let markdown = results.to_markdown();
+    let chart = svg::chart(&results);
+    let docs = workspace_root().join("docs");
+    std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
+    for (path, text) in [
+        (out.join("results.json"), results.to_json()),
+        (out.join("results.md"), markdown.clone()),
+        (out.join("bench.svg"), chart.clone()),
+        (docs.join("bench.svg"), chart),
+    ] {
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("\n{markdown}");
+    eprintln!(
+        "xtask: bench done in {:.0} s: target/bench/results.{{json,md}}, docs/bench.svg",
+        results.seconds
+    );
+    Ok(())
+}
+
+/// wrk, redis-benchmark (Debian redis-tools, with redis-server) and sha1sum.
+fn setup_tools() -> Result<(), String> {
+    let missing: Vec<&str> = [("wrk", "wrk"), ("redis-benchmark", "redis-tools")]
+        .into_iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root_with_apt() {
+        return Err(format!(
+            "the benchmark needs {0}: install it (Debian/Ubuntu: sudo apt-get install {0}) and run again",
+            missing.join(" ")
+        ));
+    }
+    apt_install(&missing)
+}
+
+/// Checks that each scenario answers as it should before measuring it.
+fn check_scenarios(stack: &Stack, warnings: &mut Vec<String>) -> Result<(), String> {
+    let get = |s: &Scenario| {
+        http_get(stack.envoy(s.envoy), s.path, None)
+            .map_err(|e| format!("{} ({}): {e}", s.id, s.path))
+    };
+    for s in &SCENARIOS {
+        // The denied path's first request spends its one-per-hour quota.
+        let mut response = get(s)?;
+        if s.status == 429 && response.status == 200 {
+            response = get(s)?;
+        }
+        if response.status != s.status {
+            return Err(format!(
+                "{}: GET {} answered {}, expected {}: {}",
+                s.id, s.path, response.status, s.status, response.body
+            ));
+        }
+        let policy = response.header("ratelimit-policy").unwrap_or("");
+        match s.id {
+            "baseline" | "local_ratelimit" if !policy.is_empty() => {
+                return Err(format!("{}: our filter answered ({policy})", s.id))
+            }
+            "allowed" if !policy.contains("bench_allowed") => {
+                return Err(format!(
+                    "allowed: no bench_allowed RateLimit-Policy ({policy:?})"
+                ))
+            }
+            "local_ratelimit" if response.header("x-ratelimit-limit").is_none() => warnings.push(
+                "local_ratelimit: no x-ratelimit-limit header: is the filter active?".to_owned(),
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// SCRIPT LOADs limitd/src/check.lua on the master and returns its SHA1,
+/// warning when limitd runs another version of it.
+fn load_check_script(master: u16, warnings: &mut Vec<String>) -> Result<String, String> {
+    let path = workspace_root().join("limitd/src/check.lua");
+    let source = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // limitd has loaded its own copy by now (the warm-up ran checks through it).
+    let digest = Command::new("sha1sum")
+        .arg(&path)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        });
+    if let Some(digest) = &digest {
+        if redis_command(master, &["SCRIPT", "EXISTS", digest]).ok()
+            != Some(Resp::Array(Some(vec![Resp::Integer(1)])))
+        {
+            warnings.push(
+                "limitd does not run limitd/src/check.lua as it is now (rebuild limitd): \
+                 the EVALSHA comparison runs a different script"
+                    .to_owned(),
+            );
+        }
+    }
+    let key = scenarios::limitd_redis_key();
+    match redis_command(master, &["HGET", &key, "c"]) {
+        Ok(Resp::Bulk(Some(_))) => {}
+        other => warnings.push(format!(
+            "limitd's check did not write {key} ({other:?}): redis-benchmark may use another key than limitd"
+        )),
+    }
+    match redis_command(master, &["SCRIPT", "LOAD", &source]) {
+        Ok(Resp::Bulk(Some(sha))) => Ok(sha),
+        other => Err(format!("SCRIPT LOAD of check.lua: {other:?}")),
+    }
+}
+
+/// Runs `redis-benchmark` with `command` on 127.0.0.1:`port`; returns requests/s.
+fn redis_benchmark(
+    port: u16,
+    clients: u32,
+    requests: u64,
+    command: &[String],
+) -> Result<f64, String> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-n",
+            &requests.to_string(),
+            "-P",
+            "1",
+            "--csv",
+        ])
+        .args(command)
+        .output()
+        .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms",... then one line per test.
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split("\",\"").nth(1))
+        .and_then(|rps| rps.trim_matches('"').parse().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| {
+            format!(
+                "redis-benchmark failed ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// The filter's counters (Envoy 0) and the local_ratelimit reference's (Envoy 2).
+fn counters(stack: &Stack) -> Vec<(String, u64)> {
+    let mut all = Vec::new();
+    for name in [
+        "checks",
+        "allowed",
+        "denied",
+        "callout_errors",
+        "failure_mode_allowed",
+        "failure_mode_denied",
+    ] {
+        let stat = format!("wasmcustom.ratelimit.{name}");
+        all.push((stat.clone(), stack.envoy_stat(0, &stat)));
+    }
+    for name in ["ok", "rate_limited"] {
+        let stat = format!(
+            "{}.http_local_rate_limit.{name}",
+            scenarios::LOCAL_STAT_PREFIX
+        );
+        all.push((stat.clone(), stack.envoy_stat(2, &stat)));
+    }
+    all
+}
+
+fn check_counters(counters: &[(String, u64)], warnings: &mut Vec<String>) {
+    let get = |suffix: &str| {
+        counters
+            .iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .map_or(0, |(_, v)| *v)
+    };
+    for bad in [
+        "callout_errors",
+        "failure_mode_allowed",
+        "failure_mode_denied",
+    ] {
+        if get(bad) > 0 {
+            warnings.push(format!(
+                "our filter counted {} {bad}: some requests were not decided by limitd",
+                get(bad)
+            ));
+        }
+    }
+    if get("http_local_rate_limit.ok") == 0 {
+        warnings.push("local_ratelimit counted no request: the reference did not run".to_owned());
+    }
+    if get("http_local_rate_limit.rate_limited") > 0 {
+        warnings.push("local_ratelimit limited requests: its bucket is too small".to_owned());
+    }
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15-minute averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn machine(cores: usize) -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = output("uname", &["-r"]).unwrap_or_default();
+    format!("{cores} cores ({model}), Linux {}", kernel.trim())
+}

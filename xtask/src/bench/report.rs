@@ -1,0 +1,376 @@
+//! The benchmark's results: medians over rounds, ratios to the baseline, and
+//! their JSON and Markdown renderings.
+
+use std::fmt::Write as _;
+
+use super::cpu::Shares;
+use super::open_loop::OpenLoopResult;
+use super::scenarios::Scenario;
+use super::wrk::WrkResult;
+
+/// One round of one Envoy scenario.
+#[derive(Debug, Clone)]
+pub struct EnvoyRound {
+    pub wrk: WrkResult,
+    pub open: OpenLoopResult,
+}
+
+/// One round of limitd alone against Redis alone.
+#[derive(Debug, Clone)]
+pub struct LimitdRound {
+    pub limitd: WrkResult,
+    pub redis_rps: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub date: String,
+    pub machine: String,
+    pub settings: String,
+    pub seconds: f64,
+    pub scenarios: Vec<(Scenario, Vec<EnvoyRound>)>,
+    pub limitd: Vec<LimitdRound>,
+    pub wasm_bytes: u64,
+    /// Peak RSS (VmHWM) of limitd-1 and limitd-2, in KiB.
+    pub limitd_hwm_kib: Vec<u64>,
+    /// (when, 1/5/15-minute load averages).
+    pub load: Vec<(String, String)>,
+    /// Per round: the machine's CPU used by the benchmark, by others, stolen.
+    pub cpu: Vec<Shares>,
+    /// Filter and Envoy counters read at the end, as (name, value).
+    pub counters: Vec<(String, u64)>,
+    pub warnings: Vec<String>,
+}
+
+/// The medians of one scenario and their ratios to the baseline's.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub id: &'static str,
+    pub what: &'static str,
+    pub rps: f64,
+    pub rps_min: f64,
+    pub rps_max: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub rps_ratio: f64,
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    /// Answers that were not the expected status, or failed, over all rounds.
+    pub unexpected: u64,
+}
+
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn ratio(value: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        value / base
+    } else {
+        0.0
+    }
+}
+
+impl Results {
+    /// Medians and ratios per Envoy scenario; the first is the baseline.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let raw: Vec<(Scenario, f64, f64, f64, f64, f64, u64)> = self
+            .scenarios
+            .iter()
+            .map(|(scenario, rounds)| {
+                let rps: Vec<f64> = rounds.iter().map(|r| r.wrk.requests_per_sec).collect();
+                let unexpected = rounds
+                    .iter()
+                    .map(|r| {
+                        let wrong = if scenario.status < 300 {
+                            r.wrk.non_2xx
+                        } else {
+                            r.wrk.requests - r.wrk.non_2xx.min(r.wrk.requests)
+                        };
+                        wrong + r.wrk.socket_errors + r.open.errors
+                    })
+                    .sum();
+                (
+                    *scenario,
+                    median(rps.iter().copied()),
+                    rps.iter().copied().fold(f64::INFINITY, f64::min),
+                    rps.iter().copied().fold(0.0, f64::max),
+                    median(rounds.iter().map(|r| r.open.p50_ms)),
+                    median(rounds.iter().map(|r| r.open.p99_ms)),
+                    unexpected,
+                )
+            })
+            .collect();
+        let Some(&(_, base_rps, _, _, base_p50, base_p99, _)) = raw.first() else {
+            return Vec::new();
+        };
+        raw.into_iter()
+            .map(
+                |(scenario, rps, rps_min, rps_max, p50, p99, unexpected)| Summary {
+                    id: scenario.id,
+                    what: scenario.what,
+                    rps,
+                    rps_min,
+                    rps_max,
+                    p50_ms: p50,
+                    p99_ms: p99,
+                    rps_ratio: ratio(rps, base_rps),
+                    p50_ratio: ratio(p50, base_p50),
+                    p99_ratio: ratio(p99, base_p99),
+                    added_p50_ms: p50 - base_p50,
+                    added_p99_ms: p99 - base_p99,
+                    unexpected,
+                },
+            )
+            .collect()
+    }
+
+    /// (limitd checks/s, Redis EVALSHA/s, ratio), medians over rounds.
+    pub fn limitd_summary(&self) -> (f64, f64, f64) {
+        let limitd = median(self.limitd.iter().map(|r| r.limitd.requests_per_sec));
+        let redis = median(self.limitd.iter().map(|r| r.redis_rps));
+        (limitd, redis, ratio(limitd, redis))
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "`cargo xtask bench`, {} on {}; {}.\n",
+            self.date, self.machine, self.settings
+        );
+        md.push_str(
+            "| scenario | req/s (closed loop) | ÷ baseline | p50 ms (open loop) | ÷ baseline | p99 ms (open loop) | ÷ baseline | added p50 / p99 ms |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for s in self.summaries() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} | {:.3} | {:.2} | {:.3} | {:.2} | {:+.3} / {:+.3} |",
+                s.id,
+                s.rps,
+                s.rps_ratio,
+                s.p50_ms,
+                s.p50_ratio,
+                s.p99_ms,
+                s.p99_ratio,
+                s.added_p50_ms,
+                s.added_p99_ms
+            );
+        }
+        let (limitd, redis, r) = self.limitd_summary();
+        let _ = writeln!(
+            md,
+            "\n| limitd alone | checks/s | Redis EVALSHA of the same script, /s | ÷ |\n\
+             | --- | ---: | ---: | ---: |\n\
+             | one limitd, one hit per check | {limitd:.0} | {redis:.0} | {r:.2} |\n"
+        );
+        let _ = writeln!(
+            md,
+            "- `ratelimit.wasm`: {} bytes ({:.0} KiB)\n- limitd peak RSS (VmHWM): {}\n- load average (1/5/15 min): {}",
+            self.wasm_bytes,
+            self.wasm_bytes as f64 / 1024.0,
+            self.limitd_hwm_kib
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("limitd-{} {:.1} MiB", i + 1, *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.load
+                .iter()
+                .map(|(when, load)| format!("{when} {load}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        md.push_str("- CPU of the machine per round, the benchmark / other processes / steal:");
+        for (i, c) in self.cpu.iter().enumerate() {
+            let _ = write!(
+                md,
+                " {} {:.0}% / {:.0}% / {:.0}%;",
+                i + 1,
+                c.ours * 100.0,
+                c.others * 100.0,
+                c.steal * 100.0
+            );
+        }
+        md.push('\n');
+        md.push_str("- req/s spread over rounds (min–max):");
+        for s in self.summaries() {
+            let _ = write!(md, " {} {:.0}–{:.0};", s.id, s.rps_min, s.rps_max);
+        }
+        md.push('\n');
+        let unexpected: Vec<String> = self
+            .summaries()
+            .iter()
+            .filter(|s| s.unexpected > 0)
+            .map(|s| format!("{} {}", s.id, s.unexpected))
+            .collect();
+        if !unexpected.is_empty() {
+            let _ = writeln!(
+                md,
+                "- unexpected answers or errors: {}",
+                unexpected.join(", ")
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(md, "- **warning**: {w}");
+        }
+        md
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut j = String::from("{\n");
+        let _ = writeln!(j, "  \"date\": {},", text(&self.date));
+        let _ = writeln!(j, "  \"machine\": {},", text(&self.machine));
+        let _ = writeln!(j, "  \"settings\": {},", text(&self.settings));
+        let _ = writeln!(j, "  \"duration_s\": {:.1},", self.seconds);
+        j.push_str("  \"scenarios\": [\n");
+        let summaries = self.summaries();
+        for (i, s) in summaries.iter().enumerate() {
+            let rounds = &self.scenarios[i].1;
+            let _ = write!(
+                j,
+                "    {{\"id\": {}, \"what\": {}, \"rps\": {:.1}, \"rps_ratio\": {:.4}, \
+                 \"p50_ms\": {:.4}, \"p50_ratio\": {:.4}, \"p99_ms\": {:.4}, \"p99_ratio\": {:.4}, \
+                 \"added_p50_ms\": {:.4}, \"added_p99_ms\": {:.4}, \"unexpected\": {}, \"rounds\": [",
+                text(s.id),
+                text(s.what),
+                s.rps,
+                s.rps_ratio,
+                s.p50_ms,
+                s.p50_ratio,
+                s.p99_ms,
+                s.p99_ratio,
+                s.added_p50_ms,
+                s.added_p99_ms,
+                s.unexpected
+            );
+            let rounds: Vec<String> = rounds
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{{\"rps\": {:.1}, \"requests\": {}, \"non_2xx\": {}, \"socket_errors\": {}, \
+                         \"closed_p50_ms\": {:.4}, \"closed_p99_ms\": {:.4}, \"open_ok\": {}, \
+                         \"open_errors\": {}, \"open_p50_ms\": {:.4}, \"open_p99_ms\": {:.4}, \"open_max_ms\": {:.4}}}",
+                        r.wrk.requests_per_sec,
+                        r.wrk.requests,
+                        r.wrk.non_2xx,
+                        r.wrk.socket_errors,
+                        r.wrk.p50_ms,
+                        r.wrk.p99_ms,
+                        r.open.ok,
+                        r.open.errors,
+                        r.open.p50_ms,
+                        r.open.p99_ms,
+                        r.open.max_ms
+                    )
+                })
+                .collect();
+            let comma = if i + 1 < summaries.len() { "," } else { "" };
+            let _ = writeln!(j, "{}]}}{comma}", rounds.join(", "));
+        }
+        j.push_str("  ],\n");
+        let (limitd, redis, r) = self.limitd_summary();
+        let rounds: Vec<String> = self
+            .limitd
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"limitd_rps\": {:.1}, \"limitd_non_2xx\": {}, \"limitd_socket_errors\": {}, \"redis_rps\": {:.1}}}",
+                    r.limitd.requests_per_sec, r.limitd.non_2xx, r.limitd.socket_errors, r.redis_rps
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            j,
+            "  \"limitd_alone\": {{\"limitd_rps\": {limitd:.1}, \"redis_evalsha_rps\": {redis:.1}, \"ratio\": {r:.4}, \"rounds\": [{}]}},",
+            rounds.join(", ")
+        );
+        let _ = writeln!(j, "  \"wasm_bytes\": {},", self.wasm_bytes);
+        let _ = writeln!(
+            j,
+            "  \"limitd_peak_rss_kib\": [{}],",
+            self.limitd_hwm_kib
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let load: Vec<String> = self
+            .load
+            .iter()
+            .map(|(when, l)| format!("{{\"when\": {}, \"loadavg\": {}}}", text(when), text(l)))
+            .collect();
+        let _ = writeln!(j, "  \"load\": [{}],", load.join(", "));
+        let cpu: Vec<String> = self
+            .cpu
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"ours\": {:.3}, \"others\": {:.3}, \"steal\": {:.3}}}",
+                    c.ours, c.others, c.steal
+                )
+            })
+            .collect();
+        let _ = writeln!(j, "  \"cpu_per_round\": [{}],", cpu.join(", "));
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{}: {v}", text(k)))
+            .collect();
+        let _ = writeln!(j, "  \"counters\": {{{}}},", counters.join(", "));
+        let warnings: Vec<String> = self.warnings.iter().map(|w| text(w)).collect();
+        let _ = writeln!(j, "  \"warnings\": [{}]", warnings.join(", "));
+        j.push_str("}\n");
+        j
+    }
+}
+
+/// A JSON string literal.
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median([]), 0.0);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(text("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+}
