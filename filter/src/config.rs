@@ -301,7 +301,10 @@ impl Policy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
             let offset = json_path::offset_of(bytes, e.line(), e.column());
-            error(one_line(&json_path::path_at(bytes, offset)), one_line(&json_path::message_of(&e)))
+            error(
+                one_line(&json_path::path_at(bytes, offset)),
+                one_line(&json_path::message_of(&e)),
+            )
         })?;
         Policy::try_from(raw)
     }

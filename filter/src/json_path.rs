@@ -6,8 +6,13 @@
 //! deserializer in the filter (the wasm module must stay small).
 
 enum Frame {
-    Object { key: Option<String>, expect_key: bool },
-    Array { index: usize },
+    Object {
+        key: Option<String>,
+        expect_key: bool,
+    },
+    Array {
+        index: usize,
+    },
 }
 
 /// The byte offset of the character at 1-based `line` and `column`, where
@@ -32,7 +37,10 @@ pub fn path_at(text: &[u8], offset: usize) -> String {
     let mut i = 0;
     while i < end {
         match text[i] {
-            b'{' => stack.push(Frame::Object { key: None, expect_key: true }),
+            b'{' => stack.push(Frame::Object {
+                key: None,
+                expect_key: true,
+            }),
             b'[' => stack.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
                 stack.pop();
@@ -51,8 +59,13 @@ pub fn path_at(text: &[u8], offset: usize) -> String {
                 while j < text.len() && text[j] != b'"' {
                     j += if text[j] == b'\\' { 2 } else { 1 };
                 }
-                if let Some(Frame::Object { key, expect_key: expect @ true }) = stack.last_mut() {
-                    *key = Some(String::from_utf8_lossy(&text[start..j.min(text.len())]).into_owned());
+                if let Some(Frame::Object {
+                    key,
+                    expect_key: expect @ true,
+                }) = stack.last_mut()
+                {
+                    *key =
+                        Some(String::from_utf8_lossy(&text[start..j.min(text.len())]).into_owned());
                     *expect = false;
                 }
                 i = j;

@@ -206,7 +206,10 @@ fn a_client_that_went_away_while_its_batch_was_in_flight_spends_no_fallback() {
         vm.local_reply(reqs[2].id).map(|r| r.status)
     );
     assert_eq!(
-        (metric(&vm, "fallback_allowed"), metric(&vm, "fallback_denied")),
+        (
+            metric(&vm, "fallback_allowed"),
+            metric(&vm, "fallback_denied")
+        ),
         (2, 0)
     );
 }

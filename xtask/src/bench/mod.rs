@@ -112,7 +112,7 @@ pub fn run() -> Result<(), String> {
     let mut load = vec![("start".to_owned(), loadavg())];
     let mut warnings = Vec::new();
 
-    step("starting Redis, sentinels, 2 limitd, 2 backends and 3 Envoys (ours, none, local_ratelimit)");
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 4 Envoys (ours, none, local_ratelimit, ours per request)");
     let c = settings.concurrency;
     let mut stack = Stack::start(StackOptions {
         envoy: scenarios::ours(c),
@@ -121,6 +121,7 @@ pub fn run() -> Result<(), String> {
     // Starting them also proves the rewritten configurations are valid.
     stack.start_envoy(free_port(), free_port(), &scenarios::baseline(c))?;
     stack.start_envoy(free_port(), free_port(), &scenarios::local_ratelimit(c))?;
+    stack.start_envoy(free_port(), free_port(), &scenarios::ours_per_request(c))?;
     check_scenarios(&stack, &mut warnings)?;
     let pids: Vec<u32> = STACK_PROCESSES
         .iter()
@@ -329,7 +330,7 @@ fn check_scenarios(stack: &Stack, warnings: &mut Vec<String>) -> Result<(), Stri
             "baseline" | "local_ratelimit" if !policy.is_empty() => {
                 return Err(format!("{}: our filter answered ({policy})", s.id))
             }
-            "allowed" if !policy.contains("bench_allowed") => {
+            "allowed" | "allowed_per_request" if !policy.contains("bench_allowed") => {
                 return Err(format!(
                     "allowed: no bench_allowed RateLimit-Policy ({policy:?})"
                 ))
@@ -425,6 +426,7 @@ fn counters(stack: &Stack) -> Vec<(String, u64)> {
     let mut all = Vec::new();
     for name in [
         "checks",
+        "callouts",
         "allowed",
         "denied",
         "callout_errors",

@@ -6,7 +6,9 @@
 //!   a bucket so large that everything passes (the in-process reference);
 //! - `ours`: our filter, with one rule added for the allowed path (`GET /`,
 //!   keyed by client IP, a limit no run reaches) and the shipped
-//!   `limited_endpoint` rule tightened to 1 per hour for the denied path.
+//!   `limited_endpoint` rule tightened to 1 per hour for the denied path;
+//! - `ours_per_request`: the same without group commit (one callout per
+//!   request), so the gain of batching is measured side by side.
 //!
 //! The baseline, the reference and the allowed path all request `GET /`, so
 //! the backends do the same work in each.
@@ -32,7 +34,7 @@ pub struct Scenario {
 }
 
 /// The Envoy scenarios, baseline first.
-pub const SCENARIOS: [Scenario; 4] = [
+pub const SCENARIOS: [Scenario; 6] = [
     Scenario {
         id: "baseline",
         what: "Envoy without any limiter (wasm filter removed)",
@@ -61,6 +63,20 @@ pub const SCENARIOS: [Scenario; 4] = [
         path: DENIED_PATH,
         status: 429,
     },
+    Scenario {
+        id: "allowed_per_request",
+        what: "as allowed, without group commit: one callout per request",
+        envoy: 3,
+        path: ALLOWED_PATH,
+        status: 200,
+    },
+    Scenario {
+        id: "denied_per_request",
+        what: "as denied, without group commit: one callout per request",
+        envoy: 3,
+        path: DENIED_PATH,
+        status: 429,
+    },
 ];
 
 /// Our filter with the bench rules; the stack's first Envoy (index 0).
@@ -75,6 +91,16 @@ pub fn ours(concurrency: u32) -> EnvoyOptions {
             r#""limit": { "requests": 1, "window": "1h" }"#,
         )
         .concurrency(concurrency)
+}
+
+/// Our filter as [`ours`], but with one callout per request (`"batch":
+/// {"enabled": false}`): the filter before group commit, measured in the same
+/// run (index 3).
+pub fn ours_per_request(concurrency: u32) -> EnvoyOptions {
+    ours(concurrency).replace(
+        r#""failure_mode": "allow","#,
+        r#""failure_mode": "allow", "batch": { "enabled": false },"#,
+    )
 }
 
 /// No limiter (index 1).
