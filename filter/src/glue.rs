@@ -34,6 +34,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::batch::{encode_batch, read_batch_answer, Batcher, Entry};
 use crate::config::Policy;
+use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
 use crate::request::RequestView;
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind, Verdict};
@@ -58,6 +59,12 @@ fn now() -> Option<SystemTime> {
     hostcalls::get_current_time().ok()
 }
 
+fn epoch_ms(time: SystemTime) -> Option<u64> {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+}
+
 /// The filter's counters, shown by Envoy as `wasmcustom.ratelimit.*` in `/stats`
 /// (and without the prefix in `/stats/prometheus`). Same-named metrics of every
 /// worker's VM add up.
@@ -66,6 +73,7 @@ struct Metrics {
     allowed: Option<u32>,
     denied: Option<u32>,
     shadow_denied: Option<u32>,
+    deny_cache_hits: Option<u32>,
     failure_mode_allowed: Option<u32>,
     failure_mode_denied: Option<u32>,
     fallback_allowed: Option<u32>,
@@ -84,6 +92,7 @@ impl Metrics {
             allowed: counter("ratelimit.allowed"),
             denied: counter("ratelimit.denied"),
             shadow_denied: counter("ratelimit.shadow_denied"),
+            deny_cache_hits: counter("ratelimit.deny_cache_hits"),
             failure_mode_allowed: counter("ratelimit.failure_mode_allowed"),
             failure_mode_denied: counter("ratelimit.failure_mode_denied"),
             fallback_allowed: counter("ratelimit.fallback_allowed"),
@@ -126,6 +135,7 @@ struct Vm {
     policy: Policy,
     metrics: Metrics,
     batcher: RefCell<Batcher>,
+    deny_cache: RefCell<DenyCache>,
 }
 
 impl Vm {
@@ -197,12 +207,42 @@ impl Vm {
             .collect()
     }
 
-    fn decided(&self, check: &Check, answer: &protocol::CheckResponse) -> Decision {
+    /// The decision on limitd's answer; its denials are remembered in the deny
+    /// cache, counted from `sent` (when the check went out).
+    fn decided(
+        &self,
+        check: &Check,
+        answer: &protocol::CheckResponse,
+        sent: Option<SystemTime>,
+    ) -> Decision {
         Metrics::add(
             self.metrics.shadow_denied,
             self.policy.shadow_denials(check, answer),
         );
+        if !answer.allowed {
+            if let (Some(sent_ms), Some(now_ms)) =
+                (sent.and_then(epoch_ms), now().and_then(epoch_ms))
+            {
+                self.policy.learn(
+                    check,
+                    answer,
+                    sent_ms,
+                    now_ms,
+                    &mut self.deny_cache.borrow_mut(),
+                );
+            }
+        }
         self.policy.decide(check, answer)
+    }
+
+    /// A denial from the deny cache, if one of the check's keys is in it.
+    fn cached_denial(&self, check: &Check) -> Option<Decision> {
+        let cache = self.deny_cache.borrow();
+        if cache.is_empty() {
+            return None;
+        }
+        let now_ms = now().and_then(epoch_ms)?;
+        self.policy.cached_denial(check, &cache, now_ms)
     }
 
     /// Carries out a decision for the current (effective) request context.
@@ -348,8 +388,8 @@ impl Context for Root {
         let Some(batch) = vm.batcher.borrow_mut().finished(token_id) else {
             return;
         };
-        vm.metrics
-            .record_latency(self.sent_at.remove(&token_id).flatten());
+        let sent = self.sent_at.remove(&token_id).flatten();
+        vm.metrics.record_latency(sent);
         let answers = vm
             .read_callout(num_headers, body_size)
             .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
@@ -360,7 +400,7 @@ impl Context for Root {
                 .iter()
                 .zip(&answers)
                 .filter(|(entry, _)| vm.batcher.borrow().is_live(entry.context_id))
-                .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer)))
+                .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer, sent)))
                 .collect(),
             Err(e) => decide_failed(&vm, batch, &e),
         };
@@ -428,6 +468,7 @@ impl RootContext for Root {
             policy,
             metrics: Metrics::define(),
             batcher: RefCell::new(batcher),
+            deny_cache: RefCell::new(DenyCache::default()),
         }));
         true
     }
@@ -454,6 +495,7 @@ impl RootContext for Root {
             queue,
             pending: None,
             response_headers: Vec::new(),
+            sent_at: None,
         }))
     }
 
@@ -472,6 +514,8 @@ struct Request {
     pending: Option<Check>,
     /// Without batching: rate-limit headers for the upstream's response.
     response_headers: Headers,
+    /// Without batching: when the check in flight was sent.
+    sent_at: Option<SystemTime>,
 }
 
 /// Fallback counters in Envoy's shared data (one map per `vm_id`, process-wide).
@@ -540,6 +584,7 @@ impl Request {
         match self.vm.dispatch(protocol::CHECK_PATH, &check.encode()) {
             Ok(_token) => {
                 self.pending = Some(check);
+                self.sent_at = now();
                 Action::Pause
             }
             Err(e) => {
@@ -568,7 +613,7 @@ impl Context for Request {
             .read_callout(num_headers, body_size)
             .and_then(|(status, body)| vm.policy.read_answer(&check, &status, &body));
         let decision = match answer {
-            Ok(answer) => vm.decided(&check, &answer),
+            Ok(answer) => vm.decided(&check, &answer, self.sent_at),
             Err(e) => vm.failed(&check, &e),
         };
         let (_, headers) = vm.carry_out(decision, true);
@@ -586,6 +631,11 @@ impl HttpContext for Request {
         match self.vm.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
             Verdict::Check(check) => {
+                if let Some(denial) = self.vm.cached_denial(&check) {
+                    Metrics::bump(self.vm.metrics.deny_cache_hits);
+                    let (action, _) = self.vm.carry_out(denial, false);
+                    return action;
+                }
                 Metrics::bump(self.vm.metrics.checks);
                 match self.queue {
                     Some(queue) => self.queue_check(queue, check),

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod config;
 #[cfg(test)]
 mod config_fuzz;
+pub mod deny_cache;
 pub mod duration;
 pub mod fallback;
 mod json_path;

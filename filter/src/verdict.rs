@@ -8,6 +8,7 @@
 use protocol::{CheckRequest, CheckResponse, Hit};
 
 use crate::config::{FailureMode, Policy};
+use crate::deny_cache::DenyCache;
 use crate::fallback::{self, Fallback, LocalCounters, Standing};
 use crate::key::build_key;
 use crate::reply::{ceil_seconds, denial_body, rate_limit_headers, unavailable_body, RuleState};
@@ -202,7 +203,7 @@ impl Policy {
                 result,
             })
             .collect();
-        let mut headers = rate_limit_headers(self.response_headers, &states);
+        let headers = rate_limit_headers(self.response_headers, &states);
         let denied: Vec<&(usize, &protocol::HitResult)> =
             enforced.iter().filter(|(_, r)| !r.allowed).collect();
         // limitd's overall answer already ignores shadow hits; a denied enforced hit
@@ -213,12 +214,16 @@ impl Policy {
                 headers,
             };
         }
+        let denied: Vec<(usize, u64)> =
+            denied.iter().map(|(i, r)| (*i, r.retry_after_ms)).collect();
+        self.denial(&denied, headers)
+    }
+
+    /// A denial by the rules `denied` (rule index, milliseconds until it could
+    /// pass), with `headers` already describing the rules' state.
+    fn denial(&self, denied: &[(usize, u64)], mut headers: Headers) -> Decision {
         // The client must wait for the slowest denied hit to clear.
-        let retry_after_ms = denied
-            .iter()
-            .map(|(_, r)| r.retry_after_ms)
-            .max()
-            .unwrap_or(1_000);
+        let retry_after_ms = denied.iter().map(|(_, ms)| *ms).max().unwrap_or(1_000);
         let retry_after = ceil_seconds(retry_after_ms).max(1);
         let violated: Vec<&str> = denied
             .iter()
@@ -232,6 +237,67 @@ impl Policy {
             body: denial_body(self.deny_status, &violated, retry_after),
             kind: ReplyKind::OverLimit,
         })
+    }
+
+    /// Denies a request at once when the deny cache knows one of its enforced
+    /// hits is still over its limit: limitd would deny it too (see
+    /// [`DenyCache`]), and a denied request consumes nothing.
+    pub fn cached_denial(&self, check: &Check, cache: &DenyCache, now_ms: u64) -> Option<Decision> {
+        if cache.is_empty() {
+            return None;
+        }
+        let denied: Vec<(usize, u64)> = check
+            .rules
+            .iter()
+            .zip(&check.hits)
+            .filter(|(_, hit)| !hit.shadow)
+            .filter_map(|(&i, hit)| cache.denied_for(&hit.key, now_ms).map(|ms| (i, ms)))
+            .collect();
+        if denied.is_empty() {
+            return None;
+        }
+        let results: Vec<protocol::HitResult> = denied
+            .iter()
+            .map(|&(i, ms)| protocol::HitResult {
+                allowed: false,
+                limit: self.rules[i].requests,
+                remaining: 0,
+                reset_ms: ms,
+                retry_after_ms: ms,
+            })
+            .collect();
+        let states: Vec<RuleState<'_>> = denied
+            .iter()
+            .zip(&results)
+            .map(|(&(i, _), result)| RuleState {
+                name: &self.rules[i].name,
+                window_ms: self.rules[i].window_ms,
+                result,
+            })
+            .collect();
+        let headers = rate_limit_headers(self.response_headers, &states);
+        Some(self.denial(&denied, headers))
+    }
+
+    /// Remembers the enforced hits limitd denied, for [`Policy::cached_denial`].
+    /// `sent_ms` is when the check was sent (proxy clock).
+    pub fn learn(
+        &self,
+        check: &Check,
+        answer: &CheckResponse,
+        sent_ms: u64,
+        now_ms: u64,
+        cache: &mut DenyCache,
+    ) {
+        for (hit, result) in check.hits.iter().zip(&answer.hits) {
+            if !hit.shadow && !result.allowed && result.retry_after_ms > 0 {
+                cache.remember(
+                    &hit.key,
+                    sent_ms.saturating_add(result.retry_after_ms),
+                    now_ms,
+                );
+            }
+        }
     }
 
     /// The decision when a check got no usable answer. Each enforced rule the
@@ -603,5 +669,49 @@ mod tests {
             .borrow()
             .keys()
             .all(|k| !k.starts_with("ratelimit.fallback:")));
+    }
+
+    #[test]
+    fn learnt_denials_deny_at_once_until_they_expire() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
+        let mut cache = DenyCache::default();
+        assert_eq!(p.cached_denial(&check, &cache, 1_000), None);
+        // limitd denied "limited" for 30 s and the shadow rule too; sent at 990.
+        let answer = CheckResponse {
+            allowed: false,
+            hits: vec![hit(false, 30_000), hit(false, 500)],
+        };
+        p.learn(&check, &answer, 990, 1_000, &mut cache);
+        assert_eq!(cache.len(), 1, "shadow denials are not cached");
+        let Some(Decision::Reply(reply)) = p.cached_denial(&check, &cache, 1_000) else {
+            panic!("expected a denial")
+        };
+        assert_eq!((reply.status, reply.kind), (429, ReplyKind::OverLimit));
+        assert_eq!(reply.headers[0], ("retry-after", "30".to_owned()));
+        assert!(reply
+            .headers
+            .contains(&("ratelimit", r#""limited";r=0;t=30"#.to_owned())));
+        assert!(reply.body.contains(r#""violated_policies":["limited"]"#));
+        // The expiry counts from the sending: 990 + 30 000.
+        assert!(p.cached_denial(&check, &cache, 30_989).is_some());
+        assert_eq!(p.cached_denial(&check, &cache, 30_990), None);
+        // Another client's key is not affected.
+        let other =
+            check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint").from("10.1.1.1:1")));
+        assert_eq!(p.cached_denial(&other, &cache, 1_000), None);
+    }
+
+    #[test]
+    fn allowed_hits_teach_nothing() {
+        let p = policy("");
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
+        let mut cache = DenyCache::default();
+        let answer = CheckResponse {
+            allowed: true,
+            hits: vec![hit(true, 0), hit(true, 0)],
+        };
+        p.learn(&check, &answer, 0, 0, &mut cache);
+        assert!(cache.is_empty());
     }
 }

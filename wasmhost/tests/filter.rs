@@ -16,8 +16,8 @@
 mod common;
 
 use common::filter::{
-    answer, batch_answer, batch_of, config, fail, get, json, metric, only_pending_call, result,
-    single_answer, without_batching, FAILURES,
+    answer, batch_answer, batch_of, config, fail, get, get_from, json, metric, only_pending_call,
+    result, single_answer, without_batching, FAILURES,
 };
 use common::host;
 use protocol::{Algorithm, CheckRequest, CheckResponse, HitResult};
@@ -582,7 +582,9 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
             let mut vm = host().start(config).unwrap();
 
             // The client disconnects while its check is in flight; the answer still arrives.
-            let gone = get(&mut vm, "/limited_endpoint");
+            // Each from its own client: a denial teaches the deny cache, which would
+            // answer the same client's next request without a callout.
+            let gone = get_from(&mut vm, "/limited_endpoint", "10.0.0.1");
             let token = only_pending_call(&vm).token;
             vm.finish(gone.id).unwrap();
             vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
@@ -591,7 +593,7 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
             assert!(!vm.request_resumed(gone.id), "{case}");
 
             // Ended (`proxy_on_done`) but not yet deleted when the answer lands.
-            let ending = get(&mut vm, "/limited_endpoint");
+            let ending = get_from(&mut vm, "/limited_endpoint", "10.0.0.2");
             let token = only_pending_call(&vm).token;
             vm.done(ending.id).unwrap();
             vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
@@ -601,7 +603,7 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
 
             // Gone in the module while the host still has it (a disconnect and
             // the answer in the same event-loop pass).
-            let racing = get(&mut vm, "/limited_endpoint");
+            let racing = get_from(&mut vm, "/limited_endpoint", "10.0.0.3");
             let token = only_pending_call(&vm).token;
             vm.finish_in_module_only(racing.id).unwrap();
             vm.respond_to_call(token, &[(":status", "200")], &body(allowed))
@@ -609,7 +611,7 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
             assert!(vm.local_reply(racing.id).is_none(), "{case}");
 
             // The VM is still healthy: the next request is checked as usual.
-            let next = get(&mut vm, "/limited_endpoint");
+            let next = get_from(&mut vm, "/limited_endpoint", "10.0.0.4");
             let token = only_pending_call(&vm).token;
             vm.respond_to_call(token, &[(":status", "200")], &body(true))
                 .unwrap();
@@ -711,4 +713,43 @@ fn a_batch_answer_is_one_result_per_check() {
         .unwrap();
     assert!(vm.request_forwarded(req));
     assert_eq!(metric(&vm, "failure_mode_allowed"), 1);
+}
+
+#[test]
+fn a_learnt_denial_answers_the_same_client_without_a_callout_until_it_expires() {
+    let mut vm = start("allow");
+    let first = get(&mut vm, "/limited_endpoint");
+    let token = only_pending_call(&vm).token;
+    vm.respond_to_call(token, &[(":status", "200")], &answer(false, 2_000))
+        .unwrap();
+    assert_eq!(vm.local_reply(first.id).map(|r| r.status), Some(429));
+
+    // Same client, within the denial: answered at once, no callout.
+    let cached = get(&mut vm, "/limited_endpoint");
+    assert!(
+        vm.pending_calls().is_empty(),
+        "no callout for a known denial"
+    );
+    let reply = vm.local_reply(cached.id).expect("a local reply");
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers.get("retry-after").as_deref(), Some("2"));
+    assert_eq!(metric(&vm, "deny_cache_hits"), 1);
+    assert_eq!(metric(&vm, "denied"), 2);
+    assert_eq!(metric(&vm, "checks"), 1);
+
+    // Another client is checked as usual.
+    let other = get_from(&mut vm, "/limited_endpoint", "10.9.9.9");
+    let token = only_pending_call(&vm).token;
+    vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
+        .unwrap();
+    assert!(vm.request_resumed(other.id));
+
+    // Once the denial has run out, the client is checked by limitd again.
+    vm.advance_time(std::time::Duration::from_millis(2_001))
+        .unwrap();
+    let later = get(&mut vm, "/limited_endpoint");
+    let token = only_pending_call(&vm).token;
+    vm.respond_to_call(token, &[(":status", "200")], &answer(true, 0))
+        .unwrap();
+    assert!(vm.request_resumed(later.id));
 }
