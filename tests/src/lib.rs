@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod envoy_config;
+pub mod load;
 pub mod paths;
 pub mod process;
 pub mod stack;
@@ -15,5 +16,6 @@ pub mod stack;
 pub use client::{
     eventually, http_get, http_request, redis_command, HttpConnection, HttpResponse, Resp,
 };
+pub use load::{Load, LoadOptions, LoadReport, Sample};
 pub use paths::Binaries;
 pub use stack::{EnvoyOptions, Ports, Stack, StackOptions};

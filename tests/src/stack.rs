@@ -275,40 +275,46 @@ impl Stack {
         }
     }
 
+    /// The process name of Redis node `index`: the first master, then the replicas.
+    fn redis_name(index: usize) -> String {
+        if index == 0 {
+            "redis-master".to_owned()
+        } else {
+            format!("redis-replica-{index}")
+        }
+    }
+
+    /// Starts the process of Redis node `index` (0: the first master; 1, 2:
+    /// replicas of it) on its port, without waiting.
+    fn spawn_redis(&mut self, index: usize) -> Result<(), String> {
+        let name = Stack::redis_name(index);
+        let port = self.ports.redis[index];
+        let data = self.dir.join(&name);
+        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        let mut command = Command::new(&self.binaries.redis_server);
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        command.arg("--dir").arg(&data);
+        if index > 0 {
+            command.args(["--replicaof", "127.0.0.1", &self.ports.redis[0].to_string()]);
+        }
+        self.spawn(&name, command)
+    }
+
     fn start_redis(&mut self) -> Result<(), String> {
-        let master = self.ports.redis[0];
-        for (i, port) in self.ports.redis.into_iter().enumerate() {
-            let name = if i == 0 {
-                "redis-master".to_owned()
-            } else {
-                format!("redis-replica-{i}")
-            };
-            let data = self.dir.join(&name);
-            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-            let mut command = Command::new(&self.binaries.redis_server);
-            command.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-            command.arg("--dir").arg(&data);
-            if i > 0 {
-                command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
-            }
-            self.spawn(&name, command)?;
+        for i in 0..self.ports.redis.len() {
+            self.spawn_redis(i)?;
         }
         for (i, &port) in self.ports.redis.clone().iter().enumerate() {
-            let name = if i == 0 {
-                "redis-master".to_owned()
-            } else {
-                format!("redis-replica-{i}")
-            };
-            self.await_ready(&name, || {
+            self.await_ready(&Stack::redis_name(i), || {
                 match redis_command(port, &["INFO", "replication"]) {
                     Ok(Resp::Bulk(Some(info)))
                         if i == 0 || info.contains("master_link_status:up") =>
@@ -320,6 +326,45 @@ impl Stack {
             })?;
         }
         Ok(())
+    }
+
+    /// Starts Redis node `index` again (killing it first if it still runs), on
+    /// the same port with the same arguments as at the start, and waits until
+    /// it answers `PING`. The first master comes back as a master; after a
+    /// failover Sentinel then turns it into a replica of the promoted one.
+    pub fn restart_redis(&mut self, index: usize) -> Result<(), String> {
+        let name = Stack::redis_name(index);
+        self.kill(&name);
+        self.spawn_redis(index)?;
+        let port = self.ports.redis[index];
+        self.await_ready(&name, || match redis_command(port, &["PING"]) {
+            Ok(Resp::Simple(pong)) if pong == "PONG" => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    }
+
+    /// The port of the master as each sentinel reports it (`None` for a
+    /// sentinel that does not answer), in sentinel order.
+    pub fn master_ports(&self) -> Vec<Option<u16>> {
+        self.ports
+            .sentinels
+            .iter()
+            .map(|&port| {
+                match redis_command(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]) {
+                    Ok(Resp::Array(Some(addr))) => addr.get(1)?.text()?.parse().ok(),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The port of the master, as the first sentinel that answers reports it.
+    pub fn master_port(&self) -> Result<u16, String> {
+        self.master_ports()
+            .into_iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| "no sentinel names a master".to_owned())
     }
 
     fn start_sentinels(&mut self) -> Result<(), String> {
@@ -510,6 +555,32 @@ impl Stack {
                 })
             })
             .unwrap_or(0)
+    }
+
+    /// The health flags an Envoy's admin `/clusters` shows for the host on
+    /// 127.0.0.1:`port` of `cluster` (`healthy`, `/failed_active_hc`,
+    /// `/failed_outlier_check`, ...); `None` when the admin does not answer.
+    pub fn envoy_health_flags(&self, index: usize, cluster: &str, port: u16) -> Option<String> {
+        let prefix = format!("{cluster}::127.0.0.1:{port}::health_flags::");
+        http_get(self.envoys[index].admin, "/clusters", None)
+            .ok()?
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+    }
+
+    /// One series of limitd `index`'s `/metrics`, written as in the exposition
+    /// (e.g. `limitd_failovers_total`, `limitd_checks_total{result="allowed"}`);
+    /// `None` when absent or when limitd does not answer.
+    pub fn limitd_metric(&self, index: usize, series: &str) -> Option<f64> {
+        let response = http_get(local(self.ports.limitd[index]), "/metrics", None).ok()?;
+        response.body.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     /// A process of the stack by name (`redis-master`, `sentinel-2`, `limitd-1`, `envoy-1`, ...).
