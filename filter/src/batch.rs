@@ -19,6 +19,8 @@ pub struct Entry {
     /// The HTTP context of the request.
     pub context_id: u32,
     pub check: Check,
+    /// When it was queued (proxy clock, ms): its share of the timeout starts then.
+    pub queued_ms: u64,
 }
 
 /// The queue, the callouts in flight, and which requests are still alive.
@@ -66,9 +68,32 @@ impl Batcher {
 
     /// Queues a request's check. Returns true when the caller must wake the
     /// root (no wake-up is pending yet).
-    pub fn push(&mut self, context_id: u32, check: Check) -> bool {
-        self.waiting.push_back(Entry { context_id, check });
+    pub fn push(&mut self, context_id: u32, check: Check, now_ms: u64) -> bool {
+        self.waiting.push_back(Entry {
+            context_id,
+            check,
+            queued_ms: now_ms,
+        });
         !std::mem::replace(&mut self.woken, true)
+    }
+
+    /// Takes the live requests that have waited `timeout_ms` or more without
+    /// going out (the callout ahead of them hung): they get the failure mode
+    /// now, so no request waits longer than the timeout in all.
+    pub fn take_expired(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<Entry> {
+        let mut expired = Vec::new();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|e| e.queued_ms.saturating_add(timeout_ms) <= now_ms)
+        {
+            if let Some(entry) = self.waiting.pop_front() {
+                if self.live.contains(&entry.context_id) {
+                    expired.push(entry);
+                }
+            }
+        }
+        expired
     }
 
     /// The root was woken: later pushes must wake it again.
@@ -118,6 +143,15 @@ impl Batcher {
     pub fn take_headers(&mut self, context_id: u32) -> Headers {
         self.headers.remove(&context_id).unwrap_or_default()
     }
+}
+
+/// The timeout of a batch's callout: what is left of its oldest request's
+/// `timeout_ms` (at least 1 ms; Envoy reads 0 as "no timeout").
+pub fn remaining_ms(batch: &[Entry], now_ms: u64, timeout_ms: u64) -> u64 {
+    let oldest = batch.iter().map(|e| e.queued_ms).min().unwrap_or(now_ms);
+    timeout_ms
+        .saturating_sub(now_ms.saturating_sub(oldest))
+        .clamp(1, timeout_ms.max(1))
 }
 
 #[derive(Serialize)]
@@ -208,10 +242,10 @@ mod tests {
         for id in 1..=3 {
             b.created(id);
         }
-        assert!(b.push(1, check("a")));
-        assert!(!b.push(2, check("b")));
+        assert!(b.push(1, check("a"), 0));
+        assert!(!b.push(2, check("b"), 0));
         b.wake_handled();
-        assert!(b.push(3, check("c")));
+        assert!(b.push(3, check("c"), 0));
         assert_eq!(ids(&b.next_batch().unwrap()), [1, 2, 3]);
         assert_eq!(b.next_batch(), None);
     }
@@ -222,11 +256,11 @@ mod tests {
         for id in 1..=4 {
             b.created(id);
         }
-        b.push(1, check("a"));
+        b.push(1, check("a"), 0);
         let first = b.next_batch().unwrap();
         b.sent(7, first);
-        b.push(2, check("b"));
-        b.push(3, check("c"));
+        b.push(2, check("b"), 0);
+        b.push(3, check("c"), 0);
         assert_eq!(b.next_batch(), None, "one callout in flight at most");
         assert_eq!(b.waiting(), 2);
         assert_eq!(ids(&b.finished(7).unwrap()), [1]);
@@ -239,7 +273,7 @@ mod tests {
         let mut b = Batcher::new(2, 4);
         for id in 1..=5 {
             b.created(id);
-            b.push(id, check("k"));
+            b.push(id, check("k"), 0);
         }
         assert_eq!(ids(&b.next_batch().unwrap()), [1, 2]);
         assert_eq!(ids(&b.next_batch().unwrap()), [3, 4]);
@@ -251,7 +285,7 @@ mod tests {
         let mut b = Batcher::new(64, 1);
         for id in 1..=3 {
             b.created(id);
-            b.push(id, check("k"));
+            b.push(id, check("k"), 0);
         }
         b.done(2);
         assert!(!b.is_live(2));
@@ -259,7 +293,7 @@ mod tests {
         b.done(1);
         b.done(3);
         b.created(4);
-        b.push(5, check("never created"));
+        b.push(5, check("never created"), 0);
         assert_eq!(b.next_batch(), None);
     }
 
@@ -283,10 +317,12 @@ mod tests {
             Entry {
                 context_id: 1,
                 check: check("a"),
+                queued_ms: 0,
             },
             Entry {
                 context_id: 2,
                 check: check("b"),
+                queued_ms: 0,
             },
         ];
         let sent: BatchRequest = serde_json::from_slice(&encode_batch(&batch)).unwrap();
@@ -299,6 +335,7 @@ mod tests {
         let batch = vec![Entry {
             context_id: 1,
             check: check("a"),
+            queued_ms: 0,
         }];
         let result = |hits: usize| CheckResponse {
             allowed: true,
@@ -337,5 +374,28 @@ mod tests {
             read_batch_answer(&batch, b"200", b"{"),
             Err(CalloutError::Body(_))
         ));
+    }
+
+    #[test]
+    fn requests_that_waited_a_whole_timeout_are_taken_out() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=4 {
+            b.created(id);
+        }
+        b.push(1, check("a"), 1_000);
+        b.push(2, check("b"), 1_100);
+        b.push(3, check("c"), 1_200);
+        b.push(4, check("d"), 1_300);
+        b.done(2);
+        assert!(b.take_expired(1_249, 250).is_empty());
+        // 1 and 2 waited 250 ms (2 is gone, so only 1 comes back); 3 and 4 wait on.
+        assert_eq!(ids(&b.take_expired(1_350, 250)), [1]);
+        assert_eq!(b.waiting(), 2);
+        let batch = b.next_batch().unwrap();
+        assert_eq!(ids(&batch), [3, 4]);
+        // The batch may take what is left of its oldest request's timeout.
+        assert_eq!(remaining_ms(&batch, 1_350, 250), 100);
+        assert_eq!(remaining_ms(&batch, 1_200, 250), 250);
+        assert_eq!(remaining_ms(&batch, 9_999, 250), 1);
     }
 }

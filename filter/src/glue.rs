@@ -32,7 +32,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::batch::{encode_batch, read_batch_answer, Batcher, Entry};
+use crate::batch::{encode_batch, read_batch_answer, remaining_ms, Batcher, Entry};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
@@ -57,6 +57,11 @@ fn log(level: LogLevel, message: &str) {
 
 fn now() -> Option<SystemTime> {
     hostcalls::get_current_time().ok()
+}
+
+/// The proxy's clock in milliseconds since the epoch (0 if it cannot be read).
+fn now_ms() -> u64 {
+    now().and_then(epoch_ms).unwrap_or(0)
 }
 
 fn epoch_ms(time: SystemTime) -> Option<u64> {
@@ -148,13 +153,18 @@ impl Vm {
         ]
     }
 
-    fn dispatch(&self, path: &'static str, body: &[u8]) -> Result<u32, CalloutError> {
+    fn dispatch(
+        &self,
+        path: &'static str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, CalloutError> {
         let token = hostcalls::dispatch_http_call(
             &self.policy.limitd_cluster,
             self.callout_headers(path),
             Some(body),
             vec![],
-            Duration::from_millis(self.policy.timeout_ms),
+            Duration::from_millis(timeout_ms),
         )
         .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))?;
         Metrics::bump(self.metrics.callouts);
@@ -326,13 +336,25 @@ impl Root {
     }
 
     /// Sends what waits, as long as the bound on callouts in flight allows.
+    ///
+    /// Every request gets at most the configured timeout in all: those that
+    /// waited that long behind a hung callout get the failure mode now, and a
+    /// batch's callout may only take what is left of its oldest request's.
     fn pump(&mut self) {
         let Some(vm) = self.vm.clone() else { return };
+        let now_ms = now_ms();
+        let timeout_ms = vm.policy.timeout_ms;
+        let expired = vm.batcher.borrow_mut().take_expired(now_ms, timeout_ms);
+        if !expired.is_empty() {
+            let decisions = decide_failed(&vm, expired, &CalloutError::Expired);
+            self.deliver(&vm, decisions);
+        }
         loop {
             let Some(batch) = vm.batcher.borrow_mut().next_batch() else {
                 return;
             };
-            match vm.dispatch(protocol::BATCH_PATH, &encode_batch(&batch)) {
+            let budget_ms = remaining_ms(&batch, now_ms, timeout_ms);
+            match vm.dispatch(protocol::BATCH_PATH, &encode_batch(&batch), budget_ms) {
                 Ok(token) => {
                     self.sent_at.insert(token, now());
                     vm.batcher.borrow_mut().sent(token, batch);
@@ -561,7 +583,7 @@ impl Request {
             .vm
             .batcher
             .borrow_mut()
-            .push(self.context_id, check.clone());
+            .push(self.context_id, check.clone(), now_ms());
         if wake {
             if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"w")) {
                 // Without a wake-up the root would never send it: decide now.
@@ -581,7 +603,11 @@ impl Request {
 
     /// Sends the check in a callout of this request's own.
     fn send_check(&mut self, check: Check) -> Action {
-        match self.vm.dispatch(protocol::CHECK_PATH, &check.encode()) {
+        match self.vm.dispatch(
+            protocol::CHECK_PATH,
+            &check.encode(),
+            self.vm.policy.timeout_ms,
+        ) {
             Ok(_token) => {
                 self.pending = Some(check);
                 self.sent_at = now();

@@ -93,6 +93,8 @@ pub enum CalloutError {
     Dispatch(String),
     /// The callout's stream was reset before a response (no headers).
     Reset,
+    /// The request waited its whole timeout behind a callout in flight.
+    Expired,
     /// limitd (or Envoy on its behalf: 503 no upstream, 504 timeout) answered non-200.
     Status(String),
     /// A 200 whose body is not a valid answer to this check.
@@ -104,6 +106,9 @@ impl std::fmt::Display for CalloutError {
         match self {
             CalloutError::Dispatch(e) => write!(f, "callout not sent: {e}"),
             CalloutError::Reset => write!(f, "callout reset before a response"),
+            CalloutError::Expired => {
+                write!(f, "the timeout passed while waiting behind another callout")
+            }
             CalloutError::Status(s) => write!(f, "limitd answered status {s}"),
             CalloutError::Body(e) => write!(f, "limitd answered an unusable body: {e}"),
         }

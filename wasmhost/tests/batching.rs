@@ -400,3 +400,66 @@ fn a_vm_started_later_does_not_take_over_an_earlier_vms_requests() {
     assert!(b.request_forwarded(on_b));
     assert!(a.pending_calls().is_empty());
 }
+
+#[test]
+fn no_request_waits_longer_than_the_timeout_behind_a_hung_callout() {
+    // The test configuration's timeout is 250ms; failure mode deny makes a
+    // failure visible as a 503.
+    let (mut vm, first, token) = one_in_flight(&config("deny"));
+    assert_eq!(only_pending_call(&vm).timeout_ms, 250);
+
+    // One request arrives 100ms into the hung callout, another 150ms in.
+    vm.advance_time(std::time::Duration::from_millis(100))
+        .unwrap();
+    let waiting = arrive(&mut vm, 1..=1);
+    vm.deliver_queue_events().unwrap();
+    vm.advance_time(std::time::Duration::from_millis(50))
+        .unwrap();
+    let late = arrive(&mut vm, 2..=2);
+    vm.deliver_queue_events().unwrap();
+
+    // The callout times out at 250ms: the waiting requests go out, with only
+    // what is left of the oldest one's timeout (150ms waited of 250ms).
+    vm.advance_time(std::time::Duration::from_millis(100))
+        .unwrap();
+    vm.time_out_call(token).unwrap();
+    assert_eq!(vm.local_reply(first.id).map(|r| r.status), Some(503));
+    let next = only_pending_call(&vm);
+    assert_eq!(batch_of(&next).checks.len(), 2);
+    assert_eq!(next.timeout_ms, 100);
+
+    // That one hangs too and times out after its 100ms: both requests get the
+    // failure mode 250ms and 200ms after they arrived. One that arrived in the
+    // meantime still has its whole timeout, and goes out next.
+    vm.advance_time(std::time::Duration::from_millis(100))
+        .unwrap();
+    let after = arrive(&mut vm, 3..=3);
+    vm.deliver_queue_events().unwrap();
+    vm.time_out_call(next.token).unwrap();
+    for req in waiting.iter().chain(&late) {
+        assert_eq!(vm.local_reply(req.id).map(|r| r.status), Some(503));
+    }
+    // The newest request still has its whole timeout: it goes out now.
+    let last = only_pending_call(&vm);
+    assert_eq!(first_keys(&last), [key(3)]);
+    assert!(vm.local_reply(after[0].id).is_none());
+}
+
+#[test]
+fn requests_that_waited_out_their_timeout_are_failed_without_waiting_for_the_callout() {
+    let (mut vm, _first, _token) = one_in_flight(&config("deny"));
+    let waiting = arrive(&mut vm, 1..=1);
+    vm.deliver_queue_events().unwrap();
+    // 250ms later the callout ahead still hangs; the next arrival wakes the root,
+    // which fails the request that has waited its whole timeout.
+    vm.advance_time(std::time::Duration::from_millis(250))
+        .unwrap();
+    let newcomer = arrive(&mut vm, 2..=2);
+    vm.deliver_queue_events().unwrap();
+    assert_eq!(vm.local_reply(waiting[0].id).map(|r| r.status), Some(503));
+    assert!(
+        vm.local_reply(newcomer[0].id).is_none(),
+        "the newcomer still waits"
+    );
+    assert_eq!(metric(&vm, "failure_mode_denied"), 1);
+}
