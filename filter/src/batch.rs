@@ -21,6 +21,8 @@ pub struct Entry {
     pub check: Check,
     /// When it was queued (proxy clock, ms): its share of the timeout starts then.
     pub queued_ms: u64,
+    /// Whether it already went out once to an unreachable limitd.
+    pub retried: bool,
 }
 
 /// The queue, the callouts in flight, and which requests are still alive.
@@ -73,6 +75,7 @@ impl Batcher {
             context_id,
             check,
             queued_ms: now_ms,
+            retried: false,
         });
         !std::mem::replace(&mut self.woken, true)
     }
@@ -128,6 +131,20 @@ impl Batcher {
     pub fn finished(&mut self, token: u32) -> Option<Vec<Entry>> {
         self.in_flight.remove(&token)
     }
+    /// Puts a batch that never reached limitd back at the head of the queue, to
+    /// go out again (once) within what is left of its timeout. Returns the
+    /// entries that had been retried already, which the caller settles with
+    /// the failure mode. Entries whose client left are dropped.
+    pub fn retry(&mut self, batch: Vec<Entry>) -> Vec<Entry> {
+        let (done, again): (Vec<Entry>, Vec<Entry>) = batch.into_iter().partition(|e| e.retried);
+        for mut entry in again.into_iter().rev() {
+            if self.live.contains(&entry.context_id) {
+                entry.retried = true;
+                self.waiting.push_front(entry);
+            }
+        }
+        done
+    }
 
     /// How many requests wait for a callout.
     pub fn waiting(&self) -> usize {
@@ -143,6 +160,19 @@ impl Batcher {
     pub fn take_headers(&mut self, context_id: u32) -> Headers {
         self.headers.remove(&context_id).unwrap_or_default()
     }
+}
+
+/// Whether a 503 is Envoy's own answer for a limitd it could not connect to
+/// (or none healthy): then the check never reached limitd. A reset after the
+/// request was sent ("connection termination") may have been counted, and
+/// limitd's own 503s are JSON; neither is matched.
+fn never_reached(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text == "no healthy upstream"
+        || (text.starts_with("upstream connect error")
+            && text.contains("reset reason: remote connection failure"))
+        || (text.starts_with("upstream connect error")
+            && text.contains("reset reason: local connection failure"))
 }
 
 /// The timeout of a batch's callout: what is left of its oldest request's
@@ -185,6 +215,11 @@ pub fn read_batch_answer(
     status: &[u8],
     body: &[u8],
 ) -> Result<Vec<CheckResponse>, CalloutError> {
+    if status == b"503" && never_reached(body) {
+        return Err(CalloutError::Unreachable(
+            String::from_utf8_lossy(body).into_owned(),
+        ));
+    }
     if status != b"200" {
         return Err(CalloutError::Status(
             String::from_utf8_lossy(status).into_owned(),
@@ -318,11 +353,13 @@ mod tests {
                 context_id: 1,
                 check: check("a"),
                 queued_ms: 0,
+                retried: false,
             },
             Entry {
                 context_id: 2,
                 check: check("b"),
                 queued_ms: 0,
+                retried: false,
             },
         ];
         let sent: BatchRequest = serde_json::from_slice(&encode_batch(&batch)).unwrap();
@@ -336,6 +373,7 @@ mod tests {
             context_id: 1,
             check: check("a"),
             queued_ms: 0,
+            retried: false,
         }];
         let result = |hits: usize| CheckResponse {
             allowed: true,
@@ -397,5 +435,52 @@ mod tests {
         assert_eq!(remaining_ms(&batch, 1_350, 250), 100);
         assert_eq!(remaining_ms(&batch, 1_200, 250), 250);
         assert_eq!(remaining_ms(&batch, 9_999, 250), 1);
+    }
+
+    #[test]
+    fn a_batch_that_never_reached_limitd_goes_out_again_once() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=3 {
+            b.created(id);
+            b.push(id, check("k"), 5);
+        }
+        let first = b.next_batch().unwrap();
+        b.sent(1, first);
+        b.created(4);
+        b.push(4, check("later"), 6);
+        b.done(2);
+        let unreachable = b.finished(1).unwrap();
+        assert!(b.retry(unreachable).is_empty());
+        // Back at the head of the queue, in order, keeping their queued time.
+        let again = b.next_batch().unwrap();
+        assert_eq!(ids(&again), [1, 3, 4]);
+        assert!(again[0].retried && !again[2].retried);
+        assert_eq!(again[0].queued_ms, 5);
+        // A second failure is not retried.
+        let settled = b.retry(again);
+        assert_eq!(ids(&settled), [1, 3]);
+        assert_eq!(b.waiting(), 1);
+    }
+
+    #[test]
+    fn only_envoys_own_connect_failures_are_unreachable() {
+        let batch = [Entry {
+            context_id: 1,
+            check: check("a"),
+            queued_ms: 0,
+            retried: false,
+        }];
+        let unreachable = |body: &str| {
+            matches!(
+                read_batch_answer(&batch, b"503", body.as_bytes()),
+                Err(CalloutError::Unreachable(_))
+            )
+        };
+        assert!(unreachable("no healthy upstream"));
+        assert!(unreachable(
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"
+        ));
+        assert!(!unreachable("upstream connect error or disconnect/reset before headers. reset reason: connection termination"));
+        assert!(!unreachable(r#"{"error":"redis unavailable"}"#));
     }
 }

@@ -85,6 +85,7 @@ struct Metrics {
     fallback_denied: Option<u32>,
     callout_errors: Option<u32>,
     callouts: Option<u32>,
+    callout_retries: Option<u32>,
     /// Histogram of callout round trips, in microseconds.
     callout_latency_us: Option<u32>,
 }
@@ -104,6 +105,7 @@ impl Metrics {
             fallback_denied: counter("ratelimit.fallback_denied"),
             callout_errors: counter("ratelimit.callout_errors"),
             callouts: counter("ratelimit.callouts"),
+            callout_retries: counter("ratelimit.callout_retries"),
             callout_latency_us: hostcalls::define_metric(
                 MetricType::Histogram,
                 "ratelimit.callout_latency_us",
@@ -423,7 +425,16 @@ impl Context for Root {
                 .zip(&answers)
                 .filter(|(entry, _)| vm.batcher.borrow().is_live(entry.context_id))
                 .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer, sent)))
-                .collect(),
+                .collect(), // It never reached limitd (the instance died, Envoy has not ejected it
+            // yet): send it again at once, to another instance if there is one.
+            Err(e @ CalloutError::Unreachable(_)) => {
+                let waiting = vm.batcher.borrow().waiting();
+                let settled = vm.batcher.borrow_mut().retry(batch);
+                if vm.batcher.borrow().waiting() > waiting {
+                    Metrics::bump(vm.metrics.callout_retries);
+                }
+                decide_failed(&vm, settled, &e)
+            }
             Err(e) => decide_failed(&vm, batch, &e),
         };
         self.deliver(&vm, decisions);

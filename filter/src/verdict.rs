@@ -95,6 +95,9 @@ pub enum CalloutError {
     Reset,
     /// The request waited its whole timeout behind a callout in flight.
     Expired,
+    /// Envoy could not reach any limitd (connect failure, no healthy
+    /// upstream): the check was never seen, so sending it again is safe.
+    Unreachable(String),
     /// limitd (or Envoy on its behalf: 503 no upstream, 504 timeout) answered non-200.
     Status(String),
     /// A 200 whose body is not a valid answer to this check.
@@ -106,6 +109,7 @@ impl std::fmt::Display for CalloutError {
         match self {
             CalloutError::Dispatch(e) => write!(f, "callout not sent: {e}"),
             CalloutError::Reset => write!(f, "callout reset before a response"),
+            CalloutError::Unreachable(e) => write!(f, "limitd unreachable: {e}"),
             CalloutError::Expired => {
                 write!(f, "the timeout passed while waiting behind another callout")
             }

@@ -515,11 +515,9 @@ fn all_of_redis_stopped_each_rule_keeps_its_failure_mode_and_recovery_is_automat
         "only {full} windows reached the fallback limit: {windows:?}"
     );
 
-    // Added latency stays bounded by the check timeout: twice over, with group
-    // commit. A request that arrives while its worker's batch is in flight
-    // waits for that callout to time out, then for its own; closed-loop
-    // clients then always arrive during a batch. (With "batch": {"enabled":
-    // false} the same run gives p99 ≈ 1 × timeout.)
+    // Added latency stays bounded by the check timeout, group commit included:
+    // a request queued behind a hung callout gets only what is left of its own
+    // timeout, and the failure mode once that is spent.
     let latencies: Vec<Duration> = during.iter().map(|s| s.latency).collect();
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
     let max = latencies.iter().max().copied().unwrap_or_default();
@@ -551,7 +549,7 @@ fn all_of_redis_stopped_each_rule_keeps_its_failure_mode_and_recovery_is_automat
         seconds_between(resumed_at, last_local.answered()),
     );
     assert!(
-        p99 < SHIPPED_TIMEOUT * 2 + OUTAGE_LATENCY_SLACK,
+        p99 < SHIPPED_TIMEOUT + OUTAGE_LATENCY_SLACK,
         "p99 {p99:?} during the outage (timeout {SHIPPED_TIMEOUT:?})"
     );
     // Recovered by itself: every later request is decided by limitd and passes.

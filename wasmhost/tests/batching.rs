@@ -463,3 +463,53 @@ fn requests_that_waited_out_their_timeout_are_failed_without_waiting_for_the_cal
     );
     assert_eq!(metric(&vm, "failure_mode_denied"), 1);
 }
+
+/// What Envoy answers for a limitd it could not connect to.
+const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers. \
+     reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+
+#[test]
+fn a_batch_that_could_not_reach_limitd_is_sent_again_once() {
+    let (mut vm, first, token) = one_in_flight(&config("deny"));
+    vm.respond_to_call(
+        token,
+        &[(":status", "503"), ("content-type", "text/plain")],
+        CONNECT_FAILURE.as_bytes(),
+    )
+    .unwrap();
+    // Sent again at once (to whichever limitd Envoy picks), not failed.
+    assert!(vm.local_reply(first.id).is_none());
+    let again = only_pending_call(&vm);
+    assert_eq!(first_keys(&again), [key(0)]);
+    assert_eq!(metric(&vm, "callout_retries"), 1);
+    vm.respond_to_call(again.token, &[(":status", "200")], &answer(true, 0))
+        .unwrap();
+    assert!(vm.request_resumed(first.id));
+    assert_eq!(metric(&vm, "callout_errors"), 0);
+}
+
+#[test]
+fn a_second_connect_failure_or_a_reset_after_sending_is_not_retried() {
+    let (mut vm, first, token) = one_in_flight(&config("deny"));
+    vm.respond_to_call(token, &[(":status", "503")], CONNECT_FAILURE.as_bytes())
+        .unwrap();
+    let again = only_pending_call(&vm);
+    vm.respond_to_call(
+        again.token,
+        &[(":status", "503")],
+        CONNECT_FAILURE.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(vm.local_reply(first.id).map(|r| r.status), Some(503));
+    assert!(vm.pending_calls().is_empty());
+
+    // A reset after the check was sent may have been counted: never sent twice.
+    let second = get_from(&mut vm, "/limited_endpoint", &ip(7));
+    vm.deliver_queue_events().unwrap();
+    let call = only_pending_call(&vm);
+    let terminated = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+    vm.respond_to_call(call.token, &[(":status", "503")], terminated.as_bytes())
+        .unwrap();
+    assert_eq!(vm.local_reply(second.id).map(|r| r.status), Some(503));
+    assert!(vm.pending_calls().is_empty());
+}

@@ -147,11 +147,31 @@ pub const FAILURES: [Failure; 6] = [
 /// Fails callout `token`, which carries `checks` checks, in the way given.
 pub fn fail(vm: &mut Vm, token: u32, checks: usize, failure: Failure) -> Result<(), HostError> {
     match failure {
-        Failure::Unavailable => vm.respond_to_call(
-            token,
-            &[(":status", "503"), ("content-type", "text/plain")],
-            b"no healthy upstream",
-        ),
+        Failure::Unavailable => {
+            // A batch that never reached limitd goes out once more (batching
+            // only); the limitd cluster is still unavailable then.
+            let body = vm
+                .pending_calls()
+                .into_iter()
+                .find(|c| c.token == token)
+                .map(|c| c.body);
+            let unavailable = |vm: &mut Vm, token| {
+                vm.respond_to_call(
+                    token,
+                    &[(":status", "503"), ("content-type", "text/plain")],
+                    b"no healthy upstream",
+                )
+            };
+            unavailable(vm, token)?;
+            let again = vm.pending_calls().into_iter().find(|c| {
+                Some(&c.body) == body.as_ref()
+                    && c.headers.get(":path").as_deref() == Some("/v1/checks")
+            });
+            match again {
+                Some(call) => unavailable(vm, call.token),
+                None => Ok(()),
+            }
+        }
         Failure::Timeout => vm.time_out_call(token),
         Failure::Reset => vm.reset_call(token),
         Failure::GarbageBody => {
