@@ -32,6 +32,8 @@ pub struct Batcher {
     max_in_flight: usize,
     waiting: VecDeque<Entry>,
     in_flight: HashMap<u32, Vec<Entry>>,
+    /// Requests whose own callout is in flight (sent at once, nothing waited).
+    direct: HashSet<u32>,
     live: HashSet<u32>,
     /// True while a wake-up of the root is queued and not yet handled.
     woken: bool,
@@ -46,6 +48,7 @@ impl Batcher {
             max_in_flight: max_in_flight.max(1),
             waiting: VecDeque::new(),
             in_flight: HashMap::new(),
+            direct: HashSet::new(),
             live: HashSet::new(),
             woken: false,
             headers: HashMap::new(),
@@ -98,6 +101,26 @@ impl Batcher {
         }
         expired
     }
+    /// Whether a request may send its check at once in a callout of its own:
+    /// nothing waits and a callout may start. Then nothing is gained by going
+    /// through the root, which costs a wake-up (the low-load case). If so, the
+    /// callout counts as in flight until [`Batcher::direct_done`].
+    pub fn try_direct(&mut self, context_id: u32) -> bool {
+        let free = self.waiting.is_empty()
+            && self.in_flight.len() + self.direct.len() < self.max_in_flight;
+        if free {
+            self.direct.insert(context_id);
+        }
+        free
+    }
+
+    /// A request's own callout finished (or the request went away). Returns
+    /// true when the root must be woken to send what waited meanwhile.
+    pub fn direct_done(&mut self, context_id: u32) -> bool {
+        self.direct.remove(&context_id)
+            && !self.waiting.is_empty()
+            && !std::mem::replace(&mut self.woken, true)
+    }
 
     /// The root was woken: later pushes must wake it again.
     pub fn wake_handled(&mut self) {
@@ -107,7 +130,7 @@ impl Batcher {
     /// The next batch to send, if a callout may start and live requests wait.
     /// Requests whose client went away are dropped here.
     pub fn next_batch(&mut self) -> Option<Vec<Entry>> {
-        if self.in_flight.len() >= self.max_in_flight {
+        if self.in_flight.len() + self.direct.len() >= self.max_in_flight {
             return None;
         }
         let mut batch = Vec::new();
@@ -482,5 +505,32 @@ mod tests {
         ));
         assert!(!unreachable("upstream connect error or disconnect/reset before headers. reset reason: connection termination"));
         assert!(!unreachable(r#"{"error":"redis unavailable"}"#));
+    }
+
+    #[test]
+    fn at_low_load_a_request_sends_its_own_check_and_later_ones_wait_for_it() {
+        let mut b = Batcher::new(64, 1);
+        for id in 1..=3 {
+            b.created(id);
+        }
+        assert!(b.try_direct(1), "nothing in flight, nothing waiting");
+        assert!(!b.try_direct(2), "one callout in flight at most");
+        b.push(2, check("b"), 0);
+        b.push(3, check("c"), 0);
+        b.wake_handled(); // The root woke, and found a callout in flight.
+        assert_eq!(b.next_batch(), None, "the direct callout is in flight");
+        // When it finishes, the root is woken once to send what waited.
+        assert!(b.direct_done(1));
+        assert_eq!(ids(&b.next_batch().unwrap()), [2, 3]);
+        assert!(!b.direct_done(1), "already done");
+    }
+
+    #[test]
+    fn a_direct_callout_with_nothing_waiting_wakes_nobody() {
+        let mut b = Batcher::new(64, 1);
+        b.created(1);
+        assert!(b.try_direct(1));
+        assert!(!b.direct_done(1));
+        assert!(b.try_direct(1));
     }
 }

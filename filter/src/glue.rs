@@ -527,6 +527,7 @@ impl RootContext for Root {
             vm,
             queue,
             pending: None,
+            direct: None,
             response_headers: Vec::new(),
             sent_at: None,
         }))
@@ -545,6 +546,8 @@ struct Request {
     queue: Option<u32>,
     /// Without batching: the check in flight, while the request is paused.
     pending: Option<Check>,
+    /// With batching, at low load: the check in this request's own callout.
+    direct: Option<Entry>,
     /// Without batching: rate-limit headers for the upstream's response.
     response_headers: Headers,
     /// Without batching: when the check in flight was sent.
@@ -611,6 +614,78 @@ impl Request {
         }
         Action::Pause
     }
+    /// Sends the check at once in a callout of this request's own, as a batch
+    /// of one: nothing waits and no callout is in flight, so going through the
+    /// root would only add its wake-up to the request's latency.
+    fn send_direct(&mut self, check: Check) -> Action {
+        let entry = Entry {
+            context_id: self.context_id,
+            check,
+            queued_ms: now_ms(),
+            retried: false,
+        };
+        let body = encode_batch(std::slice::from_ref(&entry));
+        match self
+            .vm
+            .dispatch(protocol::BATCH_PATH, &body, self.vm.policy.timeout_ms)
+        {
+            Ok(_token) => {
+                self.direct = Some(entry);
+                self.sent_at = now();
+                Action::Pause
+            }
+            Err(e) => {
+                self.finish_direct();
+                let decision = self.vm.failed(&entry.check, &e);
+                let (action, headers) = self.vm.carry_out(decision, false);
+                self.response_headers = headers;
+                action
+            }
+        }
+    }
+
+    /// The answer to this request's own callout.
+    fn direct_answered(&mut self, entry: Entry, num_headers: usize, body_size: usize) {
+        let vm = self.vm.clone();
+        vm.metrics.record_latency(self.sent_at);
+        let answers = vm
+            .read_callout(num_headers, body_size)
+            .and_then(|(status, body)| {
+                read_batch_answer(std::slice::from_ref(&entry), &status, &body)
+            });
+        let decision = match answers {
+            Ok(mut answers) => answers
+                .pop()
+                .map(|answer| vm.decided(&entry.check, &answer, self.sent_at)),
+            // It never reached limitd: the root sends it again, within its timeout.
+            Err(e @ CalloutError::Unreachable(_)) if !entry.retried => {
+                Metrics::bump(vm.metrics.callout_retries);
+                let settled = vm.batcher.borrow_mut().retry(vec![entry]);
+                settled.first().map(|entry| vm.failed(&entry.check, &e))
+            }
+            Err(e) => Some(vm.failed(&entry.check, &e)),
+        };
+        self.finish_direct();
+        if let Some(decision) = decision {
+            let (_, headers) = vm.carry_out(decision, true);
+            self.response_headers = headers;
+        }
+    }
+
+    /// This request's own callout is over: wake the root if others waited.
+    fn finish_direct(&self) {
+        let wake = self.vm.batcher.borrow_mut().direct_done(self.context_id);
+        if let (true, Some(queue)) = (wake, self.queue) {
+            if hostcalls::enqueue_shared_queue(queue, Some(b"w")).is_err() {
+                // Let the next arrival try to wake it again.
+                self.vm.batcher.borrow_mut().wake_handled();
+                log(
+                    LogLevel::Error,
+                    "ratelimit: cannot wake the root to send waiting checks",
+                );
+            }
+        }
+    }
 
     /// Sends the check in a callout of this request's own.
     fn send_check(&mut self, check: Check) -> Action {
@@ -642,6 +717,10 @@ impl Context for Request {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if let Some(entry) = self.direct.take() {
+            self.direct_answered(entry, num_headers, body_size);
+            return;
+        }
         let Some(check) = self.pending.take() else {
             return;
         };
@@ -656,8 +735,11 @@ impl Context for Request {
         let (_, headers) = vm.carry_out(decision, true);
         self.response_headers = headers;
     }
-
     fn on_done(&mut self) -> bool {
+        // Envoy cancels the callout of a request that is done: it is no longer in flight.
+        if self.direct.take().is_some() {
+            self.finish_direct();
+        }
         self.vm.batcher.borrow_mut().done(self.context_id);
         true
     }
@@ -675,6 +757,9 @@ impl HttpContext for Request {
                 }
                 Metrics::bump(self.vm.metrics.checks);
                 match self.queue {
+                    Some(_) if self.vm.batcher.borrow_mut().try_direct(self.context_id) => {
+                        self.send_direct(check)
+                    }
                     Some(queue) => self.queue_check(queue, check),
                     None => self.send_check(check),
                 }

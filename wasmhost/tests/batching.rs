@@ -23,14 +23,15 @@ fn key(i: usize) -> String {
     format!("limited_endpoint:{}", ip(i))
 }
 
-/// A VM with one request (client 0) whose batch of one is in flight, and
-/// queue events held: what arrives next waits for the next callout.
+/// A VM with one request (client 0) whose check is in flight: what arrives
+/// next waits for the next callout. At low load a request sends its own check
+/// at once, from its own context, without waking the root.
 fn one_in_flight(config: &str) -> (Vm, Request, u32) {
     let mut vm = host().start(config).unwrap();
-    vm.hold_queue_events(true);
     let first = get_from(&mut vm, "/limited_endpoint", &ip(0));
-    assert_eq!(vm.deliver_queue_events().unwrap(), 1, "the root was woken");
+    assert!(vm.pending_queue_events().is_empty(), "no wake-up needed");
     let call = only_pending_call(&vm);
+    assert_eq!(call.context_id, first.id, "sent by the request itself");
     assert_eq!(first_keys(&call), [key(0)]);
     (vm, first, call.token)
 }
@@ -49,11 +50,6 @@ fn arrive(vm: &mut Vm, ids: std::ops::RangeInclusive<usize>) -> Vec<Request> {
 fn requests_arriving_while_a_callout_is_in_flight_go_out_together_in_the_next_one() {
     let (mut vm, first, token) = one_in_flight(&config("allow"));
     let waiting = arrive(&mut vm, 1..=4);
-    assert!(
-        !vm.pending_queue_events().is_empty(),
-        "the root is woken for them"
-    );
-    vm.deliver_queue_events().unwrap();
     assert_eq!(
         vm.pending_calls().len(),
         1,
@@ -157,8 +153,10 @@ fn max_checks_bounds_a_batch() {
     vm.hold_queue_events(true);
     let reqs = arrive(&mut vm, 1..=5);
     vm.deliver_queue_events().unwrap();
+    vm.hold_queue_events(false);
 
-    // One callout in flight at a time: 2, then 2, then 1.
+    // One callout in flight at a time: the first request's own, then the
+    // four that waited, 2 and 2.
     let mut sizes = Vec::new();
     let mut keys = Vec::new();
     while let Some(call) = vm.pending_calls().first().cloned() {
@@ -170,31 +168,33 @@ fn max_checks_bounds_a_batch() {
         vm.respond_to_call(call.token, &[(":status", "200")], &batch_answer(results))
             .unwrap();
     }
-    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(sizes, [1, 2, 2]);
     assert_eq!(keys, (1..=5).map(key).collect::<Vec<_>>());
     assert!(reqs.iter().all(|req| vm.request_forwarded(*req)));
     assert_eq!((metric(&vm, "checks"), metric(&vm, "callouts")), (5, 3));
 
-    // With room for more callouts in flight, the root sends them at once.
+    // With room for four callouts in flight, requests go out on their own
+    // while there is room, and what waits goes out in batches as room frees.
     let config = with_batch(
         &common::filter::config("allow"),
         r#"{"max_checks": 2, "max_in_flight": 4}"#,
     );
     let mut vm = host().start(config).unwrap();
-    vm.hold_queue_events(true);
-    let reqs = arrive(&mut vm, 1..=5);
-    vm.deliver_queue_events().unwrap();
+    let reqs = arrive(&mut vm, 1..=6);
     let calls = vm.pending_calls();
     let sizes: Vec<usize> = calls.iter().map(|c| first_keys(c).len()).collect();
-    assert_eq!(sizes, [2, 2, 1]);
-    // Answered out of order, each request still gets its own batch's answer.
+    assert_eq!(sizes, [1, 1, 1, 1], "1 to 4 on their own; 5 and 6 wait");
+    // Answered out of order, each request still gets its own answer; the first
+    // answer frees room, and 5 and 6 go out together.
+    let deny = |n: usize| batch_answer((0..n).map(|_| result(false, 0, 1_000)).collect());
     for call in calls.iter().rev() {
-        let results = (0..first_keys(call).len())
-            .map(|_| result(false, 0, 1_000))
-            .collect();
-        vm.respond_to_call(call.token, &[(":status", "200")], &batch_answer(results))
+        vm.respond_to_call(call.token, &[(":status", "200")], &deny(1))
             .unwrap();
     }
+    let rest = only_pending_call(&vm);
+    assert_eq!(first_keys(&rest), [key(5), key(6)]);
+    vm.respond_to_call(rest.token, &[(":status", "200")], &deny(2))
+        .unwrap();
     assert!(reqs
         .iter()
         .all(|req| vm.local_reply(req.id).map(|r| r.status) == Some(429)));
@@ -294,14 +294,18 @@ fn a_failed_batch_applies_the_failure_mode_to_every_request_in_it() {
          "failure_mode": "deny"}]}"#;
     for failure in FAILURES {
         let mut vm = host().start(config).unwrap();
-        vm.hold_queue_events(true);
+        // A first request's own callout is in flight while the four arrive.
+        let busy = get_from(&mut vm, "/home", &ip(9));
+        let own = only_pending_call(&vm);
         let reqs = [
             get_from(&mut vm, "/home", &ip(1)),
             get_from(&mut vm, "/pay/now", &ip(2)),
             get_from(&mut vm, "/about", &ip(3)),
             get_from(&mut vm, "/pay/later", &ip(4)),
         ];
-        vm.deliver_queue_events().unwrap();
+        vm.respond_to_call(own.token, &[(":status", "200")], &answer(true, 0))
+            .unwrap();
+        assert!(vm.request_forwarded(busy));
         let call = only_pending_call(&vm);
         assert_eq!(batch_of(&call).checks.len(), 4);
         fail(&mut vm, call.token, 4, failure).unwrap();
@@ -321,7 +325,7 @@ fn a_failed_batch_applies_the_failure_mode_to_every_request_in_it() {
                 metric(&vm, "allowed"),
                 metric(&vm, "denied"),
             ),
-            (2, 2, 0, 0),
+            (2, 2, 1, 0),
             "{failure:?}"
         );
         assert!(metric(&vm, "callout_errors") >= 1, "{failure:?}");
@@ -344,16 +348,25 @@ fn each_vm_wakes_its_own_root_under_its_own_queue_name() {
     assert_ne!(queue_a, queue_b);
     assert!(a.owns_queue(queue_a) && !a.owns_queue(queue_b));
     assert!(b.owns_queue(queue_b) && !b.owns_queue(queue_a));
-
     a.hold_queue_events(true);
     b.hold_queue_events(true);
+    // A request on an idle VM sends its own check; the next one waits, and
+    // wakes its own VM's root.
+    let busy_a = get_from(&mut a, "/limited_endpoint", &ip(3));
+    let busy_b = get_from(&mut b, "/limited_endpoint", &ip(4));
+    assert!(a.pending_queue_events().is_empty() && b.pending_queue_events().is_empty());
     let on_a = get_from(&mut a, "/limited_endpoint", &ip(1));
     assert_eq!(a.pending_queue_events(), [queue_a]);
     assert!(b.pending_queue_events().is_empty());
     let on_b = get_from(&mut b, "/limited_endpoint", &ip(2));
     assert_eq!(b.pending_queue_events(), [queue_b]);
-
-    for (vm, req, client) in [(&mut a, on_a, 1), (&mut b, on_b, 2)] {
+    for (vm, busy, req, client) in [(&mut a, busy_a, on_a, 1), (&mut b, busy_b, on_b, 2)] {
+        vm.deliver_queue_events().unwrap();
+        let own = only_pending_call(vm);
+        assert_eq!(own.context_id, busy.id);
+        vm.respond_to_call(own.token, &[(":status", "200")], &answer(true, 0))
+            .unwrap();
+        assert!(vm.request_forwarded(busy));
         vm.deliver_queue_events().unwrap();
         let call = only_pending_call(vm);
         assert_eq!(call.context_id, vm.root_id());
@@ -389,12 +402,10 @@ fn a_vm_started_later_does_not_take_over_an_earlier_vms_requests() {
     let results = vec![result(true, 8, 0), result(true, 7, 0)];
     a.respond_to_call(call.token, &[(":status", "200")], &batch_answer(results))
         .unwrap();
-    assert!(a.request_forwarded(waiting) && a.request_forwarded(later));
-
-    // And B's own requests go out from B.
+    assert!(a.request_forwarded(waiting) && a.request_forwarded(later)); // And B's own requests go out from B.
     let on_b = get(&mut b, "/limited_endpoint");
     let call = only_pending_call(&b);
-    assert_eq!(call.context_id, b.root_id());
+    assert_eq!(call.context_id, on_b.id);
     b.respond_to_call(call.token, &[(":status", "200")], &answer(true, 0))
         .unwrap();
     assert!(b.request_forwarded(on_b));

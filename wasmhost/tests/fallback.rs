@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::filter::{
-    batch_of, get_from, json, limitd_down, metric, only_pending_call, without_batching,
+    answer, batch_of, get_from, json, limitd_down, metric, only_pending_call, without_batching,
 };
 use common::host;
 use wasmhost::{Request, Vm};
@@ -136,11 +136,15 @@ fn a_new_fallback_window_admits_again() {
 #[test]
 fn a_failed_batch_spends_the_fallback_in_arrival_order() {
     let mut vm = host().start(CONFIG).unwrap();
-    vm.hold_queue_events(true);
+    // Another client's own callout is in flight while these three arrive.
+    let busy = get_from(&mut vm, "/limited_endpoint", "10.9.9.9");
+    let own = only_pending_call(&vm);
     let reqs: Vec<Request> = (0..3)
         .map(|_| get_from(&mut vm, "/limited_endpoint", "10.0.0.1"))
         .collect();
-    vm.deliver_queue_events().unwrap();
+    vm.respond_to_call(own.token, &[(":status", "200")], &answer(true, 0))
+        .unwrap();
+    assert!(vm.request_forwarded(busy));
     let call = only_pending_call(&vm);
     assert_eq!(batch_of(&call).checks.len(), 3, "one batch of three");
     vm.reset_call(call.token).unwrap();
@@ -187,11 +191,15 @@ fn without_a_fallback_the_failure_mode_applies_and_without_batching_the_fallback
 #[test]
 fn a_client_that_went_away_while_its_batch_was_in_flight_spends_no_fallback() {
     let mut vm = host().start(CONFIG).unwrap();
-    vm.hold_queue_events(true);
+    // Another client's own callout is in flight while these three arrive.
+    let busy = get_from(&mut vm, "/limited_endpoint", "10.9.9.9");
+    let own = only_pending_call(&vm);
     let reqs: Vec<Request> = (0..3)
         .map(|_| get_from(&mut vm, "/limited_endpoint", "10.0.0.1"))
         .collect();
-    vm.deliver_queue_events().unwrap();
+    vm.respond_to_call(own.token, &[(":status", "200")], &answer(true, 0))
+        .unwrap();
+    assert!(vm.request_forwarded(busy));
     let call = only_pending_call(&vm);
     assert_eq!(batch_of(&call).checks.len(), 3);
 
