@@ -242,6 +242,18 @@ impl Stack {
         Ok(stack)
     }
 
+    /// For tests: starts a stack on free ports with `envoy`, or panics saying
+    /// why (every missing binary included): a test that cannot run its real
+    /// parts fails loudly rather than skip.
+    pub fn for_test(envoy: EnvoyOptions) -> Stack {
+        Binaries::require();
+        Stack::start(StackOptions {
+            envoy,
+            ..StackOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("stack did not start: {e}"))
+    }
+
     fn spawn(&mut self, name: &str, command: Command) -> Result<(), String> {
         let process = Process::spawn(name, command, &self.dir).map_err(|e| e.to_string())?;
         self.processes.insert(name.to_owned(), process);

@@ -7,20 +7,13 @@ use std::time::{Duration, Instant};
 
 use e2e::process::Process;
 use e2e::stack::free_port;
-use e2e::{
-    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions,
-};
+use e2e::{eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack};
 
 const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
 const CLIENT_2: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
 
 fn start(envoy: EnvoyOptions) -> Stack {
-    Binaries::require();
-    Stack::start(StackOptions {
-        envoy,
-        ..StackOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("stack did not start: {e}"))
+    Stack::for_test(envoy)
 }
 
 fn get(to: SocketAddr, path: &str, from: Option<IpAddr>) -> HttpResponse {

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use e2e::load::{percentile, seconds_between};
 use e2e::{
-    eventually, http_get, redis_command, Binaries, EnvoyOptions, Load, LoadOptions, LoadReport,
-    Resp, Stack, StackOptions,
+    eventually, http_get, redis_command, EnvoyOptions, Load, LoadOptions, LoadReport, Resp, Stack,
 };
 
 /// The load's total rate and connections.
@@ -51,16 +50,11 @@ fn rule(name: &str, extra: &str) -> String {
 /// The shipped configuration with `rules` added in front of the demo rules
 /// (on the same line: the plugin configuration is a YAML block scalar).
 fn start(rules: &[String]) -> Stack {
-    Binaries::require();
     let envoy = EnvoyOptions::default().replace(
         r#""rules": ["#,
         &format!(r#""rules": [ {}"#, rules.join(" ")),
     );
-    Stack::start(StackOptions {
-        envoy,
-        ..StackOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("stack did not start: {e}"))
+    Stack::for_test(envoy)
 }
 
 fn load(stack: &Stack, paths: &[&str], connections: usize) -> Load {
