@@ -22,6 +22,7 @@ use redis::IntoConnectionInfo;
 /// | `SENTINEL_PASSWORD` | password of the sentinels (their `requirepass`), only with `SENTINEL_HOSTS` | none |
 /// | `REDIS_CONNECT_TIMEOUT_MS` | timeout of one connection attempt to Redis | `500` |
 /// | `REDIS_RESPONSE_TIMEOUT_MS` | timeout of one Redis command (the check script, `PING`) | `250` |
+/// | `LIMITD_MASTER_POLL_MS` | with Sentinel, how often the sentinels are asked for the master, besides listening for `+switch-master` (100 to 3600000) | `1000` |
 /// | `LIMITD_MAX_BODY_BYTES` | the largest accepted check body; larger ones get `413` | `65536` |
 /// | `LIMITD_SHUTDOWN_GRACE_MS` | how long in-flight requests may drain after a shutdown signal | `5000` |
 ///
@@ -52,6 +53,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Timeout of one command (`REDIS_RESPONSE_TIMEOUT_MS`).
     pub response_timeout: Duration,
+    /// With Sentinel, how often the sentinels are asked for the master
+    /// (`LIMITD_MASTER_POLL_MS`), besides listening for `+switch-master`.
+    pub master_poll: Duration,
 }
 
 // Hand-written so the password never reaches a log line.
@@ -66,6 +70,7 @@ impl std::fmt::Debug for RedisConfig {
             )
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("master_poll", &self.master_poll)
             .finish()
     }
 }
@@ -135,6 +140,9 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 const DEFAULT_MASTER: &str = "mymaster";
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
 const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 250;
+const DEFAULT_MASTER_POLL_MS: u64 = 1_000;
+/// Upper bound of the master poll: beyond an hour the poll is effectively off.
+const MAX_MASTER_POLL_MS: u64 = 3_600_000;
 const DEFAULT_MAX_BODY_BYTES: usize = 65536;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
 /// Upper bound of the Redis timeouts: beyond a minute a "timeout" is a hang.
@@ -243,6 +251,13 @@ impl Config {
             1,
             MAX_REDIS_TIMEOUT_MS,
         )?;
+        let master_poll = millis(
+            "LIMITD_MASTER_POLL_MS",
+            get("LIMITD_MASTER_POLL_MS"),
+            DEFAULT_MASTER_POLL_MS,
+            100,
+            MAX_MASTER_POLL_MS,
+        )?;
         let max_body_bytes = number(
             "LIMITD_MAX_BODY_BYTES",
             get("LIMITD_MAX_BODY_BYTES"),
@@ -266,6 +281,7 @@ impl Config {
                 sentinel_password,
                 connect_timeout,
                 response_timeout,
+                master_poll,
             },
             http: HttpConfig {
                 // The bound above keeps this far below usize::MAX on any target.
@@ -370,6 +386,7 @@ mod tests {
         assert_eq!(config.redis.sentinel_password, None);
         assert_eq!(config.redis.connect_timeout, Duration::from_millis(500));
         assert_eq!(config.redis.response_timeout, Duration::from_millis(250));
+        assert_eq!(config.redis.master_poll, Duration::from_millis(1_000));
         assert_eq!(config.http.max_body_bytes, 65536);
         assert_eq!(config.http.shutdown_grace, Duration::from_millis(5000));
     }
@@ -389,6 +406,7 @@ mod tests {
             ("REDIS_RESPONSE_TIMEOUT_MS", "50"),
             ("LIMITD_MAX_BODY_BYTES", "1024"),
             ("LIMITD_SHUTDOWN_GRACE_MS", "0"),
+            ("LIMITD_MASTER_POLL_MS", "250"),
         ])
         .unwrap();
         assert_eq!(
@@ -407,6 +425,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.redis.connect_timeout, Duration::from_millis(100));
         assert_eq!(config.redis.response_timeout, Duration::from_millis(50));
+        assert_eq!(config.redis.master_poll, Duration::from_millis(250));
         assert_eq!(config.http.max_body_bytes, 1024);
         assert_eq!(config.http.shutdown_grace, Duration::ZERO);
     }

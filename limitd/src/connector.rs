@@ -28,6 +28,12 @@ use crate::config::{RedisConfig, RedisTarget};
 /// Makes connections to the current Redis master.
 pub struct Connector {
     target: Target,
+    /// With Sentinel: each sentinel's address (with its password) and the
+    /// master name, for listening to `+switch-master`.
+    announcers: Vec<redis::ConnectionInfo>,
+    master_name: String,
+    /// How often the sentinels are asked for the master.
+    master_poll: Duration,
     connection: AsyncConnectionConfig,
     /// Bound on one master resolution through the sentinels (several round trips).
     resolve_timeout: Duration,
@@ -56,6 +62,8 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Prepares connections as `config` says; contacts no server yet.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
+        let mut announcers = Vec::new();
+        let mut master_name = String::new();
         let target = match &config.target {
             RedisTarget::Single { url } => {
                 let mut info = url.as_str().into_connection_info()?;
@@ -68,6 +76,16 @@ impl Connector {
                 Target::Single(Client::open(info)?)
             }
             RedisTarget::Sentinel { sentinels, master } => {
+                for (host, port) in sentinels {
+                    let mut info =
+                        ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
+                    if let Some(password) = &config.sentinel_password {
+                        let settings = info.redis_settings().clone().set_password(password);
+                        info = info.set_redis_settings(settings);
+                    }
+                    announcers.push(info);
+                }
+                master_name.clone_from(master);
                 let addrs = sentinels
                     .iter()
                     .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
@@ -92,6 +110,9 @@ impl Connector {
             Duration::from_secs(2) + 2 * (config.connect_timeout + config.response_timeout);
         Ok(Self {
             target,
+            announcers,
+            master_name,
+            master_poll: config.master_poll,
             connection,
             resolve_timeout,
         })
@@ -127,6 +148,20 @@ impl Connector {
             .get_multiplexed_async_connection_with_config(&self.connection)
             .await?;
         Ok((connection, addr))
+    }
+    /// The sentinels to listen to for `+switch-master`, and the master name.
+    pub fn announcers(&self) -> (&[redis::ConnectionInfo], &str) {
+        (&self.announcers, &self.master_name)
+    }
+
+    /// How often to ask the sentinels for the master.
+    pub fn master_poll(&self) -> Duration {
+        self.master_poll
+    }
+
+    /// How long connecting to a sentinel and subscribing may take.
+    pub fn connection_config_timeout(&self) -> Duration {
+        self.resolve_timeout
     }
 
     /// Which settings to check when Redis refuses authentication.

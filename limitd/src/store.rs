@@ -16,9 +16,11 @@
 //! filter's failure mode turns into allow or deny.
 //!
 //! Errors alone are not enough: in a forced failover both nodes answer `ROLE master` for
-//! seconds, and writes to the old one are lost without any error. So with Sentinel a watch task
-//! also asks the sentinels for the master every [`MASTER_WATCH_INTERVAL`] and starts a rebuild
-//! when the address differs from the connected one.
+//! seconds, and writes to the old one are lost without any error. So with Sentinel, limitd also
+//! listens on every sentinel for `+switch-master` naming its master and rebuilds at once, and a
+//! watch task asks the sentinels for the master every `LIMITD_MASTER_POLL_MS` (default
+//! [`MASTER_WATCH_INTERVAL`]) and rebuilds when the address differs from the connected one: the
+//! poll covers a sentinel that is away, and sees a promotion before the announcement does.
 //!
 //! Every failed command, connection attempt and master resolution is counted in
 //! `limitd_redis_errors_total` by [`classify`]; every rebuilt connection in
@@ -35,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use protocol::{CheckRequest, CheckResponse};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
@@ -224,6 +227,14 @@ impl CounterStore {
         }
         if follows_failover {
             tokio::spawn(watch_master(Arc::downgrade(&shared)));
+            let (sentinels, master) = shared.connector.announcers();
+            for sentinel in sentinels {
+                tokio::spawn(listen_switch_master(
+                    Arc::downgrade(&shared),
+                    sentinel.clone(),
+                    master.to_owned(),
+                ));
+            }
         }
         Ok(Self { shared })
     }
@@ -381,9 +392,78 @@ async fn rebuild(shared: Weak<Shared>) {
     }
 }
 
+/// The master a `+switch-master` announcement moves to, if it is `master`'s.
+/// The message is `<master name> <old ip> <old port> <new ip> <new port>`.
+pub fn switched_to(message: &str, master: &str) -> Option<String> {
+    let parts: Vec<&str> = message.split_whitespace().collect();
+    match parts[..] {
+        [name, _, _, ip, port] if name == master => Some(format!("{ip}:{port}")),
+        _ => None,
+    }
+}
+
+/// With Sentinel: listens on one sentinel for `+switch-master` and rebuilds at
+/// once when it names our master; reconnects (with backoff) when the sentinel
+/// goes away. The poll in [`watch_master`] covers the time it is away.
+async fn listen_switch_master(
+    shared: Weak<Shared>,
+    sentinel: redis::ConnectionInfo,
+    master: String,
+) {
+    let mut backoff = REBUILD_BACKOFF_START;
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let timeout = strong.connector.connection_config_timeout();
+        drop(strong);
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = redis::Client::open(sentinel.clone())?
+                .get_async_pubsub()
+                .await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(pubsub)) => {
+                backoff = REBUILD_BACKOFF_START;
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(strong) = shared.upgrade() else {
+                        return;
+                    };
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    if let Some(new_master) = switched_to(&payload, &master) {
+                        let link = strong.link();
+                        if link.addr.as_deref() != Some(new_master.as_str()) {
+                            let reason = format!(
+                                "+switch-master: the sentinels moved {master} to {new_master}"
+                            );
+                            strong.request_rebuild(link.generation, &reason);
+                        }
+                    }
+                }
+                tracing::debug!(sentinel = %sentinel.addr(), "+switch-master subscription ended; resubscribing");
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, sentinel = %sentinel.addr(), "cannot subscribe to +switch-master")
+            }
+            Err(_) => {
+                tracing::debug!(sentinel = %sentinel.addr(), "timed out subscribing to +switch-master")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(REBUILD_BACKOFF_MAX);
+    }
+}
+
 /// With Sentinel: rebuilds when the sentinels name a master other than the connected one.
 async fn watch_master(shared: Weak<Shared>) {
-    let mut interval = tokio::time::interval(MASTER_WATCH_INTERVAL);
+    let Some(poll) = shared.upgrade().map(|s| s.connector.master_poll()) else {
+        return;
+    };
+    let mut interval = tokio::time::interval(poll);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
@@ -498,5 +578,17 @@ mod tests {
         }
         assert!(!StoreError::Reply("x".into()).is_transient());
         assert!(StoreError::NotConnected.is_transient());
+    }
+
+    #[test]
+    fn switch_master_announcements_name_the_new_master() {
+        let message = "mymaster 127.0.0.1 6379 127.0.0.1 6380";
+        assert_eq!(
+            switched_to(message, "mymaster").as_deref(),
+            Some("127.0.0.1:6380")
+        );
+        assert_eq!(switched_to(message, "other"), None);
+        assert_eq!(switched_to("mymaster 1 2 3", "mymaster"), None);
+        assert_eq!(switched_to("", "mymaster"), None);
     }
 }

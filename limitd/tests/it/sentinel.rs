@@ -120,3 +120,63 @@ async fn a_failover_is_followed_without_restart() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_forced_failover_is_followed_on_the_sentinels_announcement() {
+    let master = RedisProcess::server(&[]);
+    let replica_of = format!("127.0.0.1 {}", master.port);
+    let replica = RedisProcess::server(&["--replicaof", &replica_of]);
+    let sentinel = RedisProcess::sentinel(master.port);
+    eventually(Duration::from_secs(10), "the replica to sync", || async {
+        resp(replica.port, &["INFO", "replication"])
+            .filter(|info| info.contains("master_link_status:up"))
+            .map(|_| ())
+    })
+    .await;
+    let replica_addr = format!("{}", replica.port);
+    eventually(
+        Duration::from_secs(15),
+        "sentinel to know the replica",
+        || async {
+            resp(sentinel.port, &["SENTINEL", "replicas", "mymaster"])
+                .filter(|reply| reply.contains(&replica_addr))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // The poll is an hour apart and no check runs during the failover (no
+    // READONLY to notice): only `+switch-master` can move limitd.
+    let state = AppState::connect(&config(&[
+        ("SENTINEL_HOSTS", format!("127.0.0.1:{}", sentinel.port)),
+        ("LIMITD_MASTER_POLL_MS", "3600000".into()),
+    ]))
+    .await
+    .unwrap();
+    let store = state.store().clone();
+    assert_eq!(
+        store.master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
+    // Let the subscription be in place before the failover starts (Sentinel
+    // has no PUBSUB command; its client list shows subscribers as sub=1).
+    eventually(Duration::from_secs(5), "limitd to subscribe", || async {
+        resp(sentinel.port, &["CLIENT", "LIST"])
+            .filter(|clients| clients.contains(" sub=1 "))
+            .map(|_| ())
+    })
+    .await;
+
+    let reply = resp(sentinel.port, &["SENTINEL", "FAILOVER", "mymaster"]);
+    assert!(
+        reply.is_some_and(|r| r.starts_with("+OK")),
+        "SENTINEL FAILOVER refused"
+    );
+    let promoted = format!("127.0.0.1:{}", replica.port);
+    eventually(
+        Duration::from_secs(20),
+        "limitd to follow the announcement",
+        || async { (store.master_addr().as_deref() == Some(promoted.as_str())).then_some(()) },
+    )
+    .await;
+}
