@@ -43,20 +43,20 @@ async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
     assert_eq!(response.hits[0].remaining, 1);
 }
 
-#[tokio::test]
-async fn a_failover_is_followed_without_restart() {
-    let mut master = RedisProcess::server(&[]);
+/// A master, a replica in sync with it, and a sentinel (quorum 1) that knows
+/// the replica: Sentinel discovers replicas through the master's INFO, and can
+/// only promote a known one.
+async fn master_replica_sentinel() -> (RedisProcess, RedisProcess, RedisProcess) {
+    let master = RedisProcess::server(&[]);
     let replica_of = format!("127.0.0.1 {}", master.port);
     let replica = RedisProcess::server(&["--replicaof", &replica_of]);
     let sentinel = RedisProcess::sentinel(master.port);
-
     eventually(Duration::from_secs(10), "the replica to sync", || async {
         resp(replica.port, &["INFO", "replication"])
             .filter(|info| info.contains("master_link_status:up"))
             .map(|_| ())
     })
     .await;
-    // Sentinel discovers replicas through the master's INFO; it can only promote a known one.
     let replica_addr = format!("{}", replica.port);
     eventually(
         Duration::from_secs(15),
@@ -68,6 +68,12 @@ async fn a_failover_is_followed_without_restart() {
         },
     )
     .await;
+    (master, replica, sentinel)
+}
+
+#[tokio::test]
+async fn a_failover_is_followed_without_restart() {
+    let (mut master, replica, sentinel) = master_replica_sentinel().await;
 
     let state = AppState::connect(&config(&[(
         "SENTINEL_HOSTS",
@@ -123,27 +129,7 @@ async fn a_failover_is_followed_without_restart() {
 
 #[tokio::test]
 async fn a_forced_failover_is_followed_on_the_sentinels_announcement() {
-    let master = RedisProcess::server(&[]);
-    let replica_of = format!("127.0.0.1 {}", master.port);
-    let replica = RedisProcess::server(&["--replicaof", &replica_of]);
-    let sentinel = RedisProcess::sentinel(master.port);
-    eventually(Duration::from_secs(10), "the replica to sync", || async {
-        resp(replica.port, &["INFO", "replication"])
-            .filter(|info| info.contains("master_link_status:up"))
-            .map(|_| ())
-    })
-    .await;
-    let replica_addr = format!("{}", replica.port);
-    eventually(
-        Duration::from_secs(15),
-        "sentinel to know the replica",
-        || async {
-            resp(sentinel.port, &["SENTINEL", "replicas", "mymaster"])
-                .filter(|reply| reply.contains(&replica_addr))
-                .map(|_| ())
-        },
-    )
-    .await;
+    let (master, replica, sentinel) = master_replica_sentinel().await;
 
     // The poll is an hour apart and no check runs during the failover (no
     // READONLY to notice): only `+switch-master` can move limitd.
