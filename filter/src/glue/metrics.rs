@@ -1,0 +1,75 @@
+//! The filter's counters and histogram, defined once per VM.
+
+use std::time::SystemTime;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use super::now;
+
+/// The filter's counters, shown by Envoy as `wasmcustom.ratelimit.*` in `/stats`
+/// (and without the prefix in `/stats/prometheus`). Same-named metrics of every
+/// worker's VM add up.
+pub(super) struct Metrics {
+    pub(super) checks: Option<u32>,
+    pub(super) allowed: Option<u32>,
+    pub(super) denied: Option<u32>,
+    pub(super) shadow_denied: Option<u32>,
+    pub(super) deny_cache_hits: Option<u32>,
+    pub(super) failure_mode_allowed: Option<u32>,
+    pub(super) failure_mode_denied: Option<u32>,
+    pub(super) fallback_allowed: Option<u32>,
+    pub(super) fallback_denied: Option<u32>,
+    pub(super) callout_errors: Option<u32>,
+    pub(super) callouts: Option<u32>,
+    pub(super) callout_retries: Option<u32>,
+    /// Histogram of callout round trips, in microseconds.
+    pub(super) callout_latency_us: Option<u32>,
+}
+
+impl Metrics {
+    pub(super) fn define() -> Self {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Metrics {
+            checks: counter("ratelimit.checks"),
+            allowed: counter("ratelimit.allowed"),
+            denied: counter("ratelimit.denied"),
+            shadow_denied: counter("ratelimit.shadow_denied"),
+            deny_cache_hits: counter("ratelimit.deny_cache_hits"),
+            failure_mode_allowed: counter("ratelimit.failure_mode_allowed"),
+            failure_mode_denied: counter("ratelimit.failure_mode_denied"),
+            fallback_allowed: counter("ratelimit.fallback_allowed"),
+            fallback_denied: counter("ratelimit.fallback_denied"),
+            callout_errors: counter("ratelimit.callout_errors"),
+            callouts: counter("ratelimit.callouts"),
+            callout_retries: counter("ratelimit.callout_retries"),
+            callout_latency_us: hostcalls::define_metric(
+                MetricType::Histogram,
+                "ratelimit.callout_latency_us",
+            )
+            .ok(),
+        }
+    }
+
+    pub(super) fn add(id: Option<u32>, n: usize) {
+        if let (Some(id), Ok(n)) = (id, i64::try_from(n)) {
+            if n > 0 {
+                let _ = hostcalls::increment_metric(id, n);
+            }
+        }
+    }
+
+    pub(super) fn bump(id: Option<u32>) {
+        Metrics::add(id, 1);
+    }
+
+    pub(super) fn record_latency(&self, since: Option<SystemTime>) {
+        let elapsed = since.and_then(|t| now()?.duration_since(t).ok());
+        if let (Some(id), Some(elapsed)) = (self.callout_latency_us, elapsed) {
+            let _ = hostcalls::record_metric(
+                id,
+                u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The root context of a worker's VM: configuration, and the batched callouts.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, Status};
+
+use crate::batch::{encode_batch, read_batch_answer, remaining_ms, Batcher, Entry};
+use crate::config::Policy;
+use crate::deny_cache::DenyCache;
+use crate::verdict::{CalloutError, Check, Decision};
+
+use super::metrics::Metrics;
+use super::request::Request;
+use super::vm::Vm;
+use super::{log, now, now_ms, VM_SEQUENCE_KEY};
+
+pub(super) struct Root {
+    pub(super) root_id: u32,
+    pub(super) vm: Option<Rc<Vm>>,
+    /// The queue that wakes this root, under a name unique to this VM.
+    pub(super) queue: Option<u32>,
+    /// When each batch callout in flight was sent, for the latency histogram.
+    pub(super) sent_at: HashMap<u32, Option<SystemTime>>,
+}
+
+impl Root {
+    /// Registers this VM's wake-up queue under `ratelimit.wake.<n>`, with `n`
+    /// taken from a counter in shared data (compare-and-swap).
+    pub(super) fn register_queue(&self) -> Option<u32> {
+        for _ in 0..64 {
+            let (value, cas) = hostcalls::get_shared_data(VM_SEQUENCE_KEY).ok()?;
+            let n: u64 = value
+                .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0);
+            match hostcalls::set_shared_data(
+                VM_SEQUENCE_KEY,
+                Some((n + 1).to_string().as_bytes()),
+                cas,
+            ) {
+                Ok(()) => {
+                    return hostcalls::register_shared_queue(&format!("ratelimit.wake.{n}")).ok()
+                }
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Sends what waits, as long as the bound on callouts in flight allows.
+    ///
+    /// Every request gets at most the configured timeout in all: those that
+    /// waited that long behind a hung callout get the failure mode now, and a
+    /// batch's callout may only take what is left of its oldest request's.
+    pub(super) fn pump(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        let now_ms = now_ms();
+        let timeout_ms = vm.policy.timeout_ms;
+        let expired = vm.batcher.borrow_mut().take_expired(now_ms, timeout_ms);
+        if !expired.is_empty() {
+            let decisions = decide_failed(&vm, expired, &CalloutError::Expired);
+            self.deliver(&vm, decisions);
+        }
+        loop {
+            let Some(batch) = vm.batcher.borrow_mut().next_batch() else {
+                return;
+            };
+            let budget_ms = remaining_ms(&batch, now_ms, timeout_ms);
+            match vm.dispatch(protocol::BATCH_PATH, &encode_batch(&batch), budget_ms) {
+                Ok(token) => {
+                    self.sent_at.insert(token, now());
+                    vm.batcher.borrow_mut().sent(token, batch);
+                }
+                Err(e) => {
+                    let decisions = decide_failed(&vm, batch, &e);
+                    self.deliver(&vm, decisions);
+                }
+            }
+        }
+    }
+
+    /// Resumes or answers each request, as its own effective context.
+    pub(super) fn deliver(&self, vm: &Vm, decisions: Vec<(u32, Decision)>) {
+        for (context_id, decision) in decisions {
+            if !vm.batcher.borrow().is_live(context_id) {
+                continue;
+            }
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue; // Gone on the host's side too.
+            }
+            let (_, headers) = vm.carry_out(decision, true);
+            vm.batcher.borrow_mut().set_headers(context_id, headers);
+        }
+        let _ = hostcalls::set_effective_context(self.root_id);
+    }
+}
+
+/// The failure mode's decisions for the live requests of a failed callout.
+pub(super) fn decide_failed(
+    vm: &Vm,
+    batch: Vec<Entry>,
+    error: &CalloutError,
+) -> Vec<(u32, Decision)> {
+    let (ids, checks): (Vec<u32>, Vec<Check>) = batch
+        .into_iter()
+        .filter(|entry| vm.batcher.borrow().is_live(entry.context_id))
+        .map(|entry| (entry.context_id, entry.check))
+        .unzip();
+    if checks.is_empty() {
+        return Vec::new();
+    }
+    ids.into_iter()
+        .zip(vm.failed_batch(&checks, error))
+        .collect()
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(vm) = self.vm.clone() else { return };
+        let Some(batch) = vm.batcher.borrow_mut().finished(token_id) else {
+            return;
+        };
+        let sent = self.sent_at.remove(&token_id).flatten();
+        vm.metrics.record_latency(sent);
+        let answers = vm
+            .read_callout(num_headers, body_size)
+            .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
+        // Requests whose client left meanwhile are not decided at all: nothing
+        // of theirs may be counted (shadow denials, fallback budget, failures).
+        let decisions: Vec<(u32, Decision)> = match answers {
+            Ok(answers) => batch
+                .iter()
+                .zip(&answers)
+                .filter(|(entry, _)| vm.batcher.borrow().is_live(entry.context_id))
+                .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer, sent)))
+                .collect(), // It never reached limitd (the instance died, Envoy has not ejected it
+            // yet): send it again at once, to another instance if there is one.
+            Err(e @ CalloutError::Unreachable(_)) => {
+                let waiting = vm.batcher.borrow().waiting();
+                let settled = vm.batcher.borrow_mut().retry(batch);
+                if vm.batcher.borrow().waiting() > waiting {
+                    Metrics::bump(vm.metrics.callout_retries);
+                }
+                decide_failed(&vm, settled, &e)
+            }
+            Err(e) => decide_failed(&vm, batch, &e),
+        };
+        self.deliver(&vm, decisions);
+        self.pump();
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // The main thread's VM starts before the workers' and creates the counter;
+        // a missing key's first write is unconditional, so workers must not race on it.
+        if let Ok((None, _)) = hostcalls::get_shared_data(VM_SEQUENCE_KEY) {
+            let _ = hostcalls::set_shared_data(VM_SEQUENCE_KEY, Some(b"0"), None);
+        }
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("ratelimit: cannot read the plugin configuration: {status:?}"),
+                );
+                return false;
+            }
+        };
+        let policy = match Policy::from_json(&bytes) {
+            Ok(policy) => policy,
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("ratelimit: invalid plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        if policy.batch.enabled && self.queue.is_none() {
+            self.queue = self.register_queue();
+            if self.queue.is_none() {
+                log(
+                    LogLevel::Error,
+                    "ratelimit: no wake-up queue; checking each request with its own callout",
+                );
+            }
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "ratelimit: configured {} rule(s), limitd cluster {:?}, timeout {}ms, batching {}",
+                policy.rules.len(),
+                policy.limitd_cluster,
+                policy.timeout_ms,
+                if policy.batch.enabled && self.queue.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+            ),
+        );
+        let batcher = Batcher::new(policy.batch.max_checks, policy.batch.max_in_flight);
+        self.vm = Some(Rc::new(Vm {
+            policy,
+            metrics: Metrics::define(),
+            batcher: RefCell::new(batcher),
+            deny_cache: RefCell::new(DenyCache::default()),
+        }));
+        true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(vm) = &self.vm {
+            vm.batcher.borrow_mut().wake_handled();
+        }
+        self.pump();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        vm.batcher.borrow_mut().created(context_id);
+        let queue = if vm.policy.batch.enabled {
+            self.queue
+        } else {
+            None
+        };
+        Some(Box::new(Request {
+            context_id,
+            vm,
+            queue,
+            pending: None,
+            direct: None,
+            response_headers: Vec::new(),
+            sent_at: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

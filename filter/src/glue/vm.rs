@@ -1,0 +1,203 @@
+//! What the contexts of one worker's VM share: the policy, the counters,
+//! the batcher and the deny cache; and the host calls they all make.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+
+use crate::batch::Batcher;
+use crate::config::Policy;
+use crate::deny_cache::DenyCache;
+use crate::fallback::LocalCounters;
+use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
+
+use super::metrics::Metrics;
+use super::{epoch_ms, log, now};
+
+/// What the contexts of one VM share.
+pub(super) struct Vm {
+    pub(super) policy: Policy,
+    pub(super) metrics: Metrics,
+    pub(super) batcher: RefCell<Batcher>,
+    pub(super) deny_cache: RefCell<DenyCache>,
+}
+
+impl Vm {
+    pub(super) fn callout_headers(&self, path: &'static str) -> Vec<(&str, &str)> {
+        vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", &self.policy.limitd_authority),
+            ("content-type", "application/json"),
+        ]
+    }
+
+    pub(super) fn dispatch(
+        &self,
+        path: &'static str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, CalloutError> {
+        let token = hostcalls::dispatch_http_call(
+            &self.policy.limitd_cluster,
+            self.callout_headers(path),
+            Some(body),
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| CalloutError::Dispatch(format!("{status:?}")))?;
+        Metrics::bump(self.metrics.callouts);
+        Ok(token)
+    }
+
+    /// Reads the answer to the callout being handled: its status and body.
+    pub(super) fn read_callout(
+        &self,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), CalloutError> {
+        // A callout reset after its headers arrives with none; reading a header then
+        // would make the SDK panic, so this is checked first.
+        if num_headers == 0 {
+            return Err(CalloutError::Reset);
+        }
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .map_err(|s| CalloutError::Status(format!("unreadable ({s:?})")))?
+            .unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .map_err(|s| CalloutError::Body(format!("unreadable ({s:?})")))?
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub(super) fn failed(&self, check: &Check, error: &CalloutError) -> Decision {
+        self.failed_batch(std::slice::from_ref(check), error)
+            .pop()
+            .unwrap_or(Decision::Allow {
+                outcome: Outcome::FailedOpen,
+                headers: Vec::new(),
+            })
+    }
+
+    /// The failure mode's decisions for the checks of a callout that failed,
+    /// counted per check and logged once.
+    pub(super) fn failed_batch(&self, checks: &[Check], error: &CalloutError) -> Vec<Decision> {
+        Metrics::add(self.metrics.callout_errors, checks.len());
+        log(
+            LogLevel::Warn,
+            &format!(
+                "ratelimit: {error}; the rules' failure mode applies to {} request(s)",
+                checks.len()
+            ),
+        );
+        checks
+            .iter()
+            .map(|check| self.policy.on_failure(check, &SharedCounters))
+            .collect()
+    }
+
+    /// The decision on limitd's answer; its denials are remembered in the deny
+    /// cache, counted from `sent` (when the check went out).
+    pub(super) fn decided(
+        &self,
+        check: &Check,
+        answer: &protocol::CheckResponse,
+        sent: Option<SystemTime>,
+    ) -> Decision {
+        Metrics::add(
+            self.metrics.shadow_denied,
+            self.policy.shadow_denials(check, answer),
+        );
+        if !answer.allowed {
+            if let (Some(sent_ms), Some(now_ms)) =
+                (sent.and_then(epoch_ms), now().and_then(epoch_ms))
+            {
+                self.policy.learn(
+                    check,
+                    answer,
+                    sent_ms,
+                    now_ms,
+                    &mut self.deny_cache.borrow_mut(),
+                );
+            }
+        }
+        self.policy.decide(check, answer)
+    }
+
+    /// A denial from the deny cache, if one of the check's keys is in it.
+    pub(super) fn cached_denial(&self, check: &Check) -> Option<Decision> {
+        let cache = self.deny_cache.borrow();
+        if cache.is_empty() {
+            return None;
+        }
+        let now_ms = now().and_then(epoch_ms)?;
+        self.policy.cached_denial(check, &cache, now_ms)
+    }
+
+    /// Carries out a decision for the current (effective) request context.
+    /// Returns the headers to add to the upstream's response, if any.
+    pub(super) fn carry_out(&self, decision: Decision, paused: bool) -> (Action, Headers) {
+        match decision {
+            Decision::Allow { outcome, headers } => {
+                Metrics::bump(match outcome {
+                    Outcome::Allowed => self.metrics.allowed,
+                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
+                    Outcome::FallbackAllowed => self.metrics.fallback_allowed,
+                });
+                if paused {
+                    if let Err(status) = hostcalls::resume_http_request() {
+                        log(
+                            LogLevel::Warn,
+                            &format!("ratelimit: cannot resume the request: {status:?}"),
+                        );
+                    }
+                }
+                (Action::Continue, headers)
+            }
+            Decision::Reply(reply) => {
+                Metrics::bump(match reply.kind {
+                    ReplyKind::OverLimit => self.metrics.denied,
+                    ReplyKind::FallbackOverLimit => self.metrics.fallback_denied,
+                    ReplyKind::Unavailable => self.metrics.failure_mode_denied,
+                });
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                if let Err(status) = hostcalls::send_http_response(
+                    reply.status,
+                    headers,
+                    Some(reply.body.as_bytes()),
+                ) {
+                    log(
+                        LogLevel::Warn,
+                        &format!("ratelimit: cannot send the local reply: {status:?}"),
+                    );
+                }
+                (Action::Pause, Vec::new())
+            }
+        }
+    }
+}
+
+/// Fallback counters in Envoy's shared data (one map per `vm_id`, process-wide).
+pub(super) struct SharedCounters;
+
+impl LocalCounters for SharedCounters {
+    fn now_ms(&self) -> u64 {
+        now()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn load(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn store(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
