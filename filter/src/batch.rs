@@ -83,6 +83,12 @@ impl Batcher {
         !std::mem::replace(&mut self.woken, true)
     }
 
+    /// Takes back the check just pushed (its request could not wake the root).
+    pub fn unpush(&mut self) -> Option<Entry> {
+        self.woken = false;
+        self.waiting.pop_back()
+    }
+
     /// Takes the live requests that have waited `timeout_ms` or more without
     /// going out (the callout ahead of them hung): they get the failure mode
     /// now, so no request waits longer than the timeout in all.

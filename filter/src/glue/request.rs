@@ -56,14 +56,15 @@ impl Request {
             .vm
             .batcher
             .borrow_mut()
-            .push(self.context_id, check.clone(), now_ms());
+            .push(self.context_id, check, now_ms());
         if wake {
             if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"w")) {
                 // Without a wake-up the root would never send it: decide now.
-                self.vm.batcher.borrow_mut().wake_handled();
-                self.vm.batcher.borrow_mut().done(self.context_id);
+                let Some(entry) = self.vm.batcher.borrow_mut().unpush() else {
+                    return Action::Continue;
+                };
                 let decision = self.vm.failed(
-                    &check,
+                    &entry.check,
                     &CalloutError::Dispatch(format!("wake-up queue: {status:?}")),
                 );
                 let (action, headers) = self.vm.carry_out(decision, false);
@@ -73,6 +74,7 @@ impl Request {
         }
         Action::Pause
     }
+
     /// Sends the check at once in a callout of this request's own, as a batch
     /// of one: nothing waits and no callout is in flight, so going through the
     /// root would only add its wake-up to the request's latency.
