@@ -8,7 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
 
-use crate::batch::{encode_batch, read_batch_answer, Entry};
+use crate::batch::{encode_batch, Entry};
 use crate::request::RequestView;
 use crate::verdict::{CalloutError, Check, Headers, Verdict};
 
@@ -108,26 +108,10 @@ impl Request {
     /// The answer to this request's own callout.
     pub(super) fn direct_answered(&mut self, entry: Entry, num_headers: usize, body_size: usize) {
         let vm = self.vm.clone();
-        vm.metrics.record_latency(self.sent_at);
-        let answers = vm
-            .read_callout(num_headers, body_size)
-            .and_then(|(status, body)| {
-                read_batch_answer(std::slice::from_ref(&entry), &status, &body)
-            });
-        let decision = match answers {
-            Ok(mut answers) => answers
-                .pop()
-                .map(|answer| vm.decided(&entry.check, &answer, self.sent_at)),
-            // It never reached limitd: the root sends it again, within its timeout.
-            Err(e @ CalloutError::Unreachable(_)) if !entry.retried => {
-                Metrics::bump(vm.metrics.callout_retries);
-                let settled = vm.batcher.borrow_mut().retry(vec![entry]);
-                settled.first().map(|entry| vm.failed(&entry.check, &e))
-            }
-            Err(e) => Some(vm.failed(&entry.check, &e)),
-        };
+        let decisions = vm.settle(vec![entry], num_headers, body_size, self.sent_at);
         self.finish_direct();
-        if let Some(decision) = decision {
+        // None when the check went back to the queue to be sent again.
+        if let Some((_, decision)) = decisions.into_iter().next() {
             let (_, headers) = vm.carry_out(decision, true);
             self.response_headers = headers;
         }

@@ -9,10 +9,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, Status};
 
-use crate::batch::{encode_batch, read_batch_answer, remaining_ms, Batcher, Entry};
+use crate::batch::{encode_batch, remaining_ms, Batcher};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
-use crate::verdict::{CalloutError, Check, Decision};
+use crate::verdict::{CalloutError, Decision};
 
 use super::metrics::Metrics;
 use super::request::Request;
@@ -63,7 +63,7 @@ impl Root {
         let timeout_ms = vm.policy.timeout_ms;
         let expired = vm.batcher.borrow_mut().take_expired(now_ms, timeout_ms);
         if !expired.is_empty() {
-            let decisions = decide_failed(&vm, expired, &CalloutError::Expired);
+            let decisions = vm.failed_live(expired, &CalloutError::Expired);
             self.deliver(&vm, decisions);
         }
         loop {
@@ -77,7 +77,7 @@ impl Root {
                     vm.batcher.borrow_mut().sent(token, batch);
                 }
                 Err(e) => {
-                    let decisions = decide_failed(&vm, batch, &e);
+                    let decisions = vm.failed_live(batch, &e);
                     self.deliver(&vm, decisions);
                 }
             }
@@ -100,25 +100,6 @@ impl Root {
     }
 }
 
-/// The failure mode's decisions for the live requests of a failed callout.
-pub(super) fn decide_failed(
-    vm: &Vm,
-    batch: Vec<Entry>,
-    error: &CalloutError,
-) -> Vec<(u32, Decision)> {
-    let (ids, checks): (Vec<u32>, Vec<Check>) = batch
-        .into_iter()
-        .filter(|entry| vm.batcher.borrow().is_live(entry.context_id))
-        .map(|entry| (entry.context_id, entry.check))
-        .unzip();
-    if checks.is_empty() {
-        return Vec::new();
-    }
-    ids.into_iter()
-        .zip(vm.failed_batch(&checks, error))
-        .collect()
-}
-
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
@@ -132,30 +113,7 @@ impl Context for Root {
             return;
         };
         let sent = self.sent_at.remove(&token_id).flatten();
-        vm.metrics.record_latency(sent);
-        let answers = vm
-            .read_callout(num_headers, body_size)
-            .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
-        // Requests whose client left meanwhile are not decided at all: nothing
-        // of theirs may be counted (shadow denials, fallback budget, failures).
-        let decisions: Vec<(u32, Decision)> = match answers {
-            Ok(answers) => batch
-                .iter()
-                .zip(&answers)
-                .filter(|(entry, _)| vm.batcher.borrow().is_live(entry.context_id))
-                .map(|(entry, answer)| (entry.context_id, vm.decided(&entry.check, answer, sent)))
-                .collect(), // It never reached limitd (the instance died, Envoy has not ejected it
-            // yet): send it again at once, to another instance if there is one.
-            Err(e @ CalloutError::Unreachable(_)) => {
-                let waiting = vm.batcher.borrow().waiting();
-                let settled = vm.batcher.borrow_mut().retry(batch);
-                if vm.batcher.borrow().waiting() > waiting {
-                    Metrics::bump(vm.metrics.callout_retries);
-                }
-                decide_failed(&vm, settled, &e)
-            }
-            Err(e) => decide_failed(&vm, batch, &e),
-        };
+        let decisions = vm.settle(batch, num_headers, body_size, sent);
         self.deliver(&vm, decisions);
         self.pump();
     }

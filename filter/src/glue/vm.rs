@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use crate::batch::Batcher;
+use crate::batch::{read_batch_answer, Batcher, Entry};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
@@ -96,6 +96,61 @@ impl Vm {
             .iter()
             .map(|check| self.policy.on_failure(check, &SharedCounters))
             .collect()
+    }
+
+    /// The failure mode's decisions for the live requests of a failed callout.
+    pub(super) fn failed_live(
+        &self,
+        batch: Vec<Entry>,
+        error: &CalloutError,
+    ) -> Vec<(u32, Decision)> {
+        let (ids, checks): (Vec<u32>, Vec<Check>) = batch
+            .into_iter()
+            .filter(|entry| self.batcher.borrow().is_live(entry.context_id))
+            .map(|entry| (entry.context_id, entry.check))
+            .unzip();
+        if checks.is_empty() {
+            return Vec::new();
+        }
+        ids.into_iter()
+            .zip(self.failed_batch(&checks, error))
+            .collect()
+    }
+
+    /// Decides the requests of a callout that just answered (sent at `sent`),
+    /// whoever sent it: the root (a batch) or a request (its own check).
+    /// Requests whose client left meanwhile are not decided at all: nothing of
+    /// theirs may be counted (shadow denials, fallback budget, failures). A
+    /// batch that never reached limitd (the instance died and Envoy has not
+    /// ejected it yet) goes back to the queue to be sent again, once.
+    pub(super) fn settle(
+        &self,
+        batch: Vec<Entry>,
+        num_headers: usize,
+        body_size: usize,
+        sent: Option<SystemTime>,
+    ) -> Vec<(u32, Decision)> {
+        self.metrics.record_latency(sent);
+        let answers = self
+            .read_callout(num_headers, body_size)
+            .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
+        match answers {
+            Ok(answers) => batch
+                .iter()
+                .zip(&answers)
+                .filter(|(entry, _)| self.batcher.borrow().is_live(entry.context_id))
+                .map(|(entry, answer)| (entry.context_id, self.decided(&entry.check, answer, sent)))
+                .collect(),
+            Err(e @ CalloutError::Unreachable(_)) => {
+                let waiting = self.batcher.borrow().waiting();
+                let settled = self.batcher.borrow_mut().retry(batch);
+                if self.batcher.borrow().waiting() > waiting {
+                    Metrics::bump(self.metrics.callout_retries);
+                }
+                self.failed_live(settled, &e)
+            }
+            Err(e) => self.failed_live(batch, &e),
+        }
     }
 
     /// The decision on limitd's answer; its denials are remembered in the deny
