@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use protocol::CheckResponse;
 
-use crate::support::{app_for_redis, check_one, eventually, post_check, resp, RedisProcess};
+use crate::support::{
+    app_for_redis, check_one, eventually, post_check, resp, until_checks_work, RedisProcess,
+};
 
 #[tokio::test]
 async fn ten_are_allowed_then_the_eleventh_is_denied() {
@@ -183,14 +185,12 @@ async fn a_restarted_redis_is_reconnected_to() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let _again = RedisProcess::server_on(port);
-    eventually(Duration::from_secs(5), "checks to work again", || async {
-        let (status, _) = post_check(
-            &app,
-            r#"{"hits":[{"key":"restart:k","limit":5,"window_ms":60000}]}"#,
-        )
-        .await;
-        (status == StatusCode::OK).then_some(())
-    })
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"restart:k","limit":5,"window_ms":60000}]}"#,
+        Duration::from_secs(5),
+        "checks to work again",
+    )
     .await;
 }
 

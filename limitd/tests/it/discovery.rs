@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use limitd::AppState;
 
-use crate::support::{config, eventually, free_port, post_check, RedisProcess};
+use crate::support::{config, free_port, post_check, until_checks_work, RedisProcess};
 
 #[tokio::test]
 async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
@@ -33,17 +33,11 @@ async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
         started.elapsed()
     );
     let app = limitd::app(state.clone());
-    eventually(
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"disc:k","limit":3,"window_ms":60000}]}"#,
         Duration::from_secs(10),
         "a check with a sentinel frozen",
-        || async {
-            let (status, _) = post_check(
-                &app,
-                r#"{"hits":[{"key":"disc:k","limit":3,"window_ms":60000}]}"#,
-            )
-            .await;
-            (status == StatusCode::OK).then_some(())
-        },
     )
     .await;
     assert_eq!(
@@ -82,13 +76,11 @@ async fn with_every_sentinel_frozen_connect_returns_and_checks_fail_fast() {
 
     // Thawed, the sentinel answers again and the store connects by itself.
     sentinel.signal("-CONT");
-    eventually(Duration::from_secs(10), "checks after the thaw", || async {
-        let (status, _) = post_check(
-            &app,
-            r#"{"hits":[{"key":"disc:k","limit":3,"window_ms":60000}]}"#,
-        )
-        .await;
-        (status == StatusCode::OK).then_some(())
-    })
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"disc:k","limit":3,"window_ms":60000}]}"#,
+        Duration::from_secs(10),
+        "checks after the thaw",
+    )
     .await;
 }

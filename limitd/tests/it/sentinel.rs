@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use limitd::AppState;
 
-use crate::support::{check_one, config, eventually, free_port, post_check, resp, RedisProcess};
+use crate::support::{
+    check_one, config, eventually, free_port, resp, until_checks_work, RedisProcess,
+};
 
 #[tokio::test]
 async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
@@ -22,17 +23,11 @@ async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
     let app = limitd::app(state.clone());
 
     // The sentinel may not have connected to the master yet; the store retries by itself.
-    eventually(
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"sent:k","limit":3,"window_ms":60000}]}"#,
         Duration::from_secs(10),
         "a check through sentinel",
-        || async {
-            let (status, _) = post_check(
-                &app,
-                r#"{"hits":[{"key":"sent:k","limit":3,"window_ms":60000}]}"#,
-            )
-            .await;
-            (status == StatusCode::OK).then_some(())
-        },
     )
     .await;
     assert_eq!(
@@ -82,17 +77,11 @@ async fn a_failover_is_followed_without_restart() {
     .await
     .unwrap();
     let app = limitd::app(state.clone());
-    eventually(
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
         Duration::from_secs(10),
         "a check through sentinel",
-        || async {
-            let (status, _) = post_check(
-                &app,
-                r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
-            )
-            .await;
-            (status == StatusCode::OK).then_some(())
-        },
     )
     .await;
     assert_eq!(
@@ -102,17 +91,11 @@ async fn a_failover_is_followed_without_restart() {
 
     master.kill();
     // down-after 1 s, then election and promotion: a few seconds.
-    eventually(
+    until_checks_work(
+        &app,
+        r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
         Duration::from_secs(30),
         "checks to work on the promoted replica",
-        || async {
-            let (status, _) = post_check(
-                &app,
-                r#"{"hits":[{"key":"fo:k","limit":100,"window_ms":60000}]}"#,
-            )
-            .await;
-            (status == StatusCode::OK).then_some(())
-        },
     )
     .await;
     assert_eq!(

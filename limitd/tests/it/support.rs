@@ -254,6 +254,15 @@ pub async fn post_check(app: &Router, body: &str) -> (StatusCode, String) {
     send(app, request).await
 }
 
+/// Polls, for at most `within`, until `POST /v1/check` of `body` answers `200`:
+/// Redis is reachable (again) through the store.
+pub async fn until_checks_work(app: &Router, body: &str, within: Duration, what: &str) {
+    eventually(within, what, || async {
+        (post_check(app, body).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 /// `POST /v1/check` of one hit, expecting `200`.
 pub async fn check_one(
     app: &Router,
