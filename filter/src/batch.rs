@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use protocol::{BatchResponse, CheckResponse, Hit};
+use protocol::bounds::{MAX_ANSWER_BYTES, MAX_BODY_BYTES};
+use protocol::{BatchResponse, CheckResponse, CheckResult, Hit};
 use serde::Serialize;
 
 use crate::verdict::{CalloutError, Check, Headers};
@@ -134,17 +135,27 @@ impl Batcher {
     }
 
     /// The next batch to send, if a callout may start and live requests wait.
-    /// Requests whose client went away are dropped here.
+    /// Requests whose client went away are dropped here. A batch holds at most
+    /// `max_batch` checks and stays within limitd's body limit.
     pub fn next_batch(&mut self) -> Option<Vec<Entry>> {
         if self.in_flight.len() + self.direct.len() >= self.max_in_flight {
             return None;
         }
         let mut batch = Vec::new();
+        let mut bytes = BATCH_OVERHEAD_BYTES;
         while batch.len() < self.max_batch {
+            let Some(entry) = self.waiting.front() else {
+                break;
+            };
+            let size = encoded_bound(&entry.check);
+            if !batch.is_empty() && bytes + size > MAX_BODY_BYTES {
+                break;
+            }
             let Some(entry) = self.waiting.pop_front() else {
                 break;
             };
             if self.live.contains(&entry.context_id) {
+                bytes += size;
                 batch.push(entry);
             }
         }
@@ -175,6 +186,21 @@ impl Batcher {
         done
     }
 
+    /// Whether nothing waits and no callout is in flight: a retired
+    /// configuration's batcher in this state has nothing left to answer.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.in_flight.is_empty() && self.direct.is_empty()
+    }
+
+    /// Takes a request's check out of the queue, if it waits there.
+    pub fn take_waiting(&mut self, context_id: u32) -> Option<Entry> {
+        let at = self
+            .waiting
+            .iter()
+            .position(|e| e.context_id == context_id)?;
+        self.waiting.remove(at)
+    }
+
     /// How many requests wait for a callout.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -189,6 +215,19 @@ impl Batcher {
     pub fn take_headers(&mut self, context_id: u32) -> Headers {
         self.headers.remove(&context_id).unwrap_or_default()
     }
+}
+
+/// An upper bound of a batch's encoded size besides its checks.
+const BATCH_OVERHEAD_BYTES: usize = 64;
+
+/// An upper bound of one check's encoded size: JSON may escape each byte of a
+/// key into two, and a hit's other fields take at most 150 bytes.
+fn encoded_bound(check: &Check) -> usize {
+    12 + check
+        .hits
+        .iter()
+        .map(|hit| 150 + 2 * hit.key.len())
+        .sum::<usize>()
 }
 
 /// Whether a 503 is Envoy's own answer for a limitd it could not connect to
@@ -220,12 +259,15 @@ struct CheckRef<'a> {
 
 #[derive(Serialize)]
 struct BatchRef<'a> {
+    timeout_ms: u64,
     checks: Vec<CheckRef<'a>>,
 }
 
-/// The JSON body of `POST /v1/checks` for a batch.
-pub fn encode_batch(batch: &[Entry]) -> Vec<u8> {
+/// The JSON body of `POST /v2/checks` for a batch whose callout waits
+/// `timeout_ms` for the answer.
+pub fn encode_batch(batch: &[Entry], timeout_ms: u64) -> Vec<u8> {
     let body = BatchRef {
+        timeout_ms,
         checks: batch
             .iter()
             .map(|e| CheckRef {
@@ -237,13 +279,20 @@ pub fn encode_batch(batch: &[Entry]) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Reads limitd's answer to a batch: one result per check, each with one
-/// result per hit.
+/// What became of one check of an answered batch: limitd's decision, or why
+/// there is none (then the request gets its rule's failure mode).
+pub type CheckAnswer = Result<CheckResponse, CalloutError>;
+
+/// Reads limitd's answer to a batch: one result per check. A callout that
+/// failed as a whole (a status, a body that is not an answer to this batch)
+/// is an error for every check; otherwise each check has its own result, and
+/// one whose result does not fit it (a wrong number of hit results, a kind
+/// this filter does not know) is an error for that check alone.
 pub fn read_batch_answer(
     batch: &[Entry],
     status: &[u8],
     body: &[u8],
-) -> Result<Vec<CheckResponse>, CalloutError> {
+) -> Result<Vec<CheckAnswer>, CalloutError> {
     if status == b"503" && never_reached(body) {
         return Err(CalloutError::Unreachable(
             String::from_utf8_lossy(body).into_owned(),
@@ -263,16 +312,43 @@ pub fn read_batch_answer(
             batch.len()
         )));
     }
-    for (entry, result) in batch.iter().zip(&answer.results) {
-        if result.hits.len() != entry.check.hits.len() {
-            return Err(CalloutError::Body(format!(
-                "{} hit results for {} hits",
-                result.hits.len(),
-                entry.check.hits.len()
-            )));
+    Ok(batch
+        .iter()
+        .zip(answer.results)
+        .map(|(entry, result)| check_answer(&entry.check, result))
+        .collect())
+}
+
+fn check_answer(check: &Check, result: CheckResult) -> CheckAnswer {
+    let (allowed, hits) = match result {
+        CheckResult::Allowed { hits } => (true, hits),
+        CheckResult::Denied { hits } => (false, hits),
+        CheckResult::Error { error, detail } => {
+            return Err(CalloutError::Refused {
+                kind: error,
+                detail,
+            })
         }
+        CheckResult::Unknown => {
+            return Err(CalloutError::Body(
+                "a result kind this filter does not know".into(),
+            ))
+        }
+    };
+    if hits.len() != check.hits.len() {
+        return Err(CalloutError::Body(format!(
+            "{} hit results for {} hits",
+            hits.len(),
+            check.hits.len()
+        )));
     }
-    Ok(answer.results)
+    Ok(CheckResponse { allowed, hits })
+}
+
+/// Whether an answer of `body_size` bytes may be read into the VM: a larger
+/// one cannot be a real answer, and copying it would only cost memory.
+pub fn answer_fits(body_size: usize) -> bool {
+    body_size <= MAX_ANSWER_BYTES
 }
 
 #[cfg(test)]
@@ -391,9 +467,10 @@ mod tests {
                 retried: false,
             },
         ];
-        let sent: BatchRequest = serde_json::from_slice(&encode_batch(&batch)).unwrap();
+        let sent: BatchRequest = serde_json::from_slice(&encode_batch(&batch, 250)).unwrap();
         assert_eq!(sent.checks.len(), 2);
         assert_eq!(sent.checks[1].hits[0].key, "b");
+        assert_eq!(sent.timeout_ms, Some(250));
     }
 
     #[test]
@@ -404,8 +481,7 @@ mod tests {
             queued_ms: 0,
             retried: false,
         }];
-        let result = |hits: usize| CheckResponse {
-            allowed: true,
+        let result = |hits: usize| CheckResult::Allowed {
             hits: vec![
                 HitResult {
                     allowed: true,
@@ -418,29 +494,101 @@ mod tests {
             ],
         };
         let body =
-            |results: Vec<CheckResponse>| serde_json::to_vec(&BatchResponse { results }).unwrap();
-        assert_eq!(
-            read_batch_answer(&batch, b"200", &body(vec![result(1)]))
-                .unwrap()
-                .len(),
-            1
-        );
+            |results: Vec<CheckResult>| serde_json::to_vec(&BatchResponse { results }).unwrap();
+        let answers = read_batch_answer(&batch, b"200", &body(vec![result(1)])).unwrap();
+        assert!(answers[0].as_ref().unwrap().allowed);
+        // A wrong number of results fails the whole callout.
         assert!(matches!(
             read_batch_answer(&batch, b"200", &body(vec![])),
             Err(CalloutError::Body(_))
         ));
         assert!(matches!(
-            read_batch_answer(&batch, b"200", &body(vec![result(2)])),
+            read_batch_answer(&batch, b"200", &body(vec![result(1), result(1)])),
             Err(CalloutError::Body(_))
         ));
+        // A wrong number of hit results fails that check alone.
+        let answers = read_batch_answer(&batch, b"200", &body(vec![result(2)])).unwrap();
+        assert!(
+            matches!(&answers[0], Err(CalloutError::Body(e)) if e.contains("2 hit results for 1 hits"))
+        );
         assert_eq!(
             read_batch_answer(&batch, b"503", b""),
             Err(CalloutError::Status("503".into()))
         );
+        for garbage in [
+            &b"{"[..],
+            b"",
+            b"null",
+            b"[]",
+            br#"{"results":{}}"#,
+            br#"{"results":[1]}"#,
+            br#"{"results":[{"result":"allowed","hits":"x"}]}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(
+                    read_batch_answer(&batch, b"200", garbage),
+                    Err(CalloutError::Body(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
+    }
+
+    #[test]
+    fn each_check_of_a_batch_has_its_own_answer() {
+        let batch: Vec<Entry> = ["a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| Entry {
+                context_id: i as u32,
+                check: check(key),
+                queued_ms: 0,
+                retried: false,
+            })
+            .collect();
+        let hit =
+            r#"{"allowed":true,"limit":10,"remaining":9,"reset_ms":1,"retry_after_ms":0,"new":1}"#;
+        let body = format!(
+            r#"{{"results":[{{"result":"allowed","hits":[{hit}]}},
+                {{"result":"error","error":"invalid","detail":"hits[0].limit: must be ..."}},
+                {{"result":"leased","hits":[{hit}]}},
+                {{"result":"denied","hits":[{hit}]}}],"version":3}}"#
+        );
+        let answers = read_batch_answer(&batch, b"200", body.as_bytes()).unwrap();
+        assert!(answers[0].as_ref().unwrap().allowed);
         assert!(matches!(
-            read_batch_answer(&batch, b"200", b"{"),
-            Err(CalloutError::Body(_))
+            &answers[1],
+            Err(CalloutError::Refused { kind: protocol::ErrorKind::Invalid, detail }) if detail.contains("limit")
         ));
+        assert!(matches!(&answers[2], Err(CalloutError::Body(_))));
+        assert!(!answers[3].as_ref().unwrap().allowed);
+    }
+
+    #[test]
+    fn batches_stay_within_limitds_body_limit() {
+        let mut b = Batcher::new(256, 1);
+        let long = "k".repeat(2000);
+        for id in 1..=40 {
+            b.created(id);
+            b.push(id, check(&long), 0);
+        }
+        let first = b.next_batch().unwrap();
+        let entries: Vec<Entry> = first.clone();
+        assert!(first.len() < 40, "{}", first.len());
+        assert!(encode_batch(&entries, 250).len() <= MAX_BODY_BYTES);
+        b.sent(1, first);
+        b.finished(1);
+        let mut rest = 0;
+        while let Some(batch) = b.next_batch() {
+            assert!(encode_batch(&batch, 250).len() <= MAX_BODY_BYTES);
+            rest += batch.len();
+            b.sent(2, batch);
+            b.finished(2);
+        }
+        assert_eq!(entries.len() + rest, 40);
+        assert!(answer_fits(MAX_ANSWER_BYTES) && !answer_fits(MAX_ANSWER_BYTES + 1));
     }
 
     #[test]

@@ -199,12 +199,16 @@ fn default_cost() -> u64 {
     1
 }
 
-/// The longest callout timeout accepted, in milliseconds.
-const MAX_TIMEOUT_MS: u64 = 60_000;
-/// The largest limit, cost or burst limitd accepts (sums stay exact in Lua).
-const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
-/// The longest window limitd accepts: 366 days.
-const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+// The bounds limitd enforces, from the protocol's one definition of them.
+use protocol::bounds::{
+    validate_hit, HitField, MAX_KEY_BYTES, MAX_TIMEOUT_MS, MAX_UNITS as MAX_AMOUNT, MAX_WINDOW_MS,
+};
+
+/// The most parts one key may have: with each part at most 193 bytes (a
+/// 64-byte value, percent-encoded, and its separator) and a 64-byte rule
+/// name, every key the filter builds stays within [`MAX_KEY_BYTES`].
+const MAX_KEY_PARTS: usize = 8;
+const _: () = assert!(64 + MAX_KEY_PARTS * 193 <= MAX_KEY_BYTES);
 /// The most rules one filter may have (a check carries at most `protocol::MAX_HITS` hits).
 const MAX_RULES: usize = protocol::MAX_HITS;
 
@@ -472,6 +476,30 @@ fn compile_rule(
             format!("must be between 1 and the rule's {what} ({capacity})"),
         ));
     }
+    // Whatever the checks above missed, limitd would refuse: the protocol's
+    // bounds decide, for a hit as this rule sends it.
+    let template = protocol::Hit {
+        key: raw.name.clone(),
+        limit: limit.requests,
+        window_ms,
+        cost: limit.cost,
+        algorithm: limit.algorithm,
+        burst: limit.burst,
+        shadow: raw.shadow,
+    };
+    if let Err(refused) = validate_hit(&template) {
+        let field = match refused.field {
+            HitField::Key => "name",
+            HitField::Limit => "limit.requests",
+            HitField::WindowMs => "limit.window",
+            HitField::Cost => "limit.cost",
+            HitField::Burst => "limit.burst",
+        };
+        return Err(error(
+            at(field),
+            format!("limitd would refuse it: {}", refused.problem),
+        ));
+    }
     let fallback = match raw.fallback {
         None => None,
         Some(f) => {
@@ -600,6 +628,12 @@ fn compile_key(
         return Err(error(
             at("key"),
             "needs at least one part; use [{\"constant\": \"all\"}] for one shared counter",
+        ));
+    }
+    if raw.len() > MAX_KEY_PARTS {
+        return Err(error(
+            at("key"),
+            format!("{} parts; at most {MAX_KEY_PARTS}", raw.len()),
         ));
     }
     raw.into_iter()
@@ -944,6 +978,17 @@ mod tests {
         );
         assert!(l(r#"{"requests":5,"window":"1s","algorithm":"leaky"}"#)
             .starts_with("rules[0].limit.algorithm: unknown variant `leaky`"));
+        // A gcra bucket limitd cannot count exactly: refused when Envoy loads the
+        // rule, not by limitd on every request that matches it.
+        assert_eq!(
+            l(r#"{"requests":999983,"window":"366d","algorithm":"gcra","burst":1000000}"#),
+            "rules[0].limit.burst: limitd would refuse it: burst * window_ms / \
+             gcd(window_ms, limit) must be at most 2^52 for exact gcra arithmetic, got \
+             1000000 * 31622400000"
+        );
+        let parts = [r#""method""#; 9].join(",");
+        assert!(err(&rule(&format!(r#""key":[{parts}],{LIMIT}"#)))
+            .starts_with("rules[0].key: 9 parts; at most 8"));
         let sliding = parse(&rule(
             r#""limit":{"requests":5,"window":"1s","algorithm":"sliding_window"}"#,
         ))

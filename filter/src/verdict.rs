@@ -5,7 +5,7 @@
 //! sends the check it returns, and turns [`Policy::decide`] or
 //! [`Policy::on_failure`] into "continue" or a local reply.
 
-use protocol::{CheckRequest, CheckResponse, Hit};
+use protocol::{CheckResponse, ErrorKind, Hit};
 
 use crate::config::{FailureMode, Policy};
 use crate::deny_cache::DenyCache;
@@ -30,17 +30,6 @@ pub struct Check {
     pub hits: Vec<Hit>,
     /// Indices into [`Policy::rules`] of those rules, in hit order.
     pub rules: Vec<usize>,
-}
-
-impl Check {
-    /// The JSON body of `POST /v1/check` for this check alone.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain structs of strings and integers cannot fail.
-        serde_json::to_vec(&CheckRequest {
-            hits: self.hits.clone(),
-        })
-        .unwrap_or_default()
-    }
 }
 
 /// Headers to add to a response.
@@ -102,6 +91,8 @@ pub enum CalloutError {
     Status(String),
     /// A 200 whose body is not a valid answer to this check.
     Body(String),
+    /// limitd answered this check with an error: it was not decided, and counted nothing.
+    Refused { kind: ErrorKind, detail: String },
 }
 
 impl std::fmt::Display for CalloutError {
@@ -115,6 +106,9 @@ impl std::fmt::Display for CalloutError {
             }
             CalloutError::Status(s) => write!(f, "limitd answered status {s}"),
             CalloutError::Body(e) => write!(f, "limitd answered an unusable body: {e}"),
+            CalloutError::Refused { kind, detail } => {
+                write!(f, "limitd could not decide the check ({kind:?}): {detail}")
+            }
         }
     }
 }
@@ -157,31 +151,6 @@ impl Policy {
         } else {
             Verdict::Check(check)
         }
-    }
-
-    /// Reads limitd's answer to `check`: `status` is the `:status` header and
-    /// `body` the response body.
-    pub fn read_answer(
-        &self,
-        check: &Check,
-        status: &[u8],
-        body: &[u8],
-    ) -> Result<CheckResponse, CalloutError> {
-        if status != b"200" {
-            return Err(CalloutError::Status(
-                String::from_utf8_lossy(status).into_owned(),
-            ));
-        }
-        let answer: CheckResponse =
-            serde_json::from_slice(body).map_err(|e| CalloutError::Body(e.to_string()))?;
-        if answer.hits.len() != check.hits.len() {
-            return Err(CalloutError::Body(format!(
-                "{} results for {} hits",
-                answer.hits.len(),
-                check.hits.len()
-            )));
-        }
-        Ok(answer)
     }
 
     /// How many shadow rules would have denied the request.
@@ -440,8 +409,7 @@ mod tests {
             p.evaluate(&FakeRequest::new("GET", "/limited_endpoint?x=1").from("127.0.0.2:4321")),
         );
         assert_eq!(check.rules, vec![0, 1]);
-        let sent: CheckRequest = serde_json::from_slice(&check.encode()).unwrap();
-        let hits: Vec<_> = sent
+        let hits: Vec<_> = check
             .hits
             .iter()
             .map(|h| (h.key.as_str(), h.limit, h.window_ms, h.cost, h.shadow))
@@ -548,34 +516,6 @@ mod tests {
             panic!("expected a reply")
         };
         assert_eq!(reply.headers[0].1, "1");
-    }
-
-    #[test]
-    fn answers_that_do_not_fit_the_check_are_errors() {
-        let p = policy("");
-        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
-        assert_eq!(
-            p.read_answer(&check, b"504", b""),
-            Err(CalloutError::Status("504".into()))
-        );
-        assert!(matches!(
-            p.read_answer(&check, b"200", b"not json"),
-            Err(CalloutError::Body(_))
-        ));
-        let one = serde_json::to_vec(&CheckResponse {
-            allowed: true,
-            hits: vec![hit(true, 0)],
-        })
-        .unwrap();
-        assert!(
-            matches!(p.read_answer(&check, b"200", &one), Err(CalloutError::Body(e)) if e.contains("1 results for 2 hits"))
-        );
-        let two = serde_json::to_vec(&CheckResponse {
-            allowed: true,
-            hits: vec![hit(true, 0), hit(true, 0)],
-        })
-        .unwrap();
-        assert!(p.read_answer(&check, b"200", &two).unwrap().allowed);
     }
 
     #[test]

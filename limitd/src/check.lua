@@ -1,18 +1,33 @@
--- Rate-limit check of a batch of hits, all or nothing: fixed window, sliding window and GCRA.
+-- Rate-limit check of a batch of hits, all or nothing: fixed window, sliding window and GCRA;
+-- and the give-back of a check whose answer limitd could not deliver.
 --
--- KEYS[i]     the state of hit i (layouts below). Hits repeating a key share one state; limitd
---             guarantees they share algorithm, window_ms and burst (and, for gcra, limit).
--- ARGV[8i-7]  algorithm of hit i: 0 fixed_window, 1 sliding_window, 2 gcra
--- ARGV[8i-6]  shadow: 1 for a shadow hit, else 0
--- ARGV[8i-5]  limit       (integer, 1 <= limit <= 1e15, checked by limitd)
--- ARGV[8i-4]  window_ms   (integer, 1 <= window_ms <= 366 days < 2^35)
--- ARGV[8i-3]  cost        (integer, 0 <= cost <= 1e15)
--- ARGV[8i-2]  gcra: burst, the bucket's capacity in units (1..1e15); 0 for the window algorithms
--- ARGV[8i-1]  gcra: token = window_ms / gcd(window_ms, limit); 0 otherwise
--- ARGV[8i]    gcra: rate  = limit / gcd(window_ms, limit); 0 otherwise
+-- KEYS[1]      the check's receipt (see "Receipts" below)
+-- KEYS[i+1]    the state of hit i (layouts below). Hits repeating a key share one state; limitd
+--              guarantees they share algorithm, window_ms and burst (and, for gcra, limit).
+-- ARGV[1]      mode: 0 check, 1 give back
+-- ARGV[2]      the receipt's lifetime in ms
+-- ARGV[8i-5]   algorithm of hit i: 0 fixed_window, 1 sliding_window, 2 gcra
+-- ARGV[8i-4]   shadow: 1 for a shadow hit, else 0
+-- ARGV[8i-3]   limit       (integer, 1 <= limit <= 1e15, checked by limitd)
+-- ARGV[8i-2]   window_ms   (integer, 1 <= window_ms <= 366 days < 2^35)
+-- ARGV[8i-1]   cost        (integer, 0 <= cost <= 1e15)
+-- ARGV[8i]     gcra: burst, the bucket's capacity in units (1..1e15); 0 for the window algorithms
+-- ARGV[8i+1]   gcra: token = window_ms / gcd(window_ms, limit); 0 otherwise
+-- ARGV[8i+2]   gcra: rate  = limit / gcd(window_ms, limit); 0 otherwise
 --
--- Returns integers only (a Lua float in a reply is truncated):
---   { all_allowed (1|0), then per hit: allowed (1|0), remaining, reset_ms, retry_after_ms }
+-- Returns integers only (a Lua float in a reply is truncated). Mode 0:
+--   { all_allowed (1|0), then per hit: allowed (1|0), remaining, reset_ms, retry_after_ms },
+--   or { -1 } if the receipt was voided (the check was given up and must not count).
+-- Mode 1: { 1 } if the check had been counted and is now given back, { 0 } if it had not run (the
+--   receipt is voided, so it never will), { 2 } if it was settled already.
+--
+-- Receipts. limitd reports a check as allowed if and only if it consumed its quota. When it
+-- cannot know (the connection died or the answer came too late, after the script may have run),
+-- it reports an error and later runs this script in mode 1 with the same receipt: an allowed
+-- check wrote its receipt (the Redis time of the charge and which hits it charged) in the same
+-- atomic run as its counts, so the give-back finds exactly what to undo. Both are replicated
+-- together, so this holds across a failover too. A receipt lives ARGV[2] ms; limitd gives back
+-- well within that.
 --
 -- Decision. Every hit is evaluated in order against its key's state as earlier hits of this
 -- check would leave it: a hit that fits is charged to that tentative state, one that does not fit
@@ -273,20 +288,49 @@ function gcra.store(key, st, h)
   redis.call('PEXPIREAT', key, int(tat))
 end
 
+-- Give-back -----------------------------------------------------------------------------------
+-- Undoes one hit's charge made at Redis time t. A window hit's units are in window t - t % W,
+-- which is now the current window (c), the previous one (p), or gone (nothing to undo). A gcra
+-- hit moved the TAT by cost * token ticks: move it back, never below now.
+
+local function give_back_window(key, h, t)
+  local v = redis.call('HMGET', key, 'w', 'c', 'p')
+  local w = tonumber(v[1])
+  local s = t - t % h.window
+  if w == s then
+    redis.call('HSET', key, 'c', int(math.max(0, (tonumber(v[2]) or 0) - h.cost)))
+  elseif w == s + h.window then
+    redis.call('HSET', key, 'p', int(math.max(0, (tonumber(v[3]) or 0) - h.cost)))
+  end
+end
+
+fixed.give_back = give_back_window
+sliding.give_back = give_back_window
+
+function gcra.give_back(key, h)
+  if redis.call('EXISTS', key) == 0 then
+    return
+  end
+  local debt = math.max(0, gcra.load(key, h).debt - h.cost * h.token)
+  if debt == 0 then
+    redis.call('DEL', key)
+  else
+    gcra.store(key, { debt = debt }, h)
+  end
+end
+
 -- ---------------------------------------------------------------------------------------------
 
 local ALGORITHMS = { [FIXED] = fixed, [SLIDING] = sliding, [GCRA] = gcra }
 
+local receipt, receipt_ms = KEYS[1], ARGV[2]
 local now = clock_ms()
-local n = #KEYS
-local hits = {}
-local loaded, state = {}, {} -- key -> state as stored, and as this check would leave it
-local all = 1
+local n = #KEYS - 1
 
-for i = 1, n do
-  local a = 8 * (i - 1)
+local function parse_hit(i)
+  local a = 2 + 8 * (i - 1)
   local h = {
-    key = KEYS[i],
+    key = KEYS[i + 1],
     alg = ALGORITHMS[tonumber(ARGV[a + 1])],
     shadow = ARGV[a + 2] == '1',
     limit = tonumber(ARGV[a + 3]),
@@ -299,6 +343,42 @@ for i = 1, n do
   }
   h.start = now - now % h.window
   h.left = h.start + h.window - now
+  return h
+end
+
+if ARGV[1] == '1' then
+  local r = redis.call('GET', receipt)
+  if not r then
+    -- The check never ran: void its receipt, so that it cannot run later either.
+    redis.call('SET', receipt, 'void', 'PX', receipt_ms)
+    return { 0 }
+  end
+  local t = tonumber(string.match(r, '^(%d+)'))
+  if t == nil then
+    return { 2 } -- 'void' or 'back': settled already
+  end
+  local i = 0
+  for charged in string.gmatch(r, ' (%d)') do
+    i = i + 1
+    if charged == '1' then
+      local h = parse_hit(i)
+      h.alg.give_back(h.key, h, t)
+    end
+  end
+  redis.call('SET', receipt, 'back', 'PX', receipt_ms)
+  return { 1 }
+end
+
+if redis.call('EXISTS', receipt) == 1 then
+  return { -1 }
+end
+
+local hits = {}
+local loaded, state = {}, {} -- key -> state as stored, and as this check would leave it
+local all = 1
+
+for i = 1, n do
+  local h = parse_hit(i)
   hits[i] = h
 
   local st = state[h.key]
@@ -336,14 +416,17 @@ end
 
 if all == 1 then
   -- Write each changed state once, with the parameters of its first hit; a batch of cost-0 hits
-  -- (or of shadow hits that did not fit) writes nothing.
+  -- (or of shadow hits that did not fit) writes nothing. The receipt records what was charged.
+  local charged = { int(now) }
   for i = 1, n do
     local h = hits[i]
     if state[h.key] ~= loaded[h.key] then
       h.alg.store(h.key, state[h.key], h)
       loaded[h.key] = state[h.key]
     end
+    charged[i + 1] = (h.fits and h.cost > 0) and '1' or '0'
   end
+  redis.call('SET', receipt, table.concat(charged, ' '), 'PX', receipt_ms)
 end
 
 return reply

@@ -1,6 +1,6 @@
 //! The HTTP handlers and the mapping of every failure to a status and a one-line JSON reason.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -8,12 +8,15 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::join_all;
-use protocol::{BatchRequest, BatchResponse, CheckRequest, CheckResponse, MAX_CHECKS};
+use protocol::bounds::{validate_check, MAX_TIMEOUT_MS};
+use protocol::{
+    v1, BatchRequest, BatchResponse, CheckRequest, CheckResponse, CheckResult, ErrorKind,
+    MAX_CHECKS,
+};
 use serde::Serialize;
 
 use crate::metrics::{BadRequest, CheckOutcome, CONTENT_TYPE};
 use crate::store::StoreError;
-use crate::validate::validate;
 use crate::AppState;
 
 /// The longest reason sent back, in characters. serde's messages quote the offending value,
@@ -32,9 +35,6 @@ pub enum AppError {
     /// Redis failed (`503` when transient, `500` otherwise).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A bug on our side (`500`); the detail is logged.
-    #[error("{0}")]
-    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -53,13 +53,6 @@ impl IntoResponse for AppError {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "redis unavailable".to_owned(),
-                )
-            }
-            Self::Internal(detail) => {
-                tracing::error!(error = %detail, "check failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error".to_owned(),
                 )
             }
             Self::Store(err) => {
@@ -122,16 +115,75 @@ fn accept<T>(state: &AppState, body: Result<Json<T>, JsonRejection>) -> Result<T
     }
 }
 
-/// Runs one validated check against the store, with its metrics.
-async fn run(state: &AppState, request: &CheckRequest) -> Result<CheckResponse, StoreError> {
+/// How one check of a batch ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Redis decided it (and, if allowed, it consumed its hits).
+    Decided(CheckResponse),
+    /// It breaks a bound; nothing was sent to Redis.
+    Invalid(String),
+    /// Redis could not answer (if its script may have run, it is being given back).
+    Failed(StoreError),
+    /// No answer before the batch's deadline (being given back).
+    TimedOut,
+}
+
+/// One check of a batch, after it ran.
+#[derive(Debug)]
+struct Ran {
+    check: CheckRequest,
+    receipt: Option<String>,
+    outcome: Outcome,
+}
+
+impl Ran {
+    /// The check's result on the wire.
+    fn result(self) -> CheckResult {
+        let error = |error: ErrorKind, detail: String| CheckResult::Error { error, detail };
+        match self.outcome {
+            Outcome::Decided(response) => CheckResult::from(response),
+            Outcome::Invalid(detail) => error(ErrorKind::Invalid, detail),
+            Outcome::TimedOut => error(
+                ErrorKind::Timeout,
+                "no answer from redis before the batch's timeout".into(),
+            ),
+            Outcome::Failed(err) if err.is_timeout() => {
+                error(ErrorKind::Timeout, "redis did not answer in time".into())
+            }
+            Outcome::Failed(err) if err.is_transient() => {
+                error(ErrorKind::Unavailable, "redis unavailable".into())
+            }
+            Outcome::Failed(_) => error(ErrorKind::Internal, "internal error".into()),
+        }
+    }
+}
+
+/// Runs one check: validates it, then checks it against the store (by `deadline`, if any),
+/// with its metrics. A check whose script may have run without its answer reaching us is given
+/// back, so that an error never stays counted.
+async fn run(state: &AppState, check: CheckRequest, deadline: Option<Instant>) -> Ran {
     let metrics = state.metrics();
+    if let Err(err) = validate_check(&check) {
+        metrics.invalid_check();
+        return Ran {
+            check,
+            receipt: None,
+            outcome: Outcome::Invalid(one_line(&err.0)),
+        };
+    }
+    let store = &state.store;
+    let receipt = store.receipt(&check);
     let started = Instant::now();
     let result = {
         let _in_flight = metrics.in_flight();
-        state.store.check(request).await
+        let checked = store.check(&check, &receipt);
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), checked).await.ok(),
+            None => Some(checked.await),
+        }
     };
-    match &result {
-        Ok(response) => {
+    let outcome = match result {
+        Some(Ok(response)) => {
             let allowed = response.hits.iter().filter(|h| h.allowed).count() as u64;
             let denied = response.hits.len() as u64 - allowed;
             let outcome = if response.allowed {
@@ -140,52 +192,157 @@ async fn run(state: &AppState, request: &CheckRequest) -> Result<CheckResponse, 
                 CheckOutcome::Denied
             };
             metrics.check_finished(outcome, allowed, denied, started.elapsed());
+            Outcome::Decided(response)
         }
-        Err(_) => metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed()),
+        Some(Err(err)) => {
+            metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed());
+            if err.may_have_run() {
+                store.give_back(check.clone(), receipt.clone());
+            }
+            Outcome::Failed(err)
+        }
+        None => {
+            metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed());
+            store.give_back(check.clone(), receipt.clone());
+            Outcome::TimedOut
+        }
+    };
+    Ran {
+        check,
+        receipt: Some(receipt),
+        outcome,
     }
-    result
 }
 
-/// `POST /v1/check`.
-pub async fn check(
-    State(state): State<AppState>,
-    body: Result<Json<CheckRequest>, JsonRejection>,
-) -> Result<Json<CheckResponse>, AppError> {
-    let request = accept(&state, body)?;
-    if let Err(err) = validate(&request) {
+/// Runs the checks of a batch concurrently: the futures are polled together in this task, so
+/// their scripts go out pipelined on the one connection (one round trip for the batch).
+async fn run_all(
+    state: &AppState,
+    checks: Vec<CheckRequest>,
+    deadline: Option<Instant>,
+) -> Vec<Ran> {
+    join_all(checks.into_iter().map(|check| run(state, check, deadline))).await
+}
+
+/// Refuses a batch with no checks or too many.
+fn check_count(state: &AppState, count: usize) -> Result<(), AppError> {
+    if count == 0 || count > MAX_CHECKS {
         state.metrics().bad_request(BadRequest::Malformed);
-        return Err(AppError::BadRequest(err.0));
+        return Err(AppError::BadRequest(format!(
+            "checks: {count} checks; send 1 to {MAX_CHECKS}"
+        )));
     }
-    Ok(Json(run(&state, &request).await?))
+    Ok(())
 }
 
-/// `POST /v1/checks`: independent checks, each all-or-nothing on its own,
-/// answered in order. They run concurrently over the one multiplexed Redis
-/// connection (pipelined: one round trip for the batch). If Redis fails any of
-/// them, the whole batch answers 503 and the proxy applies its failure mode.
-pub async fn check_batch(
+/// When limitd must have answered a batch whose caller waits `timeout_ms`: after four fifths of
+/// it, leaving the rest for the answer's way back, so the caller hears each check's fate
+/// instead of timing out on the whole batch.
+fn deadline(timeout_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(timeout_ms.saturating_mul(4) / 5)
+}
+
+/// `POST /v2/checks`: every check of the batch gets its own result, in order. Only a body that
+/// cannot be read at all (`400`, `413`) or a limitd that has never reached Redis (`503`) is
+/// answered with a status.
+pub async fn checks(
     State(state): State<AppState>,
     body: Result<Json<BatchRequest>, JsonRejection>,
 ) -> Result<Json<BatchResponse>, AppError> {
     let batch = accept(&state, body)?;
-    let refuse = |reason: String| {
-        state.metrics().bad_request(BadRequest::Malformed);
-        AppError::BadRequest(reason)
-    };
-    if batch.checks.is_empty() || batch.checks.len() > MAX_CHECKS {
-        return Err(refuse(format!(
-            "checks: {} checks; send 1 to {MAX_CHECKS}",
-            batch.checks.len()
-        )));
+    check_count(&state, batch.checks.len())?;
+    if let Some(timeout_ms) = batch.timeout_ms {
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            state.metrics().bad_request(BadRequest::Malformed);
+            return Err(AppError::BadRequest(format!(
+                "timeout_ms: must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"
+            )));
+        }
     }
-    for (i, check) in batch.checks.iter().enumerate() {
-        validate(check).map_err(|err| refuse(format!("checks[{i}]: {}", err.0)))?;
+    if !state.store.is_connected() {
+        return Err(AppError::Store(StoreError::NotConnected));
     }
-    // All in this task: the futures are polled together, so their scripts go
-    // out pipelined on the one connection, without a task per check.
-    let answers = join_all(batch.checks.iter().map(|check| run(&state, check))).await;
-    let results = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ran = run_all(&state, batch.checks, batch.timeout_ms.map(deadline)).await;
+    let failed = ran
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_) | Outcome::TimedOut))
+        .count();
+    if failed > 0 {
+        // One line per batch, not per check: an outage must not flood the log.
+        tracing::warn!(failed, checks = ran.len(), "checks not answered by redis");
+    }
+    let results = ran.into_iter().map(Ran::result).collect();
     Ok(Json(BatchResponse { results }))
+}
+
+/// The v1 answer to a v1 batch that did not fully succeed: gives back what its allowed checks
+/// consumed (v1 cannot say that one check failed, so the filter refuses or fails open the
+/// whole batch), then answers `400` for an invalid check or the store's status.
+fn v1_failure(state: &AppState, ran: Vec<Ran>) -> AppError {
+    let mut failure = None;
+    for r in ran {
+        match r.outcome {
+            Outcome::Decided(response) if response.allowed => {
+                if let Some(receipt) = r.receipt {
+                    state.store.give_back(r.check, receipt);
+                }
+            }
+            Outcome::Decided(_) => {}
+            Outcome::Invalid(reason) => failure = Some(AppError::BadRequest(reason)),
+            Outcome::Failed(err) => failure = failure.or(Some(AppError::Store(err))),
+            Outcome::TimedOut => {
+                failure = failure.or(Some(AppError::Store(StoreError::NotConnected)));
+            }
+        }
+    }
+    failure.unwrap_or(AppError::Store(StoreError::NotConnected))
+}
+
+/// `POST /v1/check` (deprecated): one check, answered with v1's frozen types.
+pub async fn check_v1(
+    State(state): State<AppState>,
+    body: Result<Json<CheckRequest>, JsonRejection>,
+) -> Result<Json<v1::CheckResponse>, AppError> {
+    state.metrics().v1_request();
+    let check = accept(&state, body)?;
+    let ran = run(&state, check, None).await;
+    match &ran.outcome {
+        Outcome::Decided(response) => Ok(Json(v1::CheckResponse::from(response))),
+        Outcome::Invalid(_) => {
+            state.metrics().bad_request(BadRequest::Malformed);
+            Err(v1_failure(&state, vec![ran]))
+        }
+        _ => Err(v1_failure(&state, vec![ran])),
+    }
+}
+
+/// `POST /v1/checks` (deprecated): a batch, answered with v1's frozen types; any invalid check
+/// refuses the whole batch before anything runs, as v1 did.
+pub async fn checks_v1(
+    State(state): State<AppState>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Json<v1::BatchResponse>, AppError> {
+    state.metrics().v1_request();
+    let batch = accept(&state, body)?;
+    check_count(&state, batch.checks.len())?;
+    for (i, check) in batch.checks.iter().enumerate() {
+        if let Err(err) = validate_check(check) {
+            state.metrics().bad_request(BadRequest::Malformed);
+            return Err(AppError::BadRequest(format!("checks[{i}]: {}", err.0)));
+        }
+    }
+    let ran = run_all(&state, batch.checks, None).await;
+    if ran.iter().all(|r| matches!(r.outcome, Outcome::Decided(_))) {
+        let results = ran
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Decided(response) => Some(v1::CheckResponse::from(response)),
+                _ => None,
+            })
+            .collect();
+        return Ok(Json(v1::BatchResponse { results }));
+    }
+    Err(v1_failure(&state, ran))
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -248,7 +405,7 @@ mod tests {
     }
 
     fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
-        let mut request = Request::post(protocol::CHECK_PATH);
+        let mut request = Request::post(protocol::v1::CHECK_PATH);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -282,36 +439,31 @@ mod tests {
                 "missing field `limit`",
             ),
             (
-                r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"colour":"red"}]}"#.into(),
-                "unknown field `colour`",
-            ),
-            (
                 r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"algorithm":"leaky_bucket"}]}"#
                     .into(),
                 "unknown variant",
             ),
-            (r#"{"hits":[],"x":1}"#.into(), "unknown field `x`"),
             (r#"{"hits":[]}"#.into(), "hits must not be empty"),
             (too_many, "at most 64 hits"),
             (
                 r#"{"hits":[{"key":"","limit":1,"window_ms":1}]}"#.into(),
-                "key must not be empty",
+                "key: must be 1 to 2048 bytes long",
             ),
             (
                 r#"{"hits":[{"key":"k","limit":0,"window_ms":1}]}"#.into(),
-                "limit must be between",
+                "limit: must be between",
             ),
             (
                 r#"{"hits":[{"key":"k","limit":1,"window_ms":0}]}"#.into(),
-                "window_ms must be between",
+                "window_ms: must be between",
             ),
             (
                 r#"{"hits":[{"key":"k","limit":1,"window_ms":31622400001}]}"#.into(),
-                "window_ms must be between",
+                "window_ms: must be between",
             ),
             (
                 r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"cost":1000000000000001}]}"#.into(),
-                "cost must be at most",
+                "cost: must be at most",
             ),
         ];
         for (body, expected) in cases {
@@ -365,7 +517,7 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            send(&app, get(protocol::CHECK_PATH)).await.0,
+            send(&app, get(protocol::CHECKS_PATH)).await.0,
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(send(&app, get("/nope")).await.0, StatusCode::NOT_FOUND);
@@ -421,6 +573,88 @@ mod tests {
         assert!(reason.contains("column"), "{reason}");
     }
 
+    fn post_v2(body: impl Into<Body>) -> Request<Body> {
+        Request::post(protocol::CHECKS_PATH)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_v2_batch_that_cannot_be_read_is_400_and_an_oversized_one_413() {
+        let app = app_without_redis(1024).await;
+        let hit = r#"{"key":"k","limit":1,"window_ms":1000}"#;
+        let cases = [
+            ("{".to_owned(), "parse"),
+            (
+                r#"{"checks":[]}"#.to_owned(),
+                "checks: 0 checks; send 1 to 256",
+            ),
+            (r#"{"checks":{}}"#.to_owned(), "invalid type"),
+            (
+                format!(r#"{{"timeout_ms":0,"checks":[{{"hits":[{hit}]}}]}}"#),
+                "timeout_ms: must be between 1 and 60000, got 0",
+            ),
+        ];
+        for (body, expected) in cases {
+            let (status, text) = send(&app, post_v2(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+            assert!(reason(&text).contains(expected), "{body}: {text}");
+        }
+        let big = format!(
+            r#"{{"checks":[{{"hits":[{{"key":"{}","limit":1,"window_ms":1}}]}}]}}"#,
+            "k".repeat(2000)
+        );
+        assert_eq!(
+            send(&app, post_v2(big)).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_v2_batch_before_redis_was_ever_reached_is_503() {
+        let app = app_without_redis(65536).await;
+        let body = r#"{"checks":[{"hits":[{"key":"k","limit":1,"window_ms":1000}]}]}"#;
+        let (status, text) = send(&app, post_v2(body)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert_eq!(reason(&text), "redis unavailable");
+    }
+
+    #[test]
+    fn each_outcome_has_its_result_on_the_wire() {
+        let check = CheckRequest { hits: Vec::new() };
+        let ran = |outcome| Ran {
+            check: check.clone(),
+            receipt: None,
+            outcome,
+        };
+        let kind = |r: CheckResult| match r {
+            CheckResult::Error { error, .. } => Some(error),
+            _ => None,
+        };
+        assert_eq!(
+            kind(ran(Outcome::TimedOut).result()),
+            Some(ErrorKind::Timeout)
+        );
+        assert_eq!(
+            kind(ran(Outcome::Invalid("x".into())).result()),
+            Some(ErrorKind::Invalid)
+        );
+        assert_eq!(
+            kind(ran(Outcome::Failed(StoreError::NotConnected)).result()),
+            Some(ErrorKind::Unavailable)
+        );
+        assert_eq!(
+            kind(ran(Outcome::Failed(StoreError::Reply("?".into()))).result()),
+            Some(ErrorKind::Internal)
+        );
+        let allowed = ran(Outcome::Decided(CheckResponse {
+            allowed: true,
+            hits: Vec::new(),
+        }));
+        assert_eq!(allowed.result(), CheckResult::Allowed { hits: Vec::new() });
+    }
+
     #[test]
     fn reasons_become_one_line_without_control_characters() {
         assert_eq!(one_line("a\r\nb\tc\u{0}d"), "a  b c d");
@@ -436,6 +670,8 @@ mod tests {
         let unavailable = AppError::Store(StoreError::NotConnected).into_response();
         assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
         let bug = AppError::Store(StoreError::Reply("3 integers".into())).into_response();
+        let voided = AppError::Store(StoreError::Voided).into_response();
+        assert_eq!(voided.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
             AppError::BadRequest("a\nb".into()).into_response().status(),

@@ -39,9 +39,34 @@ pub fn counter_key(key: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The prefix of every receipt key (see `check.lua`): apart from the counters' prefix, so no
+/// client key can name a receipt.
+const RECEIPT_PREFIX: &str = "rl:r1:";
+
+/// The Redis key of a check's receipt: `rl:r1:{<hash tag of its first counter>}:<id>`, so it
+/// shares a Redis Cluster slot with that counter.
+pub fn receipt_key(first_counter: &str, id: u64) -> String {
+    let tag = first_counter
+        .find('{')
+        .map_or(first_counter, |start| &first_counter[start..]);
+    let mut out = String::with_capacity(RECEIPT_PREFIX.len() + tag.len() + 17);
+    out.push_str(RECEIPT_PREFIX);
+    out.push_str(tag);
+    out.push(':');
+    let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{id:x}"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipts_share_their_first_counters_hash_tag() {
+        let counter = counter_key("login:10.0.0.1");
+        assert_eq!(receipt_key(&counter, 255), "rl:r1:{login:10.0.0.1}:ff");
+        assert!(!receipt_key(&counter, 1).starts_with(PREFIX));
+    }
 
     #[test]
     fn short_keys_are_kept_inside_a_hash_tag() {

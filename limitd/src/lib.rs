@@ -1,18 +1,21 @@
 //! limitd: the counter service behind the Envoy rate-limit filter.
 //!
-//! The filter sends `POST /v1/check` with a batch of hits ([`protocol::CheckRequest`]); limitd
-//! checks them against counters in Redis with one atomic Lua script, all or nothing, and
-//! answers a [`protocol::CheckResponse`]. Every hit carries its own limit and window, so limitd
-//! holds no rules: it is stateless apart from its Redis connection, which follows a Sentinel
-//! failover by itself (see [`store`]).
+//! The filter sends `POST /v2/checks` with a batch of checks ([`protocol::BatchRequest`]); limitd
+//! runs each check against counters in Redis with one atomic Lua script, all or nothing, and
+//! answers one [`protocol::CheckResult`] per check. Every hit carries its own limit and window,
+//! so limitd holds no rules: it is stateless apart from its Redis connection, which follows a
+//! Sentinel failover by itself (see [`store`]). The contract is in `docs/protocol.md`.
 //!
 //! The library exposes [`app`] (the router, for in-process tests) and [`serve`] (the server with
 //! a bounded graceful shutdown); `main.rs` only reads [`Config`], sets up logging and calls them.
 //!
 //! Endpoints:
-//! - `POST /v1/check`: `200` with the decision (a denied check is still `200`, `allowed: false`);
-//!   `400` `{"error": "..."}` for a malformed or out-of-bounds body; `413` for one larger than
-//!   `LIMITD_MAX_BODY_BYTES`; `503` when Redis cannot be reached in time; `500` for anything else.
+//! - `POST /v2/checks`: `200` with one result per check (`allowed`, `denied`, or `error` with a
+//!   reason: `invalid`, `unavailable`, `timeout`, `internal`); `400` `{"error": "..."}` for a
+//!   body that cannot be read or has no checks or too many; `413` for one larger than
+//!   `LIMITD_MAX_BODY_BYTES`; `503` while no connection to Redis has ever been made.
+//! - `POST /v1/check`, `POST /v1/checks`: the deprecated v1 endpoints, for filters not yet
+//!   upgraded (see [`protocol::v1`]).
 //! - `GET /healthz`: `200 ok` while the process runs.
 //! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use, else `503`.
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4 (see [`metrics`]).
@@ -20,7 +23,7 @@
 //! Hostile input: the body is bounded before it is parsed (`413`), `serde_json` bounds nesting
 //! (128 levels), rejects invalid UTF-8, lone surrogates, raw control characters, duplicate and
 //! unknown fields, and numbers that are not whole and non-negative or do not fit a `u64`; then
-//! [`validate`] bounds every number the script sees. Keys may hold any Unicode (escapes
+//! [`protocol::bounds`] bounds every number the script sees. Keys may hold any Unicode (escapes
 //! included); [`keys`] hashes long ones. So nothing a client sends reaches Redis unchecked, and
 //! every refusal is a `400` with a one-line reason of bounded length.
 
@@ -37,7 +40,6 @@ pub mod keys;
 pub mod metrics;
 pub mod script;
 pub mod store;
-pub mod validate;
 
 pub use config::{Config, ConfigError, HttpConfig, RedisConfig, RedisTarget};
 pub use store::{CounterStore, StoreError};
@@ -79,8 +81,9 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.http.max_body_bytes);
     Router::new()
-        .route(protocol::CHECK_PATH, post(http::check))
-        .route(protocol::BATCH_PATH, post(http::check_batch))
+        .route(protocol::CHECKS_PATH, post(http::checks))
+        .route(protocol::v1::CHECK_PATH, post(http::check_v1))
+        .route(protocol::v1::BATCH_PATH, post(http::checks_v1))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

@@ -16,6 +16,10 @@
 //! | `limitd_failovers_total` | counter | rebuilds that landed on a different master address |
 //! | `limitd_bad_requests_total{status="400\|413"}` | counter | refused check bodies |
 //! | `limitd_checks_in_flight` | gauge | validated checks waiting for Redis right now |
+//! | `limitd_invalid_checks_total` | counter | checks of a well-formed batch refused as `error: invalid` |
+//! | `limitd_give_backs_total{outcome="returned\|voided\|settled\|failed"}` | counter | checks reported as errors after their script may have run, by what the give-back found (`failed`: Redis stayed away for the receipt's lifetime) |
+//! | `limitd_give_backs_in_flight` | gauge | give-backs still trying to reach Redis |
+//! | `limitd_v1_requests_total` | counter | requests to the deprecated `/v1/check` and `/v1/checks` (when 0 for long, every filter is on v2) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -118,6 +122,41 @@ pub struct Metrics {
     bad_requests_400: AtomicU64,
     bad_requests_413: AtomicU64,
     in_flight: AtomicI64,
+    invalid_checks: AtomicU64,
+    give_backs: [AtomicU64; 4],
+    give_backs_in_flight: AtomicI64,
+    v1_requests: AtomicU64,
+}
+
+/// What a give-back found, as the `outcome` label of `limitd_give_backs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveBackOutcome {
+    /// The check had been counted and was given back.
+    Returned,
+    /// The check had not run; its receipt was voided.
+    Voided,
+    /// Another give-back had settled it.
+    Settled,
+    /// Redis could not be reached within the receipt's lifetime.
+    Failed,
+}
+
+impl GiveBackOutcome {
+    const ALL: [GiveBackOutcome; 4] = [
+        GiveBackOutcome::Returned,
+        GiveBackOutcome::Voided,
+        GiveBackOutcome::Settled,
+        GiveBackOutcome::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            GiveBackOutcome::Returned => "returned",
+            GiveBackOutcome::Voided => "voided",
+            GiveBackOutcome::Settled => "settled",
+            GiveBackOutcome::Failed => "failed",
+        }
+    }
 }
 
 impl Metrics {
@@ -177,6 +216,36 @@ impl Metrics {
             BadRequest::TooLarge => &self.bad_requests_413,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a check refused as `error: invalid` inside a well-formed batch.
+    pub fn invalid_check(&self) {
+        self.invalid_checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many give-backs are running.
+    pub fn give_backs_in_flight(&self) -> i64 {
+        self.give_backs_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a give-back as running, until [`Metrics::give_back`] counts how it ended.
+    pub fn give_back_started(&self) {
+        self.give_backs_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished give-back by what it found.
+    pub fn give_back(&self, outcome: GiveBackOutcome) {
+        self.give_backs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let index = GiveBackOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.give_backs[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request to a deprecated v1 endpoint.
+    pub fn v1_request(&self) {
+        self.v1_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition of every metric; `master` is the address of the Redis in use.
@@ -313,6 +382,53 @@ impl Metrics {
                 get(counter)
             );
         }
+
+        header(
+            &mut out,
+            "limitd_invalid_checks_total",
+            "counter",
+            "Checks of a well-formed batch refused as invalid.",
+        );
+        let _ = writeln!(
+            out,
+            "limitd_invalid_checks_total {}",
+            get(&self.invalid_checks)
+        );
+
+        header(
+            &mut out,
+            "limitd_give_backs_total",
+            "counter",
+            "Checks reported as errors after their script may have run, by what the give-back found.",
+        );
+        for (outcome, counter) in GiveBackOutcome::ALL.iter().zip(&self.give_backs) {
+            let _ = writeln!(
+                out,
+                "limitd_give_backs_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                get(counter)
+            );
+        }
+
+        header(
+            &mut out,
+            "limitd_give_backs_in_flight",
+            "gauge",
+            "Give-backs still trying to reach Redis.",
+        );
+        let _ = writeln!(
+            out,
+            "limitd_give_backs_in_flight {}",
+            self.give_backs_in_flight.load(Ordering::Relaxed).max(0)
+        );
+
+        header(
+            &mut out,
+            "limitd_v1_requests_total",
+            "counter",
+            "Requests to the deprecated /v1/check and /v1/checks endpoints.",
+        );
+        let _ = writeln!(out, "limitd_v1_requests_total {}", get(&self.v1_requests));
         out
     }
 }

@@ -1,6 +1,10 @@
-//! The check script (`check.lua`: fixed window, sliding window and GCRA in one atomic run): how a
-//! request becomes its `KEYS`/`ARGV` and how its integer reply becomes a [`CheckResponse`].
+//! The check script (`check.lua`: fixed window, sliding window and GCRA in one atomic run, and
+//! the give-back of a check by its receipt): how a request becomes its `KEYS`/`ARGV` and how the
+//! integer reply becomes a [`CheckResponse`].
 
+use std::time::Duration;
+
+use protocol::bounds::gcra_scale;
 use protocol::{Algorithm, CheckRequest, CheckResponse, Hit, HitResult};
 use redis::{Script, ScriptInvocation};
 
@@ -12,6 +16,30 @@ pub const SOURCE: &str = include_str!("check.lua");
 /// How many `ARGV` values each hit takes.
 pub const ARGS_PER_HIT: usize = 8;
 
+/// How long a receipt lives in Redis. A give-back must run within it (see
+/// [`crate::store::GIVE_BACK_WITHIN`]).
+pub const RECEIPT_TTL: Duration = Duration::from_secs(60);
+
+/// What the script does with a check (`ARGV[1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Check and, if allowed, consume; write the receipt.
+    Check,
+    /// Undo what the check with this receipt consumed, or void the receipt if it never ran.
+    GiveBack,
+}
+
+/// What a give-back found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveBack {
+    /// The check had been counted; now it is not.
+    Returned,
+    /// The check had not run; its receipt is void, so it never will.
+    Voided,
+    /// An earlier give-back settled it.
+    Settled,
+}
+
 /// The script's code for each algorithm (`ARGV[8i-7]`).
 pub fn algorithm_code(algorithm: Algorithm) -> u64 {
     match algorithm {
@@ -19,20 +47,6 @@ pub fn algorithm_code(algorithm: Algorithm) -> u64 {
         Algorithm::SlidingWindow => 1,
         Algorithm::Gcra => 2,
     }
-}
-
-/// GCRA's exact time scale for `limit` units per `window_ms`: `(token, rate)` with `token / rate
-/// == window_ms / limit` in lowest terms. Time is counted in ticks of `1 / rate` ms, so one unit
-/// costs exactly `token` ticks (the emission interval) whatever the ratio: dividing by the gcd
-/// keeps the bucket's capacity in ticks, `burst * token`, small enough for Lua's doubles.
-pub fn gcra_scale(limit: u64, window_ms: u64) -> (u64, u64) {
-    let (mut a, mut b) = (limit, window_ms);
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    // Both are at least 1 once validated; a zero would mean an unvalidated hit.
-    let gcd = a.max(1);
-    (window_ms / gcd, limit / gcd)
 }
 
 /// The `ARGV` values of one validated hit, in the order `check.lua` documents: algorithm, shadow,
@@ -77,13 +91,25 @@ impl CheckScript {
         self.script.prepare_invoke()
     }
 
-    /// The `EVALSHA` of the script for a validated `request`: every counter key in `KEYS`, then
-    /// the [`hit_arguments`] of each hit in `ARGV`.
-    pub fn invocation(&self, request: &CheckRequest) -> ScriptInvocation<'_> {
+    /// The `EVALSHA` of the script for a validated `request`: the receipt and every counter key
+    /// in `KEYS`, then the mode, the receipt's lifetime and the [`hit_arguments`] of each hit in
+    /// `ARGV`.
+    pub fn invocation(
+        &self,
+        request: &CheckRequest,
+        receipt: &str,
+        mode: Mode,
+    ) -> ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
+        invocation.key(receipt);
         for hit in &request.hits {
             invocation.key(counter_key(&hit.key));
         }
+        invocation.arg(match mode {
+            Mode::Check => 0,
+            Mode::GiveBack => 1,
+        });
+        invocation.arg(u64::try_from(RECEIPT_TTL.as_millis()).unwrap_or(u64::MAX));
         for hit in &request.hits {
             for value in hit_arguments(hit) {
                 invocation.arg(value);
@@ -93,8 +119,35 @@ impl CheckScript {
     }
 }
 
-/// Turns the script's reply for `request` into the protocol's answer, or says why it cannot.
-pub fn decode_reply(request: &CheckRequest, reply: &[i64]) -> Result<CheckResponse, String> {
+/// Why a check's reply is not an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// The receipt was void: limitd had given this check up, and it counted nothing.
+    Voided,
+    /// Not the shape the script returns (a bug, or a foreign script).
+    Malformed(String),
+}
+
+/// Turns the script's reply to a check of `request` into the protocol's answer, or says why it
+/// cannot.
+pub fn decode_reply(request: &CheckRequest, reply: &[i64]) -> Result<CheckResponse, ReplyError> {
+    if reply == [-1] {
+        return Err(ReplyError::Voided);
+    }
+    decode_decision(request, reply).map_err(ReplyError::Malformed)
+}
+
+/// Reads the script's reply to a give-back.
+pub fn decode_give_back(reply: &[i64]) -> Result<GiveBack, String> {
+    match reply {
+        [1] => Ok(GiveBack::Returned),
+        [0] => Ok(GiveBack::Voided),
+        [2] => Ok(GiveBack::Settled),
+        other => Err(format!("give-back reply {other:?}")),
+    }
+}
+
+fn decode_decision(request: &CheckRequest, reply: &[i64]) -> Result<CheckResponse, String> {
     let expected = 1 + 4 * request.hits.len();
     if reply.len() != expected {
         return Err(format!(
@@ -172,16 +225,6 @@ mod tests {
     }
 
     #[test]
-    fn gcra_scale_is_the_emission_interval_in_lowest_terms() {
-        assert_eq!(gcra_scale(10, 1000), (100, 1));
-        assert_eq!(gcra_scale(3, 1000), (1000, 3));
-        assert_eq!(gcra_scale(1000, 10), (1, 100));
-        assert_eq!(gcra_scale(7, 7), (1, 1));
-        // 10 million per 30 days: 2_592_000_000 ms / 10_000_000 = 1296 / 5.
-        assert_eq!(gcra_scale(10_000_000, 2_592_000_000), (1296, 5));
-    }
-
-    #[test]
     fn hits_become_eight_arguments() {
         let mut hit = request(1).hits.remove(0);
         assert_eq!(hit_arguments(&hit), [0, 0, 10, 1000, 1, 0, 0, 0]);
@@ -201,5 +244,14 @@ mod tests {
         assert!(decode_reply(&request(1), &[1, 1, 9, 500]).is_err());
         assert!(decode_reply(&request(1), &[2, 1, 9, 500, 0]).is_err());
         assert!(decode_reply(&request(1), &[1, 1, -1, 500, 0]).is_err());
+        assert_eq!(decode_reply(&request(1), &[-1]), Err(ReplyError::Voided));
+    }
+
+    #[test]
+    fn give_back_replies_decode() {
+        assert_eq!(decode_give_back(&[1]), Ok(GiveBack::Returned));
+        assert_eq!(decode_give_back(&[0]), Ok(GiveBack::Voided));
+        assert_eq!(decode_give_back(&[2]), Ok(GiveBack::Settled));
+        assert!(decode_give_back(&[1, 1]).is_err());
     }
 }

@@ -32,8 +32,19 @@
 //! Redis replication is asynchronous: counts acknowledged by the old master just before it died
 //! may be missing on the new one, so a failover can under-count (admit a little more than the
 //! limit) for the window in progress. It never over-counts.
+//!
+//! # Counted exactly when admitted
+//!
+//! Every check carries a receipt key ([`CounterStore::receipt`]). When a check fails in a way
+//! that leaves open whether its script ran (the connection died after sending, no answer in
+//! time: [`StoreError::may_have_run`]), the caller reports it as an error and calls
+//! [`CounterStore::give_back`]: in the background, on the current connection (after the rebuild,
+//! if there is one), the script finds the receipt and undoes the charge, or voids the receipt so
+//! the check can never count. A check reported as an error therefore never stays counted.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -44,11 +55,19 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::config::RedisConfig;
 use crate::connector::Connector;
-use crate::metrics::{Metrics, RedisErrorKind};
-use crate::script::{decode_reply, CheckScript};
+use crate::keys::{counter_key, receipt_key};
+use crate::metrics::{GiveBackOutcome, Metrics, RedisErrorKind};
+use crate::script::{decode_give_back, decode_reply, CheckScript, GiveBack, Mode, ReplyError};
 
 /// How often, with Sentinel, the master's address is compared with the connected one.
 pub const MASTER_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a give-back keeps trying: well within [`crate::script::RECEIPT_TTL`], so the receipt it looks for
+/// is still there.
+pub const GIVE_BACK_WITHIN: Duration = Duration::from_secs(30);
+
+/// The most give-backs waiting for Redis at once.
+pub const MAX_GIVE_BACKS: i64 = 10_000;
 
 const REBUILD_BACKOFF_START: Duration = Duration::from_millis(50);
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -71,6 +90,9 @@ pub enum StoreError {
     /// The script's reply did not have the expected shape (a bug, or a foreign script).
     #[error("unexpected reply from the check script: {0}")]
     Reply(String),
+    /// The check's receipt had been voided by a give-back: it counted nothing.
+    #[error("the check was given up before it ran")]
+    Voided,
     /// The Redis configuration was refused by redis-rs.
     #[error("bad Redis configuration: {0}")]
     Config(#[source] RedisError),
@@ -81,10 +103,37 @@ impl StoreError {
     /// or a misconfiguration.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::NotConnected => true,
+            Self::NotConnected | Self::Voided => true,
             Self::Redis { transient, .. } => *transient,
             Self::Reply(_) | Self::Config(_) => false,
         }
+    }
+
+    /// Whether the check's script may have run (and counted) although no answer says so: the
+    /// command went out and then the connection failed or the answer timed out, or an answer
+    /// came back that could not be read. A refusal by Redis (an error reply), a connection never
+    /// made, or a voided receipt means it did not run.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::Redis { source, .. } => {
+                source.code().is_none()
+                    && !source.is_connection_refusal()
+                    && !matches!(
+                        source.kind(),
+                        ErrorKind::Server(_)
+                            | ErrorKind::Extension
+                            | ErrorKind::AuthenticationFailed
+                            | ErrorKind::InvalidClientConfig
+                    )
+            }
+            Self::Reply(_) => true,
+            Self::NotConnected | Self::Config(_) | Self::Voided => false,
+        }
+    }
+
+    /// Whether Redis did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Redis { source, .. } if source.is_timeout())
     }
 }
 
@@ -175,6 +224,9 @@ struct Shared {
     current: RwLock<Link>,
     /// Set while a rebuild task runs, so concurrent failures start only one.
     rebuilding: AtomicBool,
+    /// Receipt ids: a random start per process, then one more per check, so that two limitd
+    /// never share one.
+    next_receipt: AtomicU64,
 }
 
 /// One connection and the generation that names it.
@@ -212,6 +264,7 @@ impl CounterStore {
                 addr: None,
             }),
             rebuilding: AtomicBool::new(true),
+            next_receipt: AtomicU64::new(RandomState::new().hash_one(std::process::id())),
         });
         match shared.open().await {
             Ok(link) => {
@@ -239,18 +292,101 @@ impl CounterStore {
         Ok(Self { shared })
     }
 
+    /// A fresh receipt key for a check of the validated `request`.
+    pub fn receipt(&self, request: &CheckRequest) -> String {
+        let id = self.shared.next_receipt.fetch_add(1, Ordering::Relaxed);
+        let first = request.hits.first().map_or("", |hit| hit.key.as_str());
+        receipt_key(&counter_key(first), id)
+    }
+
     /// Checks and, if every hit is allowed, consumes the hits of a validated `request`, all or
-    /// nothing, in one script run.
-    pub async fn check(&self, request: &CheckRequest) -> Result<CheckResponse, StoreError> {
+    /// nothing, in one script run that also writes `receipt` when it consumes.
+    pub async fn check(
+        &self,
+        request: &CheckRequest,
+        receipt: &str,
+    ) -> Result<CheckResponse, StoreError> {
         let (generation, mut connection) = self.connection()?;
         let reply: Result<Vec<i64>, RedisError> = self
             .shared
             .script
-            .invocation(request)
+            .invocation(request, receipt, Mode::Check)
             .invoke_async(&mut connection)
             .await;
         let reply = reply.map_err(|err| self.failed(generation, err))?;
-        decode_reply(request, &reply).map_err(StoreError::Reply)
+        decode_reply(request, &reply).map_err(|err| match err {
+            ReplyError::Voided => StoreError::Voided,
+            ReplyError::Malformed(text) => StoreError::Reply(text),
+        })
+    }
+
+    /// Makes sure the check of `request` with `receipt` counts nothing, in the background: gives
+    /// back what it consumed, or voids the receipt if it never ran. Retries on the current
+    /// connection (waiting out a rebuild) for up to [`GIVE_BACK_WITHIN`].
+    ///
+    /// At most [`MAX_GIVE_BACKS`] run at once; past that (a long outage with many checks in
+    /// doubt) one is counted as failed at once and logged.
+    pub fn give_back(&self, request: CheckRequest, receipt: String) {
+        let metrics = &self.shared.metrics;
+        if metrics.give_backs_in_flight() >= MAX_GIVE_BACKS {
+            metrics.give_back_started();
+            metrics.give_back(GiveBackOutcome::Failed);
+            tracing::error!(
+                receipt,
+                "too many give-backs waiting for redis; this check may stay counted"
+            );
+            return;
+        }
+        let store = self.clone();
+        store.shared.metrics.give_back_started();
+        tokio::spawn(async move {
+            let outcome = store.settle(&request, &receipt).await;
+            store.shared.metrics.give_back(outcome);
+            match outcome {
+                GiveBackOutcome::Failed => tracing::error!(
+                    receipt,
+                    "could not give back a check whose answer was lost; it may stay counted"
+                ),
+                outcome => tracing::debug!(receipt, ?outcome, "check given back"),
+            }
+        });
+    }
+
+    async fn settle(&self, request: &CheckRequest, receipt: &str) -> GiveBackOutcome {
+        let give_up = tokio::time::Instant::now() + GIVE_BACK_WITHIN;
+        let mut backoff = REBUILD_BACKOFF_START;
+        while tokio::time::Instant::now() < give_up {
+            if let Ok((generation, mut connection)) = self.connection() {
+                let reply: Result<Vec<i64>, RedisError> = self
+                    .shared
+                    .script
+                    .invocation(request, receipt, Mode::GiveBack)
+                    .invoke_async(&mut connection)
+                    .await;
+                match reply {
+                    Ok(reply) => match decode_give_back(&reply) {
+                        Ok(GiveBack::Returned) => return GiveBackOutcome::Returned,
+                        Ok(GiveBack::Voided) => return GiveBackOutcome::Voided,
+                        Ok(GiveBack::Settled) => return GiveBackOutcome::Settled,
+                        Err(text) => {
+                            tracing::error!(error = %text, "unexpected reply to a give-back");
+                            return GiveBackOutcome::Failed;
+                        }
+                    },
+                    Err(err) => {
+                        self.failed(generation, err);
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(REBUILD_BACKOFF_MAX);
+        }
+        GiveBackOutcome::Failed
+    }
+
+    /// Whether a connection to Redis has ever been made (it may be being rebuilt now).
+    pub fn is_connected(&self) -> bool {
+        self.shared.link().connection.is_some()
     }
 
     /// Sends `PING` on the current connection (bounded by the response timeout).
@@ -272,7 +408,13 @@ impl CounterStore {
         &self.shared.metrics
     }
 
+    /// The connection to send on. While a rebuild runs, none: the connection in use is suspect,
+    /// and a command that is never sent is known not to have run, while one sent on a dying
+    /// connection leaves its fate open (and needs a give-back).
     fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        if self.shared.rebuilding.load(Ordering::Acquire) {
+            return Err(StoreError::NotConnected);
+        }
         let guard = self
             .shared
             .current

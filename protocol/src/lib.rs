@@ -1,63 +1,62 @@
 //! The check protocol spoken between the Envoy filter and limitd.
 //!
-//! One `POST /v1/check` carries a [`CheckRequest`]: a batch of hits, one per
-//! rule that matched the request. limitd answers a [`CheckResponse`] with the
-//! overall decision and one [`HitResult`] per hit, in the same order. The
-//! check is all-or-nothing: the request is allowed only if every hit is, and a
+//! One endpoint, one format: `POST /v2/checks` carries a [`BatchRequest`], a batch of
+//! independent checks (one per HTTP request the filter is deciding; a single check is a batch of
+//! one). limitd answers `200` with a [`BatchResponse`]: one [`CheckResult`] per check, in order.
+//! Each check is all or nothing on its own: allowed only if every non-shadow hit fits, and a
 //! denied check consumes none of its hits.
 //!
-//! Every duration is in milliseconds. Rules live in the filter; each hit
-//! carries its own limit, window and algorithm, so limitd is stateless apart
-//! from its counters. The path is versioned so the protocol can change without
-//! breaking a running fleet.
+//! The rules the protocol keeps (see `docs/protocol.md` for the whole contract):
 //!
-//! limitd answers `400` with a one-line reason for a malformed body, `413` for
-//! an oversized one and `503` when Redis cannot be reached.
+//! - **One result per check**: `allowed` or `denied` (with one [`HitResult`] per hit), or
+//!   `error` with a machine-readable [`ErrorKind`]. Only the request whose own check failed gets
+//!   its rule's failure mode.
+//! - **Counted exactly when admitted**: a result says `allowed` if and only if the check consumed
+//!   its quota. A check reported as `error` consumed nothing (limitd gives back what a script it
+//!   could not hear from in time may have taken).
+//! - **Whole-body statuses** only for a body that cannot be parsed (`400`), one that is too large
+//!   (`413`), or limitd not ready (`503`).
+//! - **Bounds** on every value are in [`bounds`], shared by limitd and the filter's config checks.
+//! - **Upgrade-safe**: every reader ignores fields it does not know, new fields are optional
+//!   with defaults, an unknown result or error kind reads as [`CheckResult::Unknown`] /
+//!   [`ErrorKind::Unknown`] (an error), and the path's version changes only for a breaking
+//!   change. [`v1`] keeps the previous version's types, which limitd still serves.
+//!
+//! Every duration is in milliseconds. Rules live in the filter; each hit carries its own limit,
+//! window and algorithm, so limitd is stateless apart from its counters.
 
 use serde::{Deserialize, Serialize};
 
+pub mod bounds;
+pub mod v1;
+
+pub use bounds::{MAX_CHECKS, MAX_HITS};
+
 /// The path of the check endpoint.
-pub const CHECK_PATH: &str = "/v1/check";
+pub const CHECKS_PATH: &str = "/v2/checks";
 
-/// The path of the batch endpoint: several independent checks in one request.
-pub const BATCH_PATH: &str = "/v1/checks";
-
-/// The most hits one check may carry.
-pub const MAX_HITS: usize = 64;
-
-/// The most checks one batch may carry.
-pub const MAX_CHECKS: usize = 256;
-
-/// The body of `POST /v1/checks`: independent checks, each decided (all or
-/// nothing) on its own, as if each had been sent to `/v1/check`. A proxy
-/// sends the checks of the requests that arrived while its previous batch was
-/// in flight (group commit), so the cost of a callout is shared while every
-/// request is still decided globally.
+/// The body of `POST /v2/checks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// At least one, at most [`MAX_CHECKS`].
+    /// How long the caller waits for the answer, in milliseconds (at most
+    /// [`bounds::MAX_TIMEOUT_MS`]). limitd answers before then, reporting `error: timeout` for
+    /// a check it could not finish, so the caller never has to guess what was counted. Absent:
+    /// limitd's own Redis timeout applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The checks, each decided on its own. At least one, at most [`MAX_CHECKS`].
     pub checks: Vec<CheckRequest>,
 }
 
-/// limitd's answer to a [`BatchRequest`]: one result per check, in order.
+/// One request's hits, checked together, all or nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchResponse {
-    pub results: Vec<CheckResponse>,
-}
-
-/// The body of `POST /v1/check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CheckRequest {
-    /// The hits to check together, all or nothing. At least one, at most [`MAX_HITS`].
+    /// At least one, at most [`MAX_HITS`].
     pub hits: Vec<Hit>,
 }
 
 /// One counter to check and, if the whole check is allowed, increment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hit {
     /// The counter's identity, already namespaced by rule (e.g. `limited_endpoint:127.0.0.1`).
     /// limitd bounds its size in Redis (long keys are hashed) and prefixes it.
@@ -110,9 +109,78 @@ pub enum Algorithm {
     Gcra,
 }
 
-/// limitd's answer to a [`CheckRequest`].
+/// limitd's answer to a [`BatchRequest`]: one result per check, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct BatchResponse {
+    pub results: Vec<CheckResult>,
+}
+
+/// The result of one check, tagged by `"result"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CheckResult {
+    /// Every non-shadow hit fitted, and the check consumed them. One result per hit, in order.
+    Allowed { hits: Vec<HitResult> },
+    /// A non-shadow hit did not fit; the check consumed nothing. One result per hit, in order.
+    Denied { hits: Vec<HitResult> },
+    /// The check was not decided and consumed nothing.
+    Error {
+        error: ErrorKind,
+        /// A one-line explanation for logs (for `invalid`, which field and why).
+        #[serde(default)]
+        detail: String,
+    },
+    /// A result kind this reader does not know (from a newer limitd): treated as an error.
+    #[serde(other)]
+    Unknown,
+}
+
+impl CheckResult {
+    /// The decision and the hits' results, for a decided check.
+    pub fn decided(&self) -> Option<(bool, &[HitResult])> {
+        match self {
+            CheckResult::Allowed { hits } => Some((true, hits)),
+            CheckResult::Denied { hits } => Some((false, hits)),
+            CheckResult::Error { .. } | CheckResult::Unknown => None,
+        }
+    }
+}
+
+impl From<CheckResponse> for CheckResult {
+    fn from(response: CheckResponse) -> Self {
+        if response.allowed {
+            CheckResult::Allowed {
+                hits: response.hits,
+            }
+        } else {
+            CheckResult::Denied {
+                hits: response.hits,
+            }
+        }
+    }
+}
+
+/// Why a check was not decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The check breaks a bound (see [`bounds`]); sending it again will not help.
+    Invalid,
+    /// Redis could not be reached, or failed the check.
+    Unavailable,
+    /// The check did not finish within the batch's `timeout_ms`.
+    Timeout,
+    /// A fault in limitd (a reply it did not expect).
+    Internal,
+    /// A kind this reader does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A decided check: whether it was allowed, and one result per hit. This is what limitd's
+/// counter store computes; on the wire it becomes [`CheckResult::Allowed`] or
+/// [`CheckResult::Denied`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckResponse {
     /// True when every hit was allowed (and so consumed).
     pub allowed: bool,
@@ -122,7 +190,6 @@ pub struct CheckResponse {
 
 /// The state of one counter after the check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HitResult {
     /// Whether this hit alone fitted in its limit.
     pub allowed: bool,
@@ -181,17 +248,54 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<CheckRequest>(
-            r#"{"hits":[{"key":"k","limit":1,"window_ms":1,"colour":"red"}]}"#,
+    fn readers_ignore_fields_they_do_not_know() {
+        let batch: BatchRequest = serde_json::from_str(
+            r#"{"checks":[{"hits":[{"key":"k","limit":1,"window_ms":1,"colour":"red"}],"lease":{}}],
+                "trace":"abc","timeout_ms":250}"#,
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("colour"), "{err}");
+        .unwrap();
+        assert_eq!(batch.timeout_ms, Some(250));
+        assert_eq!(batch.checks[0].hits[0].key, "k");
+
+        let answer: BatchResponse = serde_json::from_str(
+            r#"{"results":[
+                {"result":"allowed","hits":[{"allowed":true,"limit":1,"remaining":0,"reset_ms":5,
+                  "retry_after_ms":0,"grant":3}],"lease_ms":9},
+                {"result":"error","error":"timeout","detail":"x","since":1}
+               ],"server":"limitd 9"}"#,
+        )
+        .unwrap();
+        assert!(matches!(answer.results[0], CheckResult::Allowed { .. }));
+        assert_eq!(
+            answer.results[1],
+            CheckResult::Error {
+                error: ErrorKind::Timeout,
+                detail: "x".into()
+            }
+        );
     }
 
     #[test]
-    fn response_round_trips() {
-        let resp = CheckResponse {
+    fn unknown_result_and_error_kinds_read_as_unknown() {
+        let answer: BatchResponse = serde_json::from_str(
+            r#"{"results":[{"result":"leased","hits":[]},{"result":"error","error":"quota_gone"},
+                           {"result":"error","error":"invalid"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.results[0], CheckResult::Unknown);
+        assert_eq!(
+            answer.results[1],
+            CheckResult::Error {
+                error: ErrorKind::Unknown,
+                detail: String::new()
+            }
+        );
+        assert!(answer.results.iter().all(|r| r.decided().is_none()));
+    }
+
+    #[test]
+    fn results_are_tagged_and_round_trip() {
+        let denied = CheckResult::from(CheckResponse {
             allowed: false,
             hits: vec![HitResult {
                 allowed: false,
@@ -200,8 +304,20 @@ mod tests {
                 reset_ms: 1500,
                 retry_after_ms: 1500,
             }],
+        });
+        let text = serde_json::to_string(&denied).unwrap();
+        assert_eq!(
+            text,
+            r#"{"result":"denied","hits":[{"allowed":false,"limit":10,"remaining":0,"reset_ms":1500,"retry_after_ms":1500}]}"#
+        );
+        assert_eq!(serde_json::from_str::<CheckResult>(&text).unwrap(), denied);
+        let error = CheckResult::Error {
+            error: ErrorKind::Invalid,
+            detail: "hits[0].limit: must be between 1 and 1000000000000000, got 0".into(),
         };
-        let text = serde_json::to_string(&resp).unwrap();
-        assert_eq!(serde_json::from_str::<CheckResponse>(&text).unwrap(), resp);
+        let text = serde_json::to_string(&error).unwrap();
+        assert!(text.starts_with(r#"{"result":"error","error":"invalid","detail":"#));
+        assert_eq!(serde_json::from_str::<CheckResult>(&text).unwrap(), error);
+        assert_eq!(denied.decided().map(|(allowed, _)| allowed), Some(false));
     }
 }

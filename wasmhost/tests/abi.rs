@@ -15,7 +15,7 @@ use wasmhost::{Action, Headers, Host, Vm};
 fn guest() -> Vec<u8> {
     let headers = Headers::from_pairs(&[
         (":method", "POST"),
-        (":path", "/v1/check"),
+        (":path", "/v2/checks"),
         (":authority", "limitd"),
     ])
     .encode();
@@ -166,7 +166,7 @@ fn a_queue_batches_paused_requests_into_one_callout_from_the_root() {
     let call = &calls[0];
     assert_eq!(call.context_id, vm.root_id());
     assert_eq!(call.cluster, "limitd");
-    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/check"));
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/v2/checks"));
     assert_eq!(call.timeout_ms, 250);
     let ids: Vec<u32> = call
         .body

@@ -1,5 +1,5 @@
 //! Group commit in the built `ratelimit.wasm`: requests that arrive while a
-//! callout is in flight wait, and go out together as one `POST /v1/checks`
+//! callout is in flight wait, and go out together as one `POST /v2/checks`
 //! from the worker's root context, which answers each of them on their own.
 //!
 //! Queue events are held (`hold_queue_events`) where the test needs several

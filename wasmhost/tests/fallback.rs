@@ -180,7 +180,7 @@ fn without_a_fallback_the_failure_mode_applies_and_without_batching_the_fallback
         let req = request(&mut vm, "10.0.0.1");
         assert_eq!(
             vm.calls().last().and_then(|c| c.headers.get(":path")),
-            Some("/v1/check".to_owned())
+            Some("/v2/checks".to_owned())
         );
         assert!(vm.request_forwarded(req));
     }

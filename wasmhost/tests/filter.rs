@@ -3,11 +3,11 @@
 //! rules, answers and failures Envoy would give it.
 //!
 //! By default the filter batches: a request queues its check and pauses, the
-//! worker's root context sends what waits as one `POST /v1/checks`, and its
+//! worker's root context sends what waits as one `POST /v2/checks`, and its
 //! answer resumes or answers each request. The requests here come one at a
 //! time, so each batch holds one check; `batching.rs` tests group commit
 //! itself, `fallback.rs` the local limits used while limitd is away. A few
-//! tests here keep `"batch": {"enabled": false}` (one `POST /v1/check` per
+//! tests here keep `"batch": {"enabled": false}` (one `POST /v2/checks` batch of one per
 //! request, from the request's own context).
 //!
 //! The module is the one `cargo xtask build` (and `cargo xtask test`) produce;
@@ -17,10 +17,10 @@ mod common;
 
 use common::filter::{
     answer, batch_answer, batch_of, config, fail, get, get_from, json, metric, only_pending_call,
-    result, single_answer, without_batching, FAILURES,
+    result, without_batching, FAILURES,
 };
 use common::host;
-use protocol::{Algorithm, CheckRequest, CheckResponse, HitResult};
+use protocol::{Algorithm, CheckResponse, HitResult};
 use wasmhost::{Action, HostError, LogLevel, Vm};
 
 fn start(failure_mode: &str) -> Vm {
@@ -36,7 +36,7 @@ fn a_matching_request_pauses_and_its_check_goes_to_limitd() {
     let call = only_pending_call(&vm);
     assert_eq!(call.cluster, "limitd");
     assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
-    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/checks"));
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/v2/checks"));
     assert_eq!(call.headers.get(":authority").as_deref(), Some("limitd"));
     assert_eq!(
         call.headers.get("content-type").as_deref(),
@@ -69,15 +69,16 @@ fn without_batching_a_request_sends_its_own_check_from_its_own_context() {
     let call = only_pending_call(&vm);
     assert_eq!(call.cluster, "limitd");
     assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
-    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/check"));
     assert_eq!(call.headers.get(":authority").as_deref(), Some("limitd"));
     assert_eq!(call.timeout_ms, 250);
     assert_eq!(call.context_id, req.id);
-    let check: CheckRequest = serde_json::from_slice(&call.body).unwrap();
-    assert_eq!(check.hits.len(), 1);
-    assert_eq!(check.hits[0].key, "limited_endpoint:127.0.0.2");
+    let batch = batch_of(&call);
+    assert_eq!(batch.timeout_ms, Some(250));
+    assert_eq!(batch.checks.len(), 1);
+    assert_eq!(batch.checks[0].hits.len(), 1);
+    assert_eq!(batch.checks[0].hits[0].key, "limited_endpoint:127.0.0.2");
 
-    vm.respond_to_call(call.token, &[(":status", "200")], &single_answer(true, 0))
+    vm.respond_to_call(call.token, &[(":status", "200")], &answer(true, 0))
         .unwrap();
     assert!(vm.request_forwarded(req));
     let response = vm.response_headers(req.id, &[(":status", "200")]).unwrap();
@@ -572,13 +573,7 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
             } else {
                 without_batching(&config("deny"))
             };
-            let body = |allowed| {
-                if batching {
-                    answer(allowed, 1_000)
-                } else {
-                    single_answer(allowed, 1_000)
-                }
-            };
+            let body = |allowed| answer(allowed, 1_000);
             let mut vm = host().start(config).unwrap();
 
             // The client disconnects while its check is in flight; the answer still arrives.
@@ -640,15 +635,11 @@ fn without_batching_concurrent_requests_each_get_their_own_answer() {
     vm.respond_to_call(
         token_of(second.id),
         &[(":status", "200")],
-        &single_answer(false, 2_000),
+        &answer(false, 2_000),
     )
     .unwrap();
-    vm.respond_to_call(
-        token_of(first.id),
-        &[(":status", "200")],
-        &single_answer(true, 0),
-    )
-    .unwrap();
+    vm.respond_to_call(token_of(first.id), &[(":status", "200")], &answer(true, 0))
+        .unwrap();
     assert!(vm.request_resumed(first.id) && vm.local_reply(first.id).is_none());
     assert!(!vm.request_resumed(second.id) && vm.local_reply(second.id).is_some());
     assert_eq!(
@@ -706,10 +697,11 @@ fn a_batch_answer_is_one_result_per_check() {
         response.headers.get("ratelimit").as_deref(),
         Some(r#""limited_endpoint";r=3;t=42"#)
     );
-    // limitd's single-check answer is not a batch answer: a failure, not a guess.
+    // v1's single-check answer is not a batch answer: a failure, not a guess.
     let req = get(&mut vm, "/limited_endpoint");
     let token = only_pending_call(&vm).token;
-    vm.respond_to_call(token, &[(":status", "200")], &single_answer(false, 5_000))
+    let v1_single = serde_json::to_vec(&result(false, 0, 5_000)).unwrap();
+    vm.respond_to_call(token, &[(":status", "200")], &v1_single)
         .unwrap();
     assert!(vm.request_forwarded(req));
     assert_eq!(metric(&vm, "failure_mode_allowed"), 1);

@@ -41,7 +41,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
     proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
-        Box::new(Root { root_id, vm: None, queue: None, sent_at: HashMap::new() })
+        Box::new(Root { root_id, vm: None, retired: Vec::new(), queue: None, sent_at: HashMap::new() })
     });
 }}
 

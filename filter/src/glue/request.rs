@@ -1,5 +1,5 @@
-//! One HTTP request through the filter: its checks, its own callout at low
-//! load, and its response headers.
+//! One HTTP request through the filter: its check, its own callout (at low
+//! load, or with batching off), and its response headers.
 
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
 
-use crate::batch::{encode_batch, Entry};
+use crate::batch::{encode_batch, remaining_ms, Entry};
 use crate::request::RequestView;
 use crate::verdict::{CalloutError, Check, Headers, Verdict};
 
@@ -22,13 +22,12 @@ pub(super) struct Request {
     pub(super) vm: Rc<Vm>,
     /// The root's wake-up queue; `None`: this request makes its own callout.
     pub(super) queue: Option<u32>,
-    /// Without batching: the check in flight, while the request is paused.
-    pub(super) pending: Option<Check>,
-    /// With batching, at low load: the check in this request's own callout.
+    /// The check in this request's own callout (a batch of one), while it is
+    /// in flight.
     pub(super) direct: Option<Entry>,
-    /// Without batching: rate-limit headers for the upstream's response.
+    /// Rate-limit headers for the upstream's response, decided here.
     pub(super) response_headers: Headers,
-    /// Without batching: when the check in flight was sent.
+    /// When this request's own callout was sent.
     pub(super) sent_at: Option<SystemTime>,
 }
 
@@ -76,8 +75,9 @@ impl Request {
     }
 
     /// Sends the check at once in a callout of this request's own, as a batch
-    /// of one: nothing waits and no callout is in flight, so going through the
-    /// root would only add its wake-up to the request's latency.
+    /// of one: with batching off, or when nothing waits and no callout is in
+    /// flight, so that going through the root would only add its wake-up to
+    /// the request's latency.
     pub(super) fn send_direct(&mut self, check: Check) -> Action {
         let entry = Entry {
             context_id: self.context_id,
@@ -85,11 +85,20 @@ impl Request {
             queued_ms: now_ms(),
             retried: false,
         };
-        let body = encode_batch(std::slice::from_ref(&entry));
-        match self
-            .vm
-            .dispatch(protocol::BATCH_PATH, &body, self.vm.policy.timeout_ms)
-        {
+        self.send_entry(entry, false)
+    }
+
+    /// Sends `entry` in this request's own callout, within what is left of its
+    /// timeout. `paused`: the request waits already, and must be resumed if
+    /// the check is decided now.
+    fn send_entry(&mut self, entry: Entry, paused: bool) -> Action {
+        let budget_ms = remaining_ms(
+            std::slice::from_ref(&entry),
+            now_ms(),
+            self.vm.policy.timeout_ms,
+        );
+        let body = encode_batch(std::slice::from_ref(&entry), budget_ms);
+        match self.vm.dispatch(&body, budget_ms) {
             Ok(_token) => {
                 self.direct = Some(entry);
                 self.sent_at = now();
@@ -98,7 +107,7 @@ impl Request {
             Err(e) => {
                 self.finish_direct();
                 let decision = self.vm.failed(&entry.check, &e);
-                let (action, headers) = self.vm.carry_out(decision, false);
+                let (action, headers) = self.vm.carry_out(decision, paused);
                 self.response_headers = headers;
                 action
             }
@@ -110,10 +119,20 @@ impl Request {
         let vm = self.vm.clone();
         let decisions = vm.settle(vec![entry], num_headers, body_size, self.sent_at);
         self.finish_direct();
-        // None when the check went back to the queue to be sent again.
-        if let Some((_, decision)) = decisions.into_iter().next() {
-            let (_, headers) = vm.carry_out(decision, true);
-            self.response_headers = headers;
+        match decisions.into_iter().next() {
+            Some((_, decision)) => {
+                let (_, headers) = vm.carry_out(decision, true);
+                self.response_headers = headers;
+            }
+            // The check went back to the queue to be sent again (limitd was not
+            // reached). With batching off no root sends it: this request does.
+            None if self.queue.is_none() => {
+                let again = vm.batcher.borrow_mut().take_waiting(self.context_id);
+                if let Some(entry) = again {
+                    self.send_entry(entry, true);
+                }
+            }
+            None => {}
         }
     }
 
@@ -131,27 +150,6 @@ impl Request {
             }
         }
     }
-
-    /// Sends the check in a callout of this request's own.
-    pub(super) fn send_check(&mut self, check: Check) -> Action {
-        match self.vm.dispatch(
-            protocol::CHECK_PATH,
-            &check.encode(),
-            self.vm.policy.timeout_ms,
-        ) {
-            Ok(_token) => {
-                self.pending = Some(check);
-                self.sent_at = now();
-                Action::Pause
-            }
-            Err(e) => {
-                let decision = self.vm.failed(&check, &e);
-                let (action, headers) = self.vm.carry_out(decision, false);
-                self.response_headers = headers;
-                action
-            }
-        }
-    }
 }
 
 impl Context for Request {
@@ -164,21 +162,7 @@ impl Context for Request {
     ) {
         if let Some(entry) = self.direct.take() {
             self.direct_answered(entry, num_headers, body_size);
-            return;
         }
-        let Some(check) = self.pending.take() else {
-            return;
-        };
-        let vm = self.vm.clone();
-        let answer = vm
-            .read_callout(num_headers, body_size)
-            .and_then(|(status, body)| vm.policy.read_answer(&check, &status, &body));
-        let decision = match answer {
-            Ok(answer) => vm.decided(&check, &answer, self.sent_at),
-            Err(e) => vm.failed(&check, &e),
-        };
-        let (_, headers) = vm.carry_out(decision, true);
-        self.response_headers = headers;
     }
     fn on_done(&mut self) -> bool {
         // Envoy cancels the callout of a request that is done: it is no longer in flight.
@@ -202,11 +186,10 @@ impl HttpContext for Request {
                 }
                 Metrics::bump(self.vm.metrics.checks);
                 match self.queue {
-                    Some(_) if self.vm.batcher.borrow_mut().try_direct(self.context_id) => {
-                        self.send_direct(check)
+                    Some(queue) if !self.vm.batcher.borrow_mut().try_direct(self.context_id) => {
+                        self.queue_check(queue, check)
                     }
-                    Some(queue) => self.queue_check(queue, check),
-                    None => self.send_check(check),
+                    _ => self.send_direct(check),
                 }
             }
         }

@@ -22,6 +22,9 @@ use super::{log, now, now_ms, VM_SEQUENCE_KEY};
 pub(super) struct Root {
     pub(super) root_id: u32,
     pub(super) vm: Option<Rc<Vm>>,
+    /// The VMs of earlier configurations that still have checks waiting or in
+    /// flight: they are sent and answered as before, and dropped once idle.
+    pub(super) retired: Vec<Rc<Vm>>,
     /// The queue that wakes this root, under a name unique to this VM.
     pub(super) queue: Option<u32>,
     /// When each batch callout in flight was sent, for the latency histogram.
@@ -52,33 +55,45 @@ impl Root {
         None
     }
 
-    /// Sends what waits, as long as the bound on callouts in flight allows.
+    /// Sends what waits, for the current configuration and the retired ones,
+    /// and forgets retired ones with nothing left to do.
+    pub(super) fn pump(&mut self) {
+        if let Some(vm) = self.vm.clone() {
+            self.pump_vm(&vm);
+        }
+        for vm in self.retired.clone() {
+            self.pump_vm(&vm);
+        }
+        self.retired.retain(|vm| !vm.batcher.borrow().is_idle());
+    }
+
+    /// Sends what waits in `vm`, as long as the bound on callouts in flight
+    /// allows.
     ///
     /// Every request gets at most the configured timeout in all: those that
     /// waited that long behind a hung callout get the failure mode now, and a
     /// batch's callout may only take what is left of its oldest request's.
-    pub(super) fn pump(&mut self) {
-        let Some(vm) = self.vm.clone() else { return };
+    fn pump_vm(&mut self, vm: &Rc<Vm>) {
         let now_ms = now_ms();
         let timeout_ms = vm.policy.timeout_ms;
         let expired = vm.batcher.borrow_mut().take_expired(now_ms, timeout_ms);
         if !expired.is_empty() {
             let decisions = vm.failed_live(expired, &CalloutError::Expired);
-            self.deliver(&vm, decisions);
+            self.deliver(vm, decisions);
         }
         loop {
             let Some(batch) = vm.batcher.borrow_mut().next_batch() else {
                 return;
             };
             let budget_ms = remaining_ms(&batch, now_ms, timeout_ms);
-            match vm.dispatch(protocol::BATCH_PATH, &encode_batch(&batch), budget_ms) {
+            match vm.dispatch(&encode_batch(&batch, budget_ms), budget_ms) {
                 Ok(token) => {
                     self.sent_at.insert(token, now());
                     vm.batcher.borrow_mut().sent(token, batch);
                 }
                 Err(e) => {
                     let decisions = vm.failed_live(batch, &e);
-                    self.deliver(&vm, decisions);
+                    self.deliver(vm, decisions);
                 }
             }
         }
@@ -108,8 +123,13 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(vm) = self.vm.clone() else { return };
-        let Some(batch) = vm.batcher.borrow_mut().finished(token_id) else {
+        // The batch is the current configuration's, or a retired one's.
+        let Some((vm, batch)) = self
+            .vm
+            .iter()
+            .chain(&self.retired)
+            .find_map(|vm| Some((vm.clone(), vm.batcher.borrow_mut().finished(token_id)?)))
+        else {
             return;
         };
         let sent = self.sent_at.remove(&token_id).flatten();
@@ -174,6 +194,13 @@ impl RootContext for Root {
             ),
         );
         let batcher = Batcher::new(policy.batch.max_checks, policy.batch.max_in_flight);
+        // Checks of the previous configuration still waiting or in flight keep
+        // their VM until they are answered: none is dropped or left hanging.
+        if let Some(previous) = self.vm.take() {
+            if !previous.batcher.borrow().is_idle() {
+                self.retired.push(previous);
+            }
+        }
         self.vm = Some(Rc::new(Vm {
             policy,
             metrics: Metrics::define(),
@@ -185,7 +212,7 @@ impl RootContext for Root {
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
-        if let Some(vm) = &self.vm {
+        for vm in self.vm.iter().chain(&self.retired) {
             vm.batcher.borrow_mut().wake_handled();
         }
         self.pump();
@@ -203,7 +230,6 @@ impl RootContext for Root {
             context_id,
             vm,
             queue,
-            pending: None,
             direct: None,
             response_headers: Vec::new(),
             sent_at: None,

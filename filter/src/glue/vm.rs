@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use crate::batch::{read_batch_answer, Batcher, Entry};
+use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
@@ -25,24 +25,20 @@ pub(super) struct Vm {
 }
 
 impl Vm {
-    pub(super) fn callout_headers(&self, path: &'static str) -> Vec<(&str, &str)> {
+    pub(super) fn callout_headers(&self) -> Vec<(&str, &str)> {
         vec![
             (":method", "POST"),
-            (":path", path),
+            (":path", protocol::CHECKS_PATH),
             (":authority", &self.policy.limitd_authority),
             ("content-type", "application/json"),
         ]
     }
 
-    pub(super) fn dispatch(
-        &self,
-        path: &'static str,
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, CalloutError> {
+    /// Sends a batch to limitd: the one way the filter asks it anything.
+    pub(super) fn dispatch(&self, body: &[u8], timeout_ms: u64) -> Result<u32, CalloutError> {
         let token = hostcalls::dispatch_http_call(
             &self.policy.limitd_cluster,
-            self.callout_headers(path),
+            self.callout_headers(),
             Some(body),
             vec![],
             Duration::from_millis(timeout_ms),
@@ -62,6 +58,12 @@ impl Vm {
         // would make the SDK panic, so this is checked first.
         if num_headers == 0 {
             return Err(CalloutError::Reset);
+        }
+        if !answer_fits(body_size) {
+            return Err(CalloutError::Body(format!(
+                "an answer of {body_size} bytes, over {} (not read)",
+                protocol::bounds::MAX_ANSWER_BYTES
+            )));
         }
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .map_err(|s| CalloutError::Status(format!("unreadable ({s:?})")))?
@@ -122,7 +124,9 @@ impl Vm {
     /// Requests whose client left meanwhile are not decided at all: nothing of
     /// theirs may be counted (shadow denials, fallback budget, failures). A
     /// batch that never reached limitd (the instance died and Envoy has not
-    /// ejected it yet) goes back to the queue to be sent again, once.
+    /// ejected it yet) goes back to the queue to be sent again, once. Each
+    /// check limitd could not decide gets its own rule's failure mode; the
+    /// others are decided normally.
     pub(super) fn settle(
         &self,
         batch: Vec<Entry>,
@@ -135,12 +139,7 @@ impl Vm {
             .read_callout(num_headers, body_size)
             .and_then(|(status, body)| read_batch_answer(&batch, &status, &body));
         match answers {
-            Ok(answers) => batch
-                .iter()
-                .zip(&answers)
-                .filter(|(entry, _)| self.batcher.borrow().is_live(entry.context_id))
-                .map(|(entry, answer)| (entry.context_id, self.decided(&entry.check, answer, sent)))
-                .collect(),
+            Ok(answers) => self.decide_all(batch, answers, sent),
             Err(e @ CalloutError::Unreachable(_)) => {
                 let waiting = self.batcher.borrow().waiting();
                 let settled = self.batcher.borrow_mut().retry(batch);
@@ -151,6 +150,37 @@ impl Vm {
             }
             Err(e) => self.failed_live(batch, &e),
         }
+    }
+
+    /// The decisions for the live requests of an answered batch: limitd's
+    /// where it decided, the failure mode where it did not.
+    fn decide_all(
+        &self,
+        batch: Vec<Entry>,
+        answers: Vec<CheckAnswer>,
+        sent: Option<SystemTime>,
+    ) -> Vec<(u32, Decision)> {
+        let mut decisions = Vec::with_capacity(batch.len());
+        let mut failed: Vec<Entry> = Vec::new();
+        let mut first_error = None;
+        for (entry, answer) in batch.into_iter().zip(answers) {
+            if !self.batcher.borrow().is_live(entry.context_id) {
+                continue;
+            }
+            match answer {
+                Ok(answer) => {
+                    decisions.push((entry.context_id, self.decided(&entry.check, &answer, sent)))
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    failed.push(entry);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            decisions.extend(self.failed_live(failed, &error));
+        }
+        decisions
     }
 
     /// The decision on limitd's answer; its denials are remembered in the deny

@@ -44,10 +44,15 @@ async fn script_at(
     now_ms: u64,
     hits: &[Hit],
 ) -> CheckResponse {
+    static RECEIPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let receipt = RECEIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut invocation = script.prepare_invoke();
+    invocation.key(format!("rl:r1:{{model}}:{receipt}"));
     for hit in hits {
         invocation.key(limitd::keys::counter_key(&hit.key));
     }
+    // Mode 0 (check) and the receipt's lifetime, as limitd sends them.
+    invocation.arg(0).arg(60_000);
     for hit in hits {
         for value in limitd::script::hit_arguments(hit) {
             invocation.arg(value);
@@ -57,7 +62,7 @@ async fn script_at(
     let request = CheckRequest {
         hits: hits.to_vec(),
     };
-    limitd::validate::validate(&request).expect("a valid check");
+    protocol::bounds::validate_check(&request).expect("a valid check");
     let reply: Vec<i64> = invocation
         .invoke_async(connection)
         .await
@@ -170,7 +175,7 @@ async fn the_script_matches_the_model_with_large_numbers() {
             "sy",
             Algorithm::SlidingWindow,
             1_000_000_000_000_000,
-            limitd::validate::MAX_WINDOW_MS,
+            protocol::bounds::MAX_WINDOW_MS,
             1,
         ),
         hit("sd", Algorithm::SlidingWindow, 999_999_937, 86_400_000, 1),
@@ -208,7 +213,7 @@ async fn the_script_is_exact_at_the_edge_of_large_limits() {
             "sy",
             Algorithm::SlidingWindow,
             1_000_000_000_000_000,
-            limitd::validate::MAX_WINDOW_MS,
+            protocol::bounds::MAX_WINDOW_MS,
             1,
         ),
         hit("sd", Algorithm::SlidingWindow, 999_999_937, 86_400_000, 1),
@@ -245,7 +250,7 @@ async fn the_script_is_exact_at_the_edge_of_large_limits() {
         };
         let left = compare(now, &read, &mut model).await.remaining;
         let ask = Hit {
-            cost: (left + rng.below(2)).min(limitd::validate::MAX_UNITS),
+            cost: (left + rng.below(2)).min(protocol::bounds::MAX_UNITS),
             ..fill.clone()
         };
         let answer = compare(now, &ask, &mut model).await;
@@ -580,15 +585,15 @@ async fn burst_and_repeated_keys_are_validated() {
     for (body, reason) in [
         (
             r#"{"hits":[{"key":"v:a","limit":5,"window_ms":1000,"burst":2}]}"#,
-            "hits[0].burst is only allowed with algorithm gcra",
+            "hits[0].burst: is only allowed with algorithm gcra",
         ),
         (
             r#"{"hits":[{"key":"v:a","limit":5,"window_ms":1000,"algorithm":"gcra","burst":0}]}"#,
-            "hits[0].burst must be between 1",
+            "hits[0].burst: must be between 1",
         ),
         (
             r#"{"hits":[{"key":"v:a","limit":5,"window_ms":1000,"algorithm":"gcra","burst":1000000000000001}]}"#,
-            "hits[0].burst must be between 1",
+            "hits[0].burst: must be between 1",
         ),
         (
             r#"{"hits":[{"key":"v:a","limit":5,"window_ms":1000},

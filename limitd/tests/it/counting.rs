@@ -152,7 +152,7 @@ async fn malformed_bodies_get_400_and_touch_nothing() {
         "{",
         r#"{"hits":[{"key":"bad:k","limit":0,"window_ms":1000}]}"#,
         r#"{"hits":[{"key":"bad:k","limit":"ten","window_ms":1000}]}"#,
-        r#"{"hits":[{"key":"bad:k","limit":1,"window_ms":1000,"extra":1}]}"#,
+        r#"{"hits":[{"key":"bad:k","limit":1,"window":1000}]}"#,
     ] {
         let (status, text) = post_check(&app, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");

@@ -13,8 +13,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use limitd::validate::{validate, MAX_UNITS, MAX_WINDOW_MS};
 use limitd::AppState;
+use protocol::bounds::{validate_check as validate, MAX_UNITS, MAX_WINDOW_MS};
 use protocol::CheckRequest;
 
 use crate::metrics::{scrape, value};
@@ -36,7 +36,7 @@ async fn app_without_redis(max_body_bytes: usize) -> Router {
 }
 
 async fn post_raw(app: &Router, body: Vec<u8>, content_type: Option<&str>) -> (StatusCode, String) {
-    let mut request = Request::post(protocol::CHECK_PATH);
+    let mut request = Request::post(protocol::v1::CHECK_PATH);
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
     }
@@ -81,7 +81,7 @@ async fn named_hostile_bodies_get_clear_answers() {
         (
             one(&hit(r#""k""#, "18446744073709551615", "1000")).into(),
             StatusCode::BAD_REQUEST,
-            "limit must be between",
+            "limit: must be between",
         ),
         (
             one(&hit(r#""k""#, "18446744073709551616", "1000")).into(),
@@ -121,12 +121,12 @@ async fn named_hostile_bodies_get_clear_answers() {
         (
             one(&hit(r#""k""#, "1", "18446744073709551615")).into(),
             StatusCode::BAD_REQUEST,
-            "window_ms must be between",
+            "window_ms: must be between",
         ),
         (
             one(r#"{"key":"k","limit":1,"window_ms":1000,"cost":18446744073709551615}"#).into(),
             StatusCode::BAD_REQUEST,
-            "cost must be at most",
+            "cost: must be at most",
         ),
         (
             one(r#"{"key":"k","limit":1,"window_ms":1000,"cost":-5}"#).into(),
@@ -216,7 +216,7 @@ async fn named_hostile_bodies_get_clear_answers() {
         (
             format!(r#"{{"x":{}}}"#, nested(30_000)).into(),
             StatusCode::BAD_REQUEST,
-            "unknown field `x`",
+            "missing field `hits`",
         ),
         (
             one(r#"{"key":"k","limit":1,"limit":2,"window_ms":1000}"#).into(),
@@ -260,7 +260,7 @@ async fn named_hostile_bodies_get_clear_answers() {
 }
 
 #[tokio::test]
-async fn a_one_megabyte_key_is_stored_hashed_when_the_body_limit_allows_it() {
+async fn a_one_megabyte_key_is_refused_by_its_bound_even_when_the_body_limit_allows_it() {
     let redis = RedisProcess::server(&[]);
     let state = AppState::connect(&config(&[
         ("REDIS_URL", format!("redis://127.0.0.1:{}", redis.port)),
@@ -271,21 +271,18 @@ async fn a_one_megabyte_key_is_stored_hashed_when_the_body_limit_allows_it() {
     let app = limitd::app(state);
     let body = one(&hit(&format!("\"{}\"", "€".repeat(350_000)), "2", "60000"));
     assert!(body.len() > 1 << 20);
-    for remaining in [1, 0] {
-        let (status, text) = post_check(&app, &body).await;
-        assert_eq!(status, StatusCode::OK, "{}", &text[..text.len().min(200)]);
-        assert!(
-            text.contains(&format!(r#""remaining":{remaining}"#)),
-            "{text}"
-        );
-    }
-    let keys = resp(redis.port, &["KEYS", "*"]).expect("redis answers");
-    let names: Vec<&str> = keys
-        .lines()
-        .filter(|l| !l.starts_with(['*', '$']))
-        .collect();
-    assert!(!names.is_empty(), "{keys}");
-    assert!(names.iter().all(|k| k.len() < 200), "{keys}");
+    let (status, text) = post_check(&app, &body).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        text.contains("hits[0].key: must be 1 to 2048 bytes long, got 1050000"),
+        "{text}"
+    );
+    assert_eq!(resp(redis.port, &["DBSIZE"]).as_deref(), Some(":0\r\n"));
 }
 
 #[tokio::test]
@@ -653,14 +650,16 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
             "missing field"
         }
         5 => {
+            // Unknown fields are fine (upgrade safety); a key over the bound is not.
             let field = *rng.pick(&[
                 r#""colour":"red""#,
                 r#""Key":"k""#,
                 r#""limit ":1"#,
                 r#""":0"#,
             ]);
-            hits[at] = format!("{{{field},{}", &hits[at][1..]);
-            "unknown field"
+            let long = format!("\"{}\"", "x".repeat(protocol::bounds::MAX_KEY_BYTES + 1));
+            hits[at] = format!("{{{field},{}", &replace(&hits[at], "key", &long)[1..]);
+            "key too long"
         }
         6 => {
             let field = *rng.pick(&["key", "limit", "window_ms"]);
@@ -742,9 +741,12 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
             return (body, "invalid utf-8");
         }
         _ => {
+            // A misspelt field is ignored, so the hit lacks the one it meant.
+            let hit = replace(&hits[at], "window_ms", "1");
+            let rest = hit.split_once(',').map_or("}", |(_, rest)| rest);
             let value = *rng.pick(&["1", "\"x\"", "[1]", "{}", "null"]);
-            hits[at] = replace(&hits[at], "shadowy", value);
-            "unknown field with a value"
+            hits[at] = format!("{{\"window\":{value},{rest}");
+            "misspelt field"
         }
     };
     (

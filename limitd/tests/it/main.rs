@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod counting;
 mod discovery;
+mod exactness;
 mod hostile;
 mod metrics;
 mod model;

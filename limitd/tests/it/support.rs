@@ -245,9 +245,10 @@ pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, String) 
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `POST /v1/check` with a JSON body.
+/// `POST /v1/check` (the deprecated single-check endpoint, whose plain statuses suit tests of
+/// counting) with a JSON body.
 pub async fn post_check(app: &Router, body: &str) -> (StatusCode, String) {
-    let request = Request::post(protocol::CHECK_PATH)
+    let request = Request::post(protocol::v1::CHECK_PATH)
         .header("content-type", "application/json")
         .body(Body::from(body.to_owned()))
         .expect("request");

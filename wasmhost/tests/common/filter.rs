@@ -2,7 +2,7 @@
 //! from a given client, limitd's answers, the bodies of its callouts, and the
 //! ways a callout fails.
 
-use protocol::{BatchRequest, BatchResponse, CheckResponse, HitResult};
+use protocol::{BatchRequest, BatchResponse, CheckResponse, CheckResult, HitResult};
 use wasmhost::{HostError, HttpCall, Request, Vm};
 
 /// The demo's rule (10 per 60 s per client on `/limited_endpoint`), with the
@@ -22,7 +22,8 @@ pub fn config(failure_mode: &str) -> String {
     )
 }
 
-/// `config` with `"batch": {"enabled": false}`: one `POST /v1/check` per request.
+/// `config` with `"batch": {"enabled": false}`: each request sends its own
+/// batch of one.
 pub fn without_batching(config: &str) -> String {
     with_batch(config, r#"{"enabled": false}"#)
 }
@@ -68,6 +69,7 @@ pub fn result(allowed: bool, remaining: u64, retry_after_ms: u64) -> CheckRespon
 
 /// limitd's answer to a batch: one result per check, in order.
 pub fn batch_answer(results: Vec<CheckResponse>) -> Vec<u8> {
+    let results = results.into_iter().map(CheckResult::from).collect();
     serde_json::to_vec(&BatchResponse { results }).unwrap()
 }
 
@@ -75,12 +77,6 @@ pub fn batch_answer(results: Vec<CheckResponse>) -> Vec<u8> {
 pub fn answer(allowed: bool, retry_after_ms: u64) -> Vec<u8> {
     let remaining = if allowed { 9 } else { 0 };
     batch_answer(vec![result(allowed, remaining, retry_after_ms)])
-}
-
-/// limitd's answer to a single `POST /v1/check` (without batching).
-pub fn single_answer(allowed: bool, retry_after_ms: u64) -> Vec<u8> {
-    let remaining = if allowed { 9 } else { 0 };
-    serde_json::to_vec(&result(allowed, remaining, retry_after_ms)).unwrap()
 }
 
 /// The one callout waiting for an answer.
@@ -94,9 +90,9 @@ pub fn only_pending_call(vm: &Vm) -> HttpCall {
     pending[0].clone()
 }
 
-/// The body of a batch callout, checked to be a `POST /v1/checks`.
+/// The body of a batch callout, checked to be a `POST /v2/checks`.
 pub fn batch_of(call: &HttpCall) -> BatchRequest {
-    assert_eq!(call.headers.get(":path").as_deref(), Some("/v1/checks"));
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/v2/checks"));
     serde_json::from_slice(&call.body).unwrap()
 }
 
@@ -133,15 +129,30 @@ pub enum Failure {
     WrongResultCount,
     /// A 200 with a result per check, but no result for their hits.
     WrongHitCount,
+    /// A 200 with a valid answer cut short.
+    Truncated,
+    /// A 200 with a body over the largest answer the filter reads.
+    Oversized,
+    /// A 200 whose answer has values of the wrong types.
+    WrongTypes,
+    /// A 200 with an answer of a result kind this filter does not know, per check.
+    UnknownKind,
+    /// A 200 in which limitd reports every check as `error: unavailable`.
+    CheckErrors,
 }
 
-pub const FAILURES: [Failure; 6] = [
+pub const FAILURES: [Failure; 11] = [
     Failure::Unavailable,
     Failure::Timeout,
     Failure::Reset,
     Failure::GarbageBody,
     Failure::WrongResultCount,
     Failure::WrongHitCount,
+    Failure::Truncated,
+    Failure::Oversized,
+    Failure::WrongTypes,
+    Failure::UnknownKind,
+    Failure::CheckErrors,
 ];
 
 /// Fails callout `token`, which carries `checks` checks, in the way given.
@@ -150,11 +161,16 @@ pub fn fail(vm: &mut Vm, token: u32, checks: usize, failure: Failure) -> Result<
         Failure::Unavailable => {
             // A batch that never reached limitd goes out once more (batching
             // only); the limitd cluster is still unavailable then.
-            let body = vm
+            let checks_of = |body: &[u8]| {
+                serde_json::from_slice::<BatchRequest>(body)
+                    .ok()
+                    .map(|b| b.checks)
+            };
+            let sent = vm
                 .pending_calls()
                 .into_iter()
                 .find(|c| c.token == token)
-                .map(|c| c.body);
+                .and_then(|c| checks_of(&c.body));
             let unavailable = |vm: &mut Vm, token| {
                 vm.respond_to_call(
                     token,
@@ -163,9 +179,10 @@ pub fn fail(vm: &mut Vm, token: u32, checks: usize, failure: Failure) -> Result<
                 )
             };
             unavailable(vm, token)?;
+            // The same checks again (with what is left of their timeout).
             let again = vm.pending_calls().into_iter().find(|c| {
-                Some(&c.body) == body.as_ref()
-                    && c.headers.get(":path").as_deref() == Some("/v1/checks")
+                checks_of(&c.body) == sent
+                    && c.headers.get(":path").as_deref() == Some("/v2/checks")
             });
             match again {
                 Some(call) => unavailable(vm, call.token),
@@ -191,6 +208,31 @@ pub fn fail(vm: &mut Vm, token: u32, checks: usize, failure: Failure) -> Result<
                 &[(":status", "200")],
                 &batch_answer(vec![empty; checks]),
             )
+        }
+        Failure::Truncated => {
+            let whole = batch_answer(vec![result(true, 9, 0); checks]);
+            vm.respond_to_call(token, &[(":status", "200")], &whole[..whole.len() / 2])
+        }
+        Failure::Oversized => {
+            // A valid answer behind 2 MiB of white space: too large to be read at all.
+            let mut body = vec![b' '; 2 << 20];
+            body.extend(batch_answer(vec![result(true, 9, 0); checks]));
+            vm.respond_to_call(token, &[(":status", "200")], &body)
+        }
+        Failure::WrongTypes => {
+            let one = r#"{"result":"allowed","hits":[{"allowed":"yes","limit":-1,"remaining":1.5,"reset_ms":null,"retry_after_ms":[]}]}"#;
+            let body = format!(r#"{{"results":[{}]}}"#, vec![one; checks].join(","));
+            vm.respond_to_call(token, &[(":status", "200")], body.as_bytes())
+        }
+        Failure::UnknownKind => {
+            let one = r#"{"result":"granted","hits":[]}"#;
+            let body = format!(r#"{{"results":[{}]}}"#, vec![one; checks].join(","));
+            vm.respond_to_call(token, &[(":status", "200")], body.as_bytes())
+        }
+        Failure::CheckErrors => {
+            let one = r#"{"result":"error","error":"unavailable","detail":"redis unavailable"}"#;
+            let body = format!(r#"{{"results":[{}]}}"#, vec![one; checks].join(","));
+            vm.respond_to_call(token, &[(":status", "200")], body.as_bytes())
         }
     }
 }

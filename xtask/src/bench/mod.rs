@@ -10,7 +10,7 @@
 //! - requests/s: `wrk` closed loop;
 //! - p50/p99 latency: our open-loop generator at a fixed moderate rate
 //!   ([`open_loop`]), measured from each request's scheduled send time;
-//! - limitd alone (wrk POSTing `/v1/check` to one limitd) against
+//! - limitd alone (wrk POSTing `/v2/checks` to one limitd) against
 //!   `redis-benchmark` running the same script by `EVALSHA` on the master.
 //!
 //! Settings (environment): `BENCH_ROUNDS` (6), `BENCH_SECONDS` per measurement
@@ -129,7 +129,11 @@ pub fn run() -> Result<(), String> {
         .collect();
 
     let master = stack.ports.redis[0];
-    let limitd_url = format!("http://127.0.0.1:{}/v1/check", stack.ports.limitd[0]);
+    let limitd_url = format!(
+        "http://127.0.0.1:{}{}",
+        stack.ports.limitd[0],
+        protocol::CHECKS_PATH
+    );
     let lua = out.join("check.lua");
     std::fs::write(&lua, scenarios::limitd_wrk_script()).map_err(|e| e.to_string())?;
     let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
@@ -400,6 +404,9 @@ fn redis_benchmark(
             &requests.to_string(),
             "-P",
             "1",
+            // A fresh receipt key per call (`__rand_int__`), as limitd sends.
+            "-r",
+            "1000000000",
             "--csv",
         ])
         .args(command)

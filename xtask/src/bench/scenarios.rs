@@ -140,22 +140,23 @@ pub fn local_ratelimit(concurrency: u32) -> EnvoyOptions {
         .concurrency(concurrency)
 }
 
-/// The `/v1/check` body of the limitd-alone scenario: one fixed-window hit
-/// with a limit no run reaches, as the `allowed` scenario's rule sends.
+/// The `/v2/checks` body of the limitd-alone scenario: a batch of one check
+/// of one fixed-window hit with a limit no run reaches, as the `allowed`
+/// scenario's rule sends.
 pub const LIMITD_KEY: &str = "bench_limitd:127.0.0.1";
 pub const LIMITD_LIMIT: u64 = 1_000_000_000_000;
 pub const LIMITD_WINDOW_MS: u64 = 3_600_000;
 
 pub fn limitd_body() -> String {
     format!(
-        r#"{{"hits":[{{"key":"{LIMITD_KEY}","limit":{LIMITD_LIMIT},"window_ms":{LIMITD_WINDOW_MS},"cost":1,"algorithm":"fixed_window"}}]}}"#
+        r#"{{"timeout_ms":250,"checks":[{{"hits":[{{"key":"{LIMITD_KEY}","limit":{LIMITD_LIMIT},"window_ms":{LIMITD_WINDOW_MS},"cost":1,"algorithm":"fixed_window"}}]}}]}}"#
     )
 }
 
 /// The wrk script that POSTs [`limitd_body`].
 pub fn limitd_wrk_script() -> String {
     format!(
-        "-- POST one /v1/check per request (written by cargo xtask bench)\n\
+        "-- POST one /v2/checks batch of one per request (written by cargo xtask bench)\n\
          wrk.method = \"POST\"\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
          wrk.body = '{}'\n",
@@ -170,11 +171,19 @@ pub fn limitd_redis_key() -> String {
     format!("rl:v1:{{{LIMITD_KEY}}}")
 }
 
-/// `KEYS` and `ARGV` of the same check for `EVALSHA <sha> 1 ...`, as
-/// limitd/src/script.rs builds them: algorithm 0 (fixed_window), shadow 0,
-/// limit, window_ms, cost 1, then burst, token and rate (0 outside gcra).
+/// `KEYS` and `ARGV` of the same check for `EVALSHA <sha> 2 ...`, as
+/// limitd/src/script.rs builds them: a receipt key (a fresh one per call:
+/// redis-benchmark replaces `__rand_int__`) and the counter; mode 0 (check),
+/// the receipt's lifetime, then algorithm 0 (fixed_window), shadow 0, limit,
+/// window_ms, cost 1, then burst, token and rate (0 outside gcra).
 pub fn evalsha_arguments() -> Vec<String> {
-    let mut args = vec!["1".to_owned(), limitd_redis_key()];
+    let mut args = vec![
+        "2".to_owned(),
+        format!("rl:r1:{{{LIMITD_KEY}}}:__rand_int__"),
+        limitd_redis_key(),
+        "0".to_owned(),
+        "60000".to_owned(),
+    ];
     for value in [0, 0, LIMITD_LIMIT, LIMITD_WINDOW_MS, 1, 0, 0, 0] {
         args.push(value.to_string());
     }
