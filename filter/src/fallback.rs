@@ -25,39 +25,74 @@ pub trait LocalCounters {
     fn store(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
-/// The most distinct fallback keys one Envoy keeps. Shared data has no expiry,
-/// so past this, new clients get their rule's failure mode instead.
-pub const MAX_KEYS: u64 = 100_000;
+/// How many shared-data entries hold the fallback counters. Every hit key
+/// hashes to one slot; shared data has no deletion, so this bounds what the
+/// counters can ever take, however many clients come and go.
+pub const SLOTS: u64 = 4096;
 
-const KEY_COUNT: &str = "ratelimit.fallback.keys";
+/// How many keys one slot counts at once. Counters whose window has ended
+/// are dropped whenever their slot is written, so the bound is on keys active
+/// in the same window: up to `SLOTS * SLOT_KEYS` (32,768) per Envoy. Past it,
+/// a new key's rule applies its failure mode until a window ends.
+pub const SLOT_KEYS: usize = 8;
+
 const ATTEMPTS: usize = 16;
 
-fn shared_key(hit_key: &str) -> String {
-    let mut key = String::with_capacity(hit_key.len() + 19);
-    key.push_str("ratelimit.fallback:");
-    key.push_str(hit_key);
+/// The shared-data key of the slot that counts `hit_key` (FNV-1a).
+fn slot_key(hit_key: &str) -> String {
+    let hash = hit_key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut key = String::with_capacity(24);
+    let _ = write!(key, "ratelimit.fallback.{}", hash % SLOTS);
     key
 }
 
-/// A counter's state: the start of its window and the units spent in it.
-fn parse(value: Option<&[u8]>, window_start: u64) -> u64 {
+/// One counter in a slot: the end of its window (ms), the units spent in
+/// it, and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Counter {
+    end_ms: u64,
+    count: u64,
+    key: String,
+}
+
+/// A slot's counters still in their window at `now`, parsed from
+/// `"<end_ms> <count> <key>"` lines (keys hold no white space: the filter
+/// percent-encodes it). Anything unreadable counts as absent.
+fn live_counters(value: Option<&[u8]>, now: u64) -> Vec<Counter> {
     let text = value
         .and_then(|v| std::str::from_utf8(v).ok())
         .unwrap_or("");
-    match text.split_once(':') {
-        Some((start, count)) if start.parse() == Ok(window_start) => count.parse().unwrap_or(0),
-        _ => 0,
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            Some(Counter {
+                end_ms: parts.next()?.parse().ok()?,
+                count: parts.next()?.parse().ok()?,
+                key: parts.next()?.to_owned(),
+            })
+        })
+        .filter(|c| c.end_ms > now)
+        .collect()
+}
+
+fn encode(counters: &[Counter]) -> String {
+    let mut text = String::new();
+    for c in counters {
+        let _ = writeln!(text, "{} {} {}", c.end_ms, c.count, c.key);
     }
+    text
 }
 
 /// Where one hit stands against its fallback limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
-    /// It fits; `new_key` if no counter exists for it yet.
-    Fits { new_key: bool },
+    /// It fits.
+    Fits,
     /// It does not fit until the window ends.
     Over { retry_after_ms: u64 },
-    /// The Envoy keeps too many fallback keys to start another.
+    /// Its slot counts as many keys as it may in this window.
     Full,
 }
 
@@ -69,63 +104,53 @@ pub fn standing(
     limit: Fallback,
 ) -> Standing {
     let now = counters.now_ms();
-    let start = now - now % limit.window_ms;
-    let (value, cas) = counters.load(&shared_key(hit_key));
-    if cas.is_none() {
-        let (count, _) = counters.load(KEY_COUNT);
-        if parse_count(count.as_deref()) >= MAX_KEYS {
-            return Standing::Full;
-        }
-    }
-    if parse(value.as_deref(), start) + cost <= limit.requests {
-        Standing::Fits {
-            new_key: cas.is_none(),
-        }
+    let end = now - now % limit.window_ms + limit.window_ms;
+    let (value, _) = counters.load(&slot_key(hit_key));
+    let live = live_counters(value.as_deref(), now);
+    let spent = match live.iter().find(|c| c.key == hit_key && c.end_ms == end) {
+        Some(counter) => counter.count,
+        None if live.len() >= SLOT_KEYS => return Standing::Full,
+        None => 0,
+    };
+    if spent + cost <= limit.requests {
+        Standing::Fits
     } else {
         Standing::Over {
-            retry_after_ms: start + limit.window_ms - now,
+            retry_after_ms: end - now,
         }
     }
 }
 
-fn parse_count(value: Option<&[u8]>) -> u64 {
-    value
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Spends `cost` on a hit's counter. Under contention it retries a few times,
-/// then gives up (the request was already judged to fit).
-pub fn spend(
-    counters: &impl LocalCounters,
-    hit_key: &str,
-    cost: u64,
-    limit: Fallback,
-    new_key: bool,
-) {
-    let key = shared_key(hit_key);
+/// Spends `cost` on a hit's counter with compare-and-swap, dropping the
+/// slot's ended counters on the way. Returns false if it could not (the
+/// limit was reached, or the slot filled, since [`standing`] said it fits;
+/// or the slot stayed contended).
+pub fn spend(counters: &impl LocalCounters, hit_key: &str, cost: u64, limit: Fallback) -> bool {
+    let key = slot_key(hit_key);
     for _ in 0..ATTEMPTS {
         let now = counters.now_ms();
-        let start = now - now % limit.window_ms;
+        let end = now - now % limit.window_ms + limit.window_ms;
         let (value, cas) = counters.load(&key);
-        let mut text = String::new();
-        let _ = write!(text, "{start}:{}", parse(value.as_deref(), start) + cost);
-        if counters.store(&key, text.as_bytes(), cas) {
-            break;
+        let mut live = live_counters(value.as_deref(), now);
+        let full = live.len() >= SLOT_KEYS;
+        match live
+            .iter_mut()
+            .find(|c| c.key == hit_key && c.end_ms == end)
+        {
+            Some(counter) if counter.count + cost > limit.requests => return false,
+            Some(counter) => counter.count += cost,
+            None if full || cost > limit.requests => return false,
+            None => live.push(Counter {
+                end_ms: end,
+                count: cost,
+                key: hit_key.to_owned(),
+            }),
+        }
+        if counters.store(&key, encode(&live).as_bytes(), cas) {
+            return true;
         }
     }
-    if new_key {
-        for _ in 0..ATTEMPTS {
-            let (value, cas) = counters.load(KEY_COUNT);
-            if counters.store(
-                KEY_COUNT,
-                (parse_count(value.as_deref()) + 1).to_string().as_bytes(),
-                cas,
-            ) {
-                break;
-            }
-        }
-    }
+    false
 }
 
 #[cfg(test)]
@@ -170,8 +195,8 @@ pub(crate) mod tests {
 
     fn take(c: &FakeCounters, key: &str) -> Standing {
         let s = standing(c, key, 1, LIMIT);
-        if let Standing::Fits { new_key } = s {
-            spend(c, key, 1, LIMIT, new_key);
+        if s == Standing::Fits {
+            assert!(spend(c, key, 1, LIMIT));
         }
         s
     }
@@ -180,29 +205,25 @@ pub(crate) mod tests {
     fn a_window_admits_its_limit_then_resets() {
         let c = FakeCounters::default();
         c.now.set(10_250);
-        assert_eq!(take(&c, "k"), Standing::Fits { new_key: true });
-        assert_eq!(take(&c, "k"), Standing::Fits { new_key: false });
-        assert_eq!(take(&c, "k"), Standing::Fits { new_key: false });
+        for _ in 0..3 {
+            assert_eq!(take(&c, "k"), Standing::Fits);
+        }
         assert_eq!(
             take(&c, "k"),
             Standing::Over {
                 retry_after_ms: 750
             }
         );
-        assert_eq!(take(&c, "other"), Standing::Fits { new_key: true });
+        assert_eq!(take(&c, "other"), Standing::Fits);
         c.now.set(11_000);
-        assert_eq!(take(&c, "k"), Standing::Fits { new_key: false });
-        assert_eq!(parse_count(c.load(KEY_COUNT).0.as_deref()), 2);
+        assert_eq!(take(&c, "k"), Standing::Fits);
     }
 
     #[test]
     fn reading_spends_nothing() {
         let c = FakeCounters::default();
         for _ in 0..10 {
-            assert_eq!(
-                standing(&c, "k", 3, LIMIT),
-                Standing::Fits { new_key: true }
-            );
+            assert_eq!(standing(&c, "k", 3, LIMIT), Standing::Fits);
         }
         assert_eq!(
             standing(&c, "k", 4, LIMIT),
@@ -213,14 +234,51 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn new_clients_stop_at_the_key_bound() {
+    fn a_spend_checks_the_limit_again() {
+        // Two workers both read "fits" for the last unit: only one spends it.
         let c = FakeCounters::default();
-        c.store(KEY_COUNT, MAX_KEYS.to_string().as_bytes(), None);
-        c.store(&shared_key("known"), b"0:1", None);
-        assert_eq!(standing(&c, "new", 1, LIMIT), Standing::Full);
-        assert_eq!(
-            standing(&c, "known", 1, LIMIT),
-            Standing::Fits { new_key: false }
+        assert!(spend(&c, "k", 2, LIMIT));
+        assert_eq!(standing(&c, "k", 1, LIMIT), Standing::Fits);
+        assert_eq!(standing(&c, "k", 1, LIMIT), Standing::Fits);
+        assert!(spend(&c, "k", 1, LIMIT));
+        assert!(!spend(&c, "k", 1, LIMIT));
+    }
+
+    #[test]
+    fn more_keys_than_the_bound_never_grow_shared_data_and_come_back_after_the_window() {
+        let c = FakeCounters::default();
+        c.now.set(5_000);
+        let keys = (SLOTS as usize) * SLOT_KEYS * 2;
+        let mut full = 0;
+        for i in 0..keys {
+            match take(&c, &format!("client:{i}")) {
+                Standing::Fits => {}
+                Standing::Full => full += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let slots = c.data.borrow().len() as u64;
+        assert!(slots <= SLOTS, "{slots} shared-data keys");
+        assert!(
+            full >= keys / 2,
+            "only {full} of {keys} found their slot full"
+        );
+        // Once the window has ended, new clients are counted again, in the same slots.
+        c.now.set(6_000);
+        for i in 0..1000 {
+            assert_eq!(take(&c, &format!("later:{i}")), Standing::Fits);
+        }
+        assert!(c.data.borrow().len() as u64 <= SLOTS);
+        let longest = c
+            .data
+            .borrow()
+            .values()
+            .map(|(v, _)| v.len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest < SLOT_KEYS * 64,
+            "a slot holds only live counters: {longest} bytes"
         );
     }
 }

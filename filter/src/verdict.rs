@@ -286,7 +286,7 @@ impl Policy {
     pub fn on_failure(&self, check: &Check, counters: &impl LocalCounters) -> Decision {
         let mut unavailable = false;
         let mut over: Vec<(&str, u64)> = Vec::new();
-        let mut spend: Vec<(&Hit, Fallback, bool)> = Vec::new();
+        let mut spend: Vec<(&Hit, Fallback)> = Vec::new();
         for (&i, hit) in check.rules.iter().zip(&check.hits) {
             let rule = &self.rules[i];
             if rule.shadow {
@@ -299,7 +299,7 @@ impl Policy {
                 )
             });
             match standing {
-                Some((limit, Standing::Fits { new_key })) => spend.push((hit, limit, new_key)),
+                Some((limit, Standing::Fits)) => spend.push((hit, limit)),
                 Some((_, Standing::Over { retry_after_ms })) => {
                     over.push((&rule.name, retry_after_ms))
                 }
@@ -338,8 +338,11 @@ impl Policy {
         } else {
             Outcome::FallbackAllowed
         };
-        for (hit, limit, new_key) in spend {
-            fallback::spend(counters, &hit.key, hit.cost, limit, new_key);
+        // Another worker may have spent the last units since they were read;
+        // the request is admitted anyway (it was judged to fit), so the local
+        // limit can be passed by at most one request per worker.
+        for (hit, limit) in spend {
+            fallback::spend(counters, &hit.key, hit.cost, limit);
         }
         Decision::Allow {
             outcome,
