@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -138,6 +138,9 @@ pub struct EnvoyOptions {
     pub http_filters: Vec<(String, String)>,
     /// Envoy's `--concurrency` (worker threads); 2 when unset.
     pub concurrency: Option<u32>,
+    /// The wasm module to load instead of the one built (e.g. an earlier
+    /// release's, for an upgrade test).
+    pub wasm: Option<PathBuf>,
 }
 
 impl EnvoyOptions {
@@ -160,6 +163,11 @@ impl EnvoyOptions {
 
     pub fn concurrency(mut self, workers: u32) -> Self {
         self.concurrency = Some(workers);
+        self
+    }
+
+    pub fn wasm(mut self, path: &Path) -> Self {
+        self.wasm = Some(path.to_owned());
         self
     }
 }
@@ -474,7 +482,7 @@ impl Stack {
             admin: local(admin),
             backends: [local(self.ports.backends[0]), local(self.ports.backends[1])],
             limitds: [local(self.ports.limitd[0]), local(self.ports.limitd[1])],
-            wasm: &self.binaries.wasm,
+            wasm: options.wasm.as_deref().unwrap_or(&self.binaries.wasm),
         };
         let mut text = envoy_config::rewrite(&shipped, &addresses, &options.replacements)?;
         for (name, items) in &options.http_filters {

@@ -265,3 +265,65 @@ fn envoy_refuses_a_malformed_filter_configuration_and_says_why() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fleet upgrades limitd first: filters released before `/v2/checks` keep
+/// deciding every request through the v1 endpoints, with and without batching
+/// (`/v1/checks`, `/v1/check`). The fixture is the filter of that release
+/// (tests/fixtures/README.md).
+#[test]
+fn a_filter_released_before_v2_keeps_working_against_this_limitd() {
+    let fixture = e2e::paths::workspace_root().join("tests/fixtures/ratelimit-v1.wasm");
+    assert!(fixture.is_file(), "{} is missing", fixture.display());
+    for batching in [true, false] {
+        let mut options = EnvoyOptions::default().wasm(&fixture);
+        if !batching {
+            options = options.replace(
+                r#""limitd_cluster": "limitd","#,
+                r#""limitd_cluster": "limitd", "batch": {"enabled": false},"#,
+            );
+        }
+        let stack = start(options);
+        let envoy = stack.envoy(0);
+        assert_eq!(
+            statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
+            [[200; 10].as_slice(), &[429]].concat(),
+            "batching {batching}"
+        );
+        assert_eq!(get(envoy, "/limited_endpoint", CLIENT_2).status, 200);
+        let v1_requests: f64 = (0..2)
+            .filter_map(|i| stack.limitd_metric(i, "limitd_v1_requests_total"))
+            .sum();
+        assert!(
+            v1_requests >= 12.0,
+            "{v1_requests} v1 requests, batching {batching}"
+        );
+        for counter in [
+            "callout_errors",
+            "failure_mode_allowed",
+            "failure_mode_denied",
+        ] {
+            assert_eq!(
+                stack.envoy_stat(0, &format!("wasmcustom.ratelimit.{counter}")),
+                0,
+                "{counter}, batching {batching}"
+            );
+        }
+        assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.allowed"), 11);
+    }
+}
+
+/// And the filter of this release speaks only `/v2/checks`.
+#[test]
+fn this_filter_speaks_only_v2() {
+    let stack = start(EnvoyOptions::default());
+    let envoy = stack.envoy(0);
+    assert_eq!(get(envoy, "/limited_endpoint", CLIENT_1).status, 200);
+    let v1_requests: f64 = (0..2)
+        .filter_map(|i| stack.limitd_metric(i, "limitd_v1_requests_total"))
+        .sum();
+    assert_eq!(v1_requests, 0.0);
+    let allowed: f64 = (0..2)
+        .filter_map(|i| stack.limitd_metric(i, r#"limitd_checks_total{result="allowed"}"#))
+        .sum();
+    assert_eq!(allowed, 1.0);
+}
