@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Image of limitd, the rate-limit counter service (POST /v1/check, /v1/checks; GET /healthz, /readyz, /metrics).
+# Image of limitd, the rate-limit counter service (POST /v2/checks, and the deprecated /v1/check, /v1/checks; GET /healthz, /readyz, /metrics).
 # Built from the repository root (the whole workspace is the build context):
 #   docker build -f docker/limitd.Dockerfile .
 
