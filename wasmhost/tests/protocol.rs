@@ -10,6 +10,13 @@ use common::host;
 use protocol::{BatchResponse, CheckResult, ErrorKind};
 use wasmhost::{Request, Vm};
 
+/// limitd answers callout `token` with `results`, one per check.
+fn respond(vm: &mut Vm, token: u32, results: Vec<CheckResult>) {
+    let body = serde_json::to_vec(&BatchResponse { results }).unwrap();
+    vm.respond_to_call(token, &[(":status", "200")], &body)
+        .unwrap();
+}
+
 /// A VM whose first request's own callout is in flight, and three more
 /// requests that then went out together in the root's batch (its token).
 fn batch_of_three(vm: &mut Vm) -> ([Request; 3], u32) {
@@ -20,15 +27,7 @@ fn batch_of_three(vm: &mut Vm) -> ([Request; 3], u32) {
         get_from(vm, "/limited_endpoint", "10.0.0.2"),
         get_from(vm, "/limited_endpoint", "10.0.0.3"),
     ];
-    let answer = BatchResponse {
-        results: vec![CheckResult::from(result(true, 9, 0))],
-    };
-    vm.respond_to_call(
-        own.token,
-        &[(":status", "200")],
-        &serde_json::to_vec(&answer).unwrap(),
-    )
-    .unwrap();
+    respond(vm, own.token, vec![CheckResult::from(result(true, 9, 0))]);
     assert!(vm.request_forwarded(first));
     let call = only_pending_call(vm);
     (reqs, call.token)
@@ -39,22 +38,15 @@ fn only_the_check_limitd_could_not_decide_gets_its_failure_mode() {
     for (mode, status) in [("allow", None), ("deny", Some(503))] {
         let mut vm = host().start(config(mode)).unwrap();
         let (reqs, token) = batch_of_three(&mut vm);
-        let answer = BatchResponse {
-            results: vec![
-                CheckResult::from(result(true, 8, 0)),
-                CheckResult::Error {
-                    error: ErrorKind::Timeout,
-                    detail: "redis did not answer in time".into(),
-                },
-                CheckResult::from(result(false, 0, 4_000)),
-            ],
-        };
-        vm.respond_to_call(
-            token,
-            &[(":status", "200")],
-            &serde_json::to_vec(&answer).unwrap(),
-        )
-        .unwrap();
+        let results = vec![
+            CheckResult::from(result(true, 8, 0)),
+            CheckResult::Error {
+                error: ErrorKind::Timeout,
+                detail: "redis did not answer in time".into(),
+            },
+            CheckResult::from(result(false, 0, 4_000)),
+        ];
+        respond(&mut vm, token, results);
         assert!(vm.trap().is_none());
         assert!(vm.request_forwarded(reqs[0]), "{mode}");
         assert_eq!(
@@ -99,19 +91,12 @@ fn a_reconfiguration_keeps_the_checks_in_flight() {
     assert!(vm
         .configure(config("allow").replace("\"requests\": 10", "\"requests\": 20"))
         .unwrap());
-    let answer = BatchResponse {
-        results: vec![
-            CheckResult::from(result(true, 8, 0)),
-            CheckResult::from(result(false, 0, 1_000)),
-            CheckResult::from(result(true, 7, 0)),
-        ],
-    };
-    vm.respond_to_call(
-        token,
-        &[(":status", "200")],
-        &serde_json::to_vec(&answer).unwrap(),
-    )
-    .unwrap();
+    let results = vec![
+        CheckResult::from(result(true, 8, 0)),
+        CheckResult::from(result(false, 0, 1_000)),
+        CheckResult::from(result(true, 7, 0)),
+    ];
+    respond(&mut vm, token, results);
     assert!(vm.trap().is_none());
     assert!(vm.request_forwarded(reqs[0]));
     assert_eq!(vm.local_reply(reqs[1].id).map(|r| r.status), Some(429));
