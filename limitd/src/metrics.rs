@@ -10,7 +10,7 @@
 //! | `limitd_checks_total{result="allowed\|denied\|error"}` | counter | checks that passed validation, by outcome (`error`: Redis could not answer, `503`/`500`) |
 //! | `limitd_hits_total{result="allowed\|denied"}` | counter | hits of answered checks, by their own result |
 //! | `limitd_check_duration_seconds` | histogram | time from a validated check to its answer (the Redis round trip, mostly) |
-//! | `limitd_redis_errors_total{kind="timeout\|io\|readonly\|noscript\|auth\|other"}` | counter | failed Redis commands, connection attempts and master resolutions |
+//! | `limitd_redis_errors_total{kind="timeout\|io\|readonly\|noreplicas\|noscript\|auth\|other"}` | counter | failed Redis commands, connection attempts and master resolutions |
 //! | `limitd_redis_master{addr="host:port"}` | gauge | `1` for the Redis in use; no series while disconnected |
 //! | `limitd_reconnects_total` | counter | connections rebuilt after the first one |
 //! | `limitd_failovers_total` | counter | rebuilds that landed on a different master address |
@@ -64,6 +64,9 @@ pub enum RedisErrorKind {
     Io,
     /// `READONLY`: the node was demoted to replica.
     ReadOnly,
+    /// `NOREPLICAS`: the master has fewer good replicas than `min-replicas-to-write` (cut off,
+    /// or its replica was just promoted), so it refuses writes.
+    NoReplicas,
     /// `NOSCRIPT` that redis-rs could not recover from by loading the script.
     NoScript,
     /// Authentication refused or required (`NOAUTH`, `WRONGPASS`, a failed `AUTH`).
@@ -73,10 +76,11 @@ pub enum RedisErrorKind {
 }
 
 impl RedisErrorKind {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Timeout,
         Self::Io,
         Self::ReadOnly,
+        Self::NoReplicas,
         Self::NoScript,
         Self::Auth,
         Self::Other,
@@ -88,6 +92,7 @@ impl RedisErrorKind {
             Self::Timeout => "timeout",
             Self::Io => "io",
             Self::ReadOnly => "readonly",
+            Self::NoReplicas => "noreplicas",
             Self::NoScript => "noscript",
             Self::Auth => "auth",
             Self::Other => "other",

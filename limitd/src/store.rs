@@ -162,6 +162,7 @@ pub fn is_transient(err: &RedisError) -> bool {
         || err.is_connection_refusal()
         || err.is_unrecoverable_error()
         || is_auth_error(err)
+        || is_no_replicas(err)
         || matches!(
             err.kind(),
             ErrorKind::Server(
@@ -174,12 +175,21 @@ pub fn is_transient(err: &RedisError) -> bool {
         )
 }
 
+/// Whether `err` is `NOREPLICAS`: the master refuses writes because it has fewer good replicas
+/// than its `min-replicas-to-write` (it is cut off from them, or its replica was just promoted).
+/// Nothing was written; the master the sentinels name next is the one to use.
+pub fn is_no_replicas(err: &RedisError) -> bool {
+    err.code() == Some("NOREPLICAS")
+}
+
 /// The `kind` label of `err` in `limitd_redis_errors_total`.
 pub fn classify(err: &RedisError) -> RedisErrorKind {
     if err.is_timeout() {
         RedisErrorKind::Timeout
     } else if is_auth_error(err) {
         RedisErrorKind::Auth
+    } else if is_no_replicas(err) {
+        RedisErrorKind::NoReplicas
     } else {
         match err.kind() {
             ErrorKind::Server(ServerErrorKind::ReadOnly) => RedisErrorKind::ReadOnly,
@@ -427,10 +437,14 @@ impl CounterStore {
     }
 
     /// Classifies `err` and, when the connection is suspect, starts a rebuild.
+    ///
+    /// `NOREPLICAS` starts none: the connection is fine and the sentinels still name this
+    /// master; the watch and `+switch-master` move limitd once they name another.
     fn failed(&self, generation: u64, err: RedisError) -> StoreError {
         self.shared.count_error(&err);
+        let no_replicas = is_no_replicas(&err);
         let err = StoreError::from(err);
-        if err.is_transient() {
+        if err.is_transient() && !no_replicas {
             self.shared.request_rebuild(generation, &err);
         }
         err

@@ -321,6 +321,13 @@ impl Stack {
             "",
             "--appendonly",
             "no",
+            // A master that has lost its replicas (cut off, or its replica promoted in a
+            // failover) refuses writes rather than accept counts the promoted master will
+            // never see (docs/protocol.md, "Counted exactly when admitted").
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "5",
         ]);
         command.arg("--dir").arg(&data);
         if index > 0 {

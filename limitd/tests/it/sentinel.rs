@@ -41,8 +41,15 @@ async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
 /// A master, a replica in sync with it, and a sentinel (quorum 1) that knows
 /// the replica: Sentinel discovers replicas through the master's INFO, and can
 /// only promote a known one.
-async fn master_replica_sentinel() -> (RedisProcess, RedisProcess, RedisProcess) {
-    let master = RedisProcess::server(&[]);
+pub(crate) async fn master_replica_sentinel() -> (RedisProcess, RedisProcess, RedisProcess) {
+    master_replica_sentinel_with(&[]).await
+}
+
+/// [`master_replica_sentinel`] with more options for the master.
+pub(crate) async fn master_replica_sentinel_with(
+    master_extra: &[&str],
+) -> (RedisProcess, RedisProcess, RedisProcess) {
+    let master = RedisProcess::server(master_extra);
     let replica_of = format!("127.0.0.1 {}", master.port);
     let replica = RedisProcess::server(&["--replicaof", &replica_of]);
     let sentinel = RedisProcess::sentinel(master.port);
