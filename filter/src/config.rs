@@ -259,6 +259,26 @@ pub struct Rule {
     pub fallback: Option<Fallback>,
 }
 
+impl Rule {
+    /// The longest wait a denial by this rule can honestly ask for: a window
+    /// for fixed window, two for sliding window (the current count becomes the
+    /// previous one), and `cost × window / limit` for gcra (the debt a full
+    /// bucket must pay off). limitd's `retry_after_ms` is capped at this, so an
+    /// answer that claims more (a bug, or a hostile limitd) cannot shut a
+    /// client out for longer than the rule allows.
+    pub fn longest_wait_ms(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::FixedWindow => self.window_ms,
+            Algorithm::SlidingWindow => self.window_ms.saturating_mul(2),
+            Algorithm::Gcra => {
+                let ms = u128::from(self.cost) * u128::from(self.window_ms);
+                let limit = u128::from(self.requests.max(1));
+                u64::try_from(ms.div_ceil(limit)).unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the JSON path of the culprit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -192,8 +192,10 @@ impl Policy {
                 headers,
             };
         }
-        let denied: Vec<(usize, u64)> =
-            denied.iter().map(|(i, r)| (*i, r.retry_after_ms)).collect();
+        let denied: Vec<(usize, u64)> = denied
+            .iter()
+            .map(|(i, r)| (*i, self.retry_after_ms(*i, r)))
+            .collect();
         self.denial(&denied, headers)
     }
 
@@ -267,15 +269,25 @@ impl Policy {
         now_ms: u64,
         cache: &mut DenyCache,
     ) {
-        for (hit, result) in check.hits.iter().zip(&answer.hits) {
+        for ((&rule, hit), result) in check.rules.iter().zip(&check.hits).zip(&answer.hits) {
             if !hit.shadow && !result.allowed && result.retry_after_ms > 0 {
                 cache.remember(
                     &hit.key,
-                    sent_ms.saturating_add(result.retry_after_ms),
+                    sent_ms.saturating_add(self.retry_after_ms(rule, result)),
                     now_ms,
                 );
             }
         }
+    }
+
+    /// limitd's `retry_after_ms` for a denied hit of rule `rule`, capped at the
+    /// longest wait that rule can produce.
+    fn retry_after_ms(&self, rule: usize, result: &protocol::HitResult) -> u64 {
+        let longest = self
+            .rules
+            .get(rule)
+            .map_or(u64::MAX, crate::config::Rule::longest_wait_ms);
+        result.retry_after_ms.min(longest)
     }
 
     /// The decision when a check got no usable answer. Each enforced rule the
@@ -616,11 +628,18 @@ mod tests {
         };
         assert_eq!(reply.kind, ReplyKind::Unavailable);
         // Nothing was spent on the fallback counter by the refused request.
-        assert!(counters
-            .data
-            .borrow()
-            .keys()
-            .all(|k| !k.starts_with("ratelimit.fallback:")));
+        assert!(counters.data.borrow().is_empty());
+        // While the same request without the closed rule spends it.
+        let open = check_of(p.evaluate(&FakeRequest::new("GET", "/")));
+        let open = Check {
+            hits: open.hits[..1].to_vec(),
+            rules: open.rules[..1].to_vec(),
+        };
+        assert!(matches!(
+            p.on_failure(&open, &counters),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(counters.data.borrow().len(), 1);
     }
 
     #[test]
@@ -652,6 +671,45 @@ mod tests {
         let other =
             check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint").from("10.1.1.1:1")));
         assert_eq!(p.cached_denial(&other, &cache, 1_000), None);
+    }
+
+    #[test]
+    fn a_retry_time_longer_than_the_rule_can_produce_is_capped() {
+        let p = policy("");
+        // limitd claims ~585 million years for the 10-per-60 s fixed-window rule.
+        let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
+        let answer = CheckResponse {
+            allowed: false,
+            hits: vec![hit(false, u64::MAX / 1000), hit(true, 0)],
+        };
+        let Decision::Reply(reply) = p.decide(&check, &answer) else {
+            panic!("expected a denial")
+        };
+        assert_eq!(reply.headers[0], ("retry-after", "60".to_owned()));
+        let mut cache = DenyCache::default();
+        p.learn(&check, &answer, 1_000, 1_000, &mut cache);
+        assert!(p.cached_denial(&check, &cache, 60_999).is_some());
+        assert_eq!(p.cached_denial(&check, &cache, 61_000), None);
+        // gcra, 5 per minute with cost 1: one unit pays off in 12 s at most.
+        let api = check_of(p.evaluate(&FakeRequest::new("GET", "/api/x").with("x-api-key", "k")));
+        assert_eq!(api.rules, [1, 2], "the shadow rule, then the gcra rule");
+        let answer = CheckResponse {
+            allowed: false,
+            hits: vec![hit(true, 0), hit(false, 10_000_000)],
+        };
+        let Decision::Reply(reply) = p.decide(&api, &answer) else {
+            panic!("expected a denial")
+        };
+        assert_eq!(reply.headers[0], ("retry-after", "12".to_owned()));
+        // An honest figure below the cap is kept as it is.
+        let answer = CheckResponse {
+            allowed: false,
+            hits: vec![hit(true, 0), hit(false, 4_500)],
+        };
+        let Decision::Reply(reply) = p.decide(&api, &answer) else {
+            panic!("expected a denial")
+        };
+        assert_eq!(reply.headers[0], ("retry-after", "5".to_owned()));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! A counter's key is `rl:v1:{<key>}`: `rl` namespaces the rate limiter, `v1` is the storage
 //! version (bump it when the stored layout changes, so old and new limitd never share a key), and
 //! the braces form a Redis Cluster hash tag, so a move to Cluster keeps each counter's slot
-//! computable from the client key alone. Keys longer than [`MAX_PLAIN_KEY_BYTES`], or containing a
-//! brace (which would break the hash tag), are replaced by the hex SHA-256 of the key, so what a
+//! computable from the client key alone. Keys longer than [`MAX_PLAIN_KEY_BYTES`], containing a
+//! brace (which would break the hash tag), or starting with `h:` (the hashed keys' mark, so that no
+//! plain key can name a hashed one), are replaced by `h:` and the hex SHA-256 of the key, so what a
 //! client can make limitd store stays bounded.
 
 use sha2::{Digest, Sha256};
@@ -17,7 +18,7 @@ const PREFIX: &str = "rl:v1:";
 
 /// The Redis key of the counter for the client key `key`.
 pub fn counter_key(key: &str) -> String {
-    if key.len() <= MAX_PLAIN_KEY_BYTES && !key.contains(['{', '}']) {
+    if key.len() <= MAX_PLAIN_KEY_BYTES && !key.contains(['{', '}']) && !key.starts_with("h:") {
         let mut out = String::with_capacity(PREFIX.len() + key.len() + 2);
         out.push_str(PREFIX);
         out.push('{');
@@ -105,6 +106,19 @@ mod tests {
             assert_eq!(stored.matches('{').count(), 1);
             assert_eq!(stored.matches('}').count(), 1);
         }
+    }
+
+    #[test]
+    fn a_plain_key_cannot_name_a_hashed_one() {
+        let long = "k".repeat(MAX_PLAIN_KEY_BYTES + 1);
+        let hashed = counter_key(&long);
+        // The client key that would be stored as exactly that key, were it kept plain.
+        let lookalike = &hashed["rl:v1:{".len()..hashed.len() - 1];
+        assert!(lookalike.starts_with("h:"), "{lookalike}");
+        assert_ne!(counter_key(lookalike), hashed);
+        assert!(counter_key(lookalike).starts_with("rl:v1:{h:"));
+        // Keys that merely contain "h:" stay plain.
+        assert_eq!(counter_key("auth:h:1"), "rl:v1:{auth:h:1}");
     }
 
     #[test]

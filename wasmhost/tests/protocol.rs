@@ -109,3 +109,33 @@ fn a_reconfiguration_keeps_the_checks_in_flight() {
     vm.time_out_call(call.token).unwrap();
     assert!(vm.request_forwarded(next), "the new failure mode: allow");
 }
+
+#[test]
+fn a_retry_time_beyond_what_the_rule_can_produce_is_capped() {
+    // The demo rule: 10 per 60 s, fixed window. A confused or hostile limitd
+    // claims the client must wait some 585,000 years.
+    let mut vm = host().start(config("allow")).unwrap();
+    let first = get_from(&mut vm, "/limited_endpoint", "10.0.0.1");
+    let call = only_pending_call(&vm);
+    respond(
+        &mut vm,
+        call.token,
+        vec![CheckResult::from(result(false, 0, u64::MAX / 1000))],
+    );
+    let reply = vm.local_reply(first.id).expect("a denial");
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers.get("retry-after").as_deref(), Some("60"));
+    // The deny cache holds the key for one window at most: after it, a callout again.
+    let cached = get_from(&mut vm, "/limited_endpoint", "10.0.0.1");
+    assert!(vm.pending_calls().is_empty(), "denied from the cache");
+    assert_eq!(vm.local_reply(cached.id).map(|r| r.status), Some(429));
+    vm.advance_time(std::time::Duration::from_secs(60)).unwrap();
+    let later = get_from(&mut vm, "/limited_endpoint", "10.0.0.1");
+    let call = only_pending_call(&vm);
+    respond(
+        &mut vm,
+        call.token,
+        vec![CheckResult::from(result(true, 9, 0))],
+    );
+    assert!(vm.request_forwarded(later));
+}
