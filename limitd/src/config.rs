@@ -25,6 +25,8 @@ use redis::IntoConnectionInfo;
 /// | `LIMITD_MASTER_POLL_MS` | with Sentinel, how often the sentinels are asked for the master, besides listening for `+switch-master` (100 to 3600000) | `1000` |
 /// | `LIMITD_MAX_BODY_BYTES` | the largest accepted check body; larger ones get `413` | `65536` |
 /// | `LIMITD_SHUTDOWN_GRACE_MS` | how long in-flight requests may drain after a shutdown signal | `5000` |
+/// | `LIMITD_HEADER_READ_TIMEOUT_MS` | how long a client may take to send a request's headers before its connection is closed | `5000` |
+/// | `LIMITD_MAX_CONNECTIONS` | the most client connections open at once; more are closed on accept | `1024` |
 ///
 /// Exactly one of `SENTINEL_HOSTS` and `REDIS_URL` must be set. `REDIS_MASTER` applies only
 /// with `SENTINEL_HOSTS`, and so does `SENTINEL_PASSWORD` (ignored with `REDIS_URL`). A password
@@ -125,13 +127,20 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may drain after shutdown starts (`LIMITD_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers
+    /// (`LIMITD_HEADER_READ_TIMEOUT_MS`): a slow or stuck client cannot hold a connection.
+    pub header_read_timeout: Duration,
+    /// The most client connections open at once (`LIMITD_MAX_CONNECTIONS`).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            shutdown_grace: Duration::from_millis(5000),
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
         }
     }
 }
@@ -139,6 +148,8 @@ impl Default for HttpConfig {
 const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 const DEFAULT_MASTER: &str = "mymaster";
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
 const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 250;
 const DEFAULT_MASTER_POLL_MS: u64 = 1_000;
 /// Upper bound of the master poll: beyond an hour the poll is effectively off.
@@ -272,6 +283,20 @@ impl Config {
             0,
             MAX_SHUTDOWN_GRACE_MS,
         )?;
+        let header_read_timeout = millis(
+            "LIMITD_HEADER_READ_TIMEOUT_MS",
+            get("LIMITD_HEADER_READ_TIMEOUT_MS"),
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            10,
+            60_000,
+        )?;
+        let max_connections = number(
+            "LIMITD_MAX_CONNECTIONS",
+            get("LIMITD_MAX_CONNECTIONS"),
+            DEFAULT_MAX_CONNECTIONS,
+            1,
+            1_000_000,
+        )?;
 
         Ok(Self {
             listen,
@@ -287,6 +312,9 @@ impl Config {
                 // The bound above keeps this far below usize::MAX on any target.
                 max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
                 shutdown_grace,
+                header_read_timeout,
+                // At most a million: fits a usize on any target.
+                max_connections: usize::try_from(max_connections).unwrap_or(1_000_000),
             },
         })
     }

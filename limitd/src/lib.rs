@@ -27,7 +27,11 @@
 //! included); [`keys`] hashes long ones. So nothing a client sends reaches Redis unchecked, and
 //! every refusal is a `400` with a one-line reason of bounded length.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -93,45 +97,78 @@ pub fn app(state: AppState) -> Router {
 
 /// Serves [`app`] on `listener` until `shutdown` resolves, then drains.
 ///
+/// Each connection must send a request's headers within `state`'s `header_read_timeout`
+/// (`LIMITD_HEADER_READ_TIMEOUT_MS`), or it is closed: a slow client cannot hold one. At most
+/// `max_connections` (`LIMITD_MAX_CONNECTIONS`) are open at once; one more is closed as soon as
+/// it is accepted, and counted in `limitd_refused_connections_total`.
+///
 /// After `shutdown` resolves no new connection is accepted; requests in flight may finish for
 /// up to `state`'s `shutdown_grace` (`LIMITD_SHUTDOWN_GRACE_MS`); idle keep-alive connections
 /// are closed at once. When the deadline passes, `serve` returns `Ok` anyway: connections still
-/// open are abandoned (axum runs each in its own task, which ends when the process exits).
-/// Errors only if accepting fails fatally.
+/// open are abandoned (each runs in its own task, which ends when the process exits).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = state.http.shutdown_grace;
-    // `with_graceful_shutdown` has no deadline of its own: learn when draining starts, and
-    // from then on give the server `grace` to finish.
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(grace_ms = grace.as_millis(), "shutdown requested; draining");
-        // The receiver only goes away once `serve` has returned.
-        let _ = draining_tx.send(());
-    };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        _ = draining_rx => {}
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let http = state.http.clone();
+    let metrics = state.store.metrics().clone();
+    let app = app(state);
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout);
+    let connections = Arc::new(Semaphore::new(http.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a moment, as axum::serve does.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.refused_connection();
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
     }
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => {
-            tracing::info!("drained");
-            result
-        }
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis(),
-                "drain deadline passed; closing remaining connections"
-            );
-            Ok(())
-        }
+    // No new connections from here on.
+    drop(listener);
+    tracing::info!(
+        grace_ms = http.shutdown_grace.as_millis(),
+        "shutdown requested; draining"
+    );
+    match tokio::time::timeout(http.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(
+            grace_ms = http.shutdown_grace.as_millis(),
+            "drain deadline passed; closing remaining connections"
+        ),
     }
+    Ok(())
 }

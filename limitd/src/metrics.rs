@@ -19,6 +19,7 @@
 //! | `limitd_invalid_checks_total` | counter | checks of a well-formed batch refused as `error: invalid` |
 //! | `limitd_give_backs_total{outcome="returned\|voided\|settled\|failed"}` | counter | checks reported as errors after their script may have run, by what the give-back found (`failed`: Redis stayed away for the receipt's lifetime) |
 //! | `limitd_give_backs_in_flight` | gauge | give-backs still trying to reach Redis |
+//! | `limitd_refused_connections_total` | counter | connections closed on accept because `LIMITD_MAX_CONNECTIONS` were open |
 //! | `limitd_v1_requests_total` | counter | requests to the deprecated `/v1/check` and `/v1/checks` (when 0 for long, every filter is on v2) |
 
 use std::fmt::Write as _;
@@ -131,6 +132,7 @@ pub struct Metrics {
     give_backs: [AtomicU64; 4],
     give_backs_in_flight: AtomicI64,
     v1_requests: AtomicU64,
+    refused_connections: AtomicU64,
 }
 
 /// What a give-back found, as the `outcome` label of `limitd_give_backs_total`.
@@ -246,6 +248,11 @@ impl Metrics {
             .position(|o| *o == outcome)
             .unwrap_or(0);
         self.give_backs[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed on accept because the most allowed were open.
+    pub fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request to a deprecated v1 endpoint.
@@ -434,6 +441,18 @@ impl Metrics {
             "Requests to the deprecated /v1/check and /v1/checks endpoints.",
         );
         let _ = writeln!(out, "limitd_v1_requests_total {}", get(&self.v1_requests));
+
+        header(
+            &mut out,
+            "limitd_refused_connections_total",
+            "counter",
+            "Connections closed on accept because the most allowed were open.",
+        );
+        let _ = writeln!(
+            out,
+            "limitd_refused_connections_total {}",
+            get(&self.refused_connections)
+        );
         out
     }
 }

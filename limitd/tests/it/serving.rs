@@ -148,3 +148,123 @@ async fn redis_down_answers_503_quickly() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// A server with the given extra settings, on a free port; `stop` ends it.
+async fn server_with(
+    redis_port: u16,
+    extra: &[(&str, &str)],
+) -> (SocketAddr, AppState, tokio::sync::oneshot::Sender<()>) {
+    let mut vars = vec![("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let state = AppState::connect(&config(&vars)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(limitd::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    (addr, state, stop)
+}
+
+/// Reads from `stream` until the server closes it (or the read times out, `None`).
+fn read_until_closed(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = Vec::new();
+    match stream.read_to_end(&mut reply) {
+        Ok(_) => Some(String::from_utf8_lossy(&reply).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some(String::from_utf8_lossy(&reply).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_closed() {
+    let redis = RedisProcess::server(&[]);
+    let (addr, _, _stop) =
+        server_with(redis.port, &[("LIMITD_HEADER_READ_TIMEOUT_MS", "200")]).await;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        // Half a request, then silence (a slowloris client).
+        stream
+            .write_all(b"POST /v2/checks HTTP/1.1\r\nHost: limitd\r\nContent-")
+            .unwrap();
+        read_until_closed(&mut stream)
+    })
+    .await
+    .unwrap();
+    // Closed by the server (hyper answers 408 first), well before the 10 s read timeout.
+    let reply = closed.expect("the server kept the half-sent request open");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once_and_counted() {
+    let redis = RedisProcess::server(&[]);
+    let (addr, _, _stop) = server_with(redis.port, &[("LIMITD_MAX_CONNECTIONS", "2")]).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let keep_alive = |stream: &mut TcpStream| {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: limitd\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 256];
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let n = stream.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        // Two kept-alive connections hold both places.
+        let mut first = TcpStream::connect(addr).unwrap();
+        let mut second = TcpStream::connect(addr).unwrap();
+        assert!(keep_alive(&mut first).starts_with("HTTP/1.1 200"));
+        assert!(keep_alive(&mut second).starts_with("HTTP/1.1 200"));
+        // A third is closed without an answer.
+        let mut third = TcpStream::connect(addr).unwrap();
+        let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: limitd\r\n\r\n");
+        let refused = read_until_closed(&mut third);
+        // Once one leaves, a new one is served.
+        drop(first);
+        let fourth = (0..100).find_map(|_| {
+            let mut next = TcpStream::connect(addr).ok()?;
+            next.write_all(b"GET /healthz HTTP/1.1\r\nHost: limitd\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let reply = read_until_closed(&mut next)?;
+            if reply.starts_with("HTTP/1.1 200") {
+                Some(reply)
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+        });
+        drop(second);
+        (refused, fourth)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome.0.as_deref(),
+        Some(""),
+        "the third connection got an answer"
+    );
+    assert!(
+        outcome.1.is_some(),
+        "no connection was served after one left"
+    );
+    let metrics = raw_http(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: limitd\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    let refused = crate::metrics::value(
+        metrics.split("\r\n\r\n").nth(1).unwrap_or(""),
+        "limitd_refused_connections_total",
+    );
+    assert!(refused >= Some(1.0), "{metrics}");
+}
