@@ -204,6 +204,11 @@ use protocol::bounds::{
     validate_hit, HitField, MAX_KEY_BYTES, MAX_TIMEOUT_MS, MAX_UNITS as MAX_AMOUNT, MAX_WINDOW_MS,
 };
 
+/// The IPv6 prefix that counts as one client unless a rule says otherwise: a
+/// /64 is what one subscriber gets, so keying per /128 would hand one client
+/// 2^64 counters.
+const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 /// The most parts one key may have: with each part at most 193 bytes (a
 /// 64-byte value, percent-encoded, and its separator) and a 64-byte rule
 /// name, every key the filter builds stays within [`MAX_KEY_BYTES`].
@@ -662,7 +667,7 @@ fn compile_key(
             let here = at(&format!("key[{i}]"));
             Ok(match part {
                 RawKeyPart::Named(name) => match name.as_str() {
-                    "client_ip" => KeyPart::ClientIp { ipv4_prefix: 32, ipv6_prefix: 128 },
+                    "client_ip" => KeyPart::ClientIp { ipv4_prefix: 32, ipv6_prefix: DEFAULT_IPV6_PREFIX },
                     "path" => KeyPart::Path,
                     "method" => KeyPart::Method,
                     _ => {
@@ -673,7 +678,7 @@ fn compile_key(
                     }
                 },
                 RawKeyPart::Tagged(RawTaggedPart::ClientIp(ip)) => {
-                    let (v4, v6) = (ip.ipv4_prefix.unwrap_or(32), ip.ipv6_prefix.unwrap_or(128));
+                    let (v4, v6) = (ip.ipv4_prefix.unwrap_or(32), ip.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX));
                     if v4 > 32 {
                         return Err(error(format!("{here}.client_ip.ipv4_prefix"), format!("{v4} is more than 32")));
                     }
@@ -741,7 +746,7 @@ mod tests {
             r.key,
             vec![KeyPart::ClientIp {
                 ipv4_prefix: 32,
-                ipv6_prefix: 128
+                ipv6_prefix: 64
             }]
         );
         assert_eq!((r.requests, r.window_ms, r.cost), (10, 60_000, 1));
@@ -809,7 +814,7 @@ mod tests {
             vec![
                 KeyPart::ClientIp {
                     ipv4_prefix: 32,
-                    ipv6_prefix: 128
+                    ipv6_prefix: 64
                 },
                 KeyPart::ClientIp {
                     ipv4_prefix: 24,

@@ -713,6 +713,20 @@ mod tests {
     }
 
     #[test]
+    fn by_default_an_ipv6_client_is_its_slash_64() {
+        let p = policy("");
+        let key = |from: &str| {
+            check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint").from(from))).hits[0]
+                .key
+                .clone()
+        };
+        let one = key("[2001:db8:0:7::1]:5000");
+        assert_eq!(one, key("[2001:db8:0:7:ffff:ffff:ffff:ffff]:6000"));
+        assert_ne!(one, key("[2001:db8:0:8::1]:5000"));
+        assert_ne!(key("10.0.0.1:1"), key("10.0.0.2:1"));
+    }
+
+    #[test]
     fn allowed_hits_teach_nothing() {
         let p = policy("");
         let check = check_of(p.evaluate(&FakeRequest::new("GET", "/limited_endpoint")));
