@@ -15,6 +15,7 @@ use protocol::{
 };
 use serde::Serialize;
 
+use crate::log_limit::LogLimit;
 use crate::metrics::{BadRequest, CheckOutcome, CONTENT_TYPE};
 use crate::store::StoreError;
 use crate::AppState;
@@ -49,7 +50,10 @@ impl IntoResponse for AppError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             // The detail goes to the log; the client only learns which side failed.
             Self::Store(err) if err.is_transient() => {
-                tracing::warn!(error = %err, "check failed: redis unavailable");
+                static UNAVAILABLE: LogLimit = LogLimit::new(Duration::from_secs(10));
+                if let Some(more_like_this) = UNAVAILABLE.admit() {
+                    tracing::warn!(error = %err, more_like_this, "check failed: redis unavailable");
+                }
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "redis unavailable".to_owned(),
@@ -268,8 +272,16 @@ pub async fn checks(
         .filter(|r| matches!(r.outcome, Outcome::Failed(_) | Outcome::TimedOut))
         .count();
     if failed > 0 {
-        // One line per batch, not per check: an outage must not flood the log.
-        tracing::warn!(failed, checks = ran.len(), "checks not answered by redis");
+        // One line per interval, not per batch: an outage must not flood the log.
+        static UNANSWERED: LogLimit = LogLimit::new(Duration::from_secs(10));
+        if let Some(more_like_this) = UNANSWERED.admit() {
+            tracing::warn!(
+                failed,
+                checks = ran.len(),
+                more_like_this,
+                "checks not answered by redis"
+            );
+        }
     }
     let results = ran.into_iter().map(Ran::result).collect();
     Ok(Json(BatchResponse { results }))

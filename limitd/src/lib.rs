@@ -41,6 +41,7 @@ pub mod config;
 mod connector;
 pub mod http;
 pub mod keys;
+pub mod log_limit;
 pub mod metrics;
 pub mod script;
 pub mod store;

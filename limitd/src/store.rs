@@ -56,6 +56,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use crate::config::RedisConfig;
 use crate::connector::Connector;
 use crate::keys::{counter_key, receipt_key};
+use crate::log_limit::LogLimit;
 use crate::metrics::{GiveBackOutcome, Metrics, RedisErrorKind};
 use crate::script::{decode_give_back, decode_reply, CheckScript, GiveBack, Mode, ReplyError};
 
@@ -341,10 +342,13 @@ impl CounterStore {
         if metrics.give_backs_in_flight() >= MAX_GIVE_BACKS {
             metrics.give_back_started();
             metrics.give_back(GiveBackOutcome::Failed);
-            tracing::error!(
-                receipt,
-                "too many give-backs waiting for redis; this check may stay counted"
-            );
+            static TOO_MANY: LogLimit = LogLimit::new(Duration::from_secs(10));
+            if let Some(more_like_this) = TOO_MANY.admit() {
+                tracing::error!(
+                    more_like_this,
+                    "too many give-backs waiting for redis; a check may stay counted"
+                );
+            }
             return;
         }
         let store = self.clone();
@@ -353,10 +357,16 @@ impl CounterStore {
             let outcome = store.settle(&request, &receipt).await;
             store.shared.metrics.give_back(outcome);
             match outcome {
-                GiveBackOutcome::Failed => tracing::error!(
-                    receipt,
-                    "could not give back a check whose answer was lost; it may stay counted"
-                ),
+                GiveBackOutcome::Failed => {
+                    static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
+                    if let Some(more_like_this) = FAILED.admit() {
+                        tracing::error!(
+                            receipt,
+                            more_like_this,
+                            "could not give back a check whose answer was lost; it may stay counted"
+                        );
+                    }
+                }
                 outcome => tracing::debug!(receipt, ?outcome, "check given back"),
             }
         });

@@ -139,3 +139,35 @@ fn a_retry_time_beyond_what_the_rule_can_produce_is_capped() {
     );
     assert!(vm.request_forwarded(later));
 }
+
+#[test]
+fn an_outage_is_logged_once_per_interval_with_a_count_of_the_rest() {
+    let mut vm = host().start(config("allow")).unwrap();
+    let failures = |vm: &Vm| {
+        vm.logs()
+            .iter()
+            .filter(|l| l.message.contains("failure mode applies"))
+            .map(|l| l.message.clone())
+            .collect::<Vec<_>>()
+    };
+    for i in 0..50 {
+        let req = get_from(&mut vm, "/limited_endpoint", &format!("10.0.1.{i}"));
+        let call = only_pending_call(&vm);
+        vm.time_out_call(call.token).unwrap();
+        assert!(vm.request_forwarded(req));
+    }
+    assert_eq!(failures(&vm).len(), 1, "{:?}", failures(&vm));
+    vm.advance_time(std::time::Duration::from_secs(10)).unwrap();
+    let req = get_from(&mut vm, "/limited_endpoint", "10.0.2.1");
+    let call = only_pending_call(&vm);
+    vm.time_out_call(call.token).unwrap();
+    assert!(vm.request_forwarded(req));
+    let lines = failures(&vm);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].ends_with("(49 more like this since the last)"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(metric(&vm, "callout_errors"), 51);
+}

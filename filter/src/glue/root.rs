@@ -12,6 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, Status};
 use crate::batch::{encode_batch, remaining_ms, Batcher};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
+use crate::log_limit::LogLimit;
 use crate::verdict::{CalloutError, Decision};
 
 use super::metrics::Metrics;
@@ -206,6 +207,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             batcher: RefCell::new(batcher),
             deny_cache: RefCell::new(DenyCache::default()),
+            failure_log: RefCell::new(LogLimit::default()),
         }));
         true
     }

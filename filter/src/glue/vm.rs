@@ -11,6 +11,7 @@ use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
+use crate::log_limit::{more_like_this, LogLimit};
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
 
 use super::metrics::Metrics;
@@ -22,6 +23,8 @@ pub(super) struct Vm {
     pub(super) metrics: Metrics,
     pub(super) batcher: RefCell<Batcher>,
     pub(super) deny_cache: RefCell<DenyCache>,
+    /// Failed callouts are logged once per interval, with a count of the rest.
+    pub(super) failure_log: RefCell<LogLimit>,
 }
 
 impl Vm {
@@ -87,13 +90,17 @@ impl Vm {
     /// counted per check and logged once.
     pub(super) fn failed_batch(&self, checks: &[Check], error: &CalloutError) -> Vec<Decision> {
         Metrics::add(self.metrics.callout_errors, checks.len());
-        log(
-            LogLevel::Warn,
-            &format!(
-                "ratelimit: {error}; the rules' failure mode applies to {} request(s)",
-                checks.len()
-            ),
-        );
+        let now_ms = now().and_then(epoch_ms).unwrap_or(0);
+        if let Some(suppressed) = self.failure_log.borrow_mut().admit(now_ms) {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "ratelimit: {error}; the rules' failure mode applies to {} request(s){}",
+                    checks.len(),
+                    more_like_this(suppressed)
+                ),
+            );
+        }
         checks
             .iter()
             .map(|check| self.policy.on_failure(check, &SharedCounters))

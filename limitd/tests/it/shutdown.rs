@@ -176,3 +176,36 @@ fn sigint_on_an_idle_server_exits_0_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn an_outage_logs_a_line_per_interval_not_per_request() {
+    // No Redis at all: every check fails, and each would log.
+    let mut limitd = Limitd::start(free_port(), &[]);
+    let addr = limitd.addr;
+    limitd.wait_for(Duration::from_secs(10), "the listener", || {
+        http(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    let body = r#"{"hits":[{"key":"log:k","limit":5,"window_ms":60000}]}"#;
+    let request = format!(
+        "POST /v1/check HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..200 {
+        let reply = http(addr, &request).expect("a reply");
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    }
+    let log = limitd.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("check failed: redis unavailable"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines for 200 failures:\n{log}"
+    );
+}
