@@ -180,7 +180,7 @@ fn sigint_on_an_idle_server_exits_0_at_once() {
 #[test]
 fn an_outage_logs_a_line_per_interval_not_per_request() {
     // No Redis at all: every check fails, and each would log.
-    let mut limitd = Limitd::start(free_port(), &[]);
+    let limitd = Limitd::start(free_port(), &[]);
     let addr = limitd.addr;
     limitd.wait_for(Duration::from_secs(10), "the listener", || {
         http(
