@@ -79,7 +79,8 @@ pub fn path_only(path: &[u8]) -> &[u8] {
     &path[..end]
 }
 
-/// The host of an `:authority` without its port, lower-cased.
+/// The host of an `:authority` without its port or a trailing dot (the
+/// fully-qualified `example.com.` names the same host), lower-cased.
 fn host_only(authority: &[u8]) -> Vec<u8> {
     let end = if authority.starts_with(b"[") {
         authority
@@ -92,7 +93,8 @@ fn host_only(authority: &[u8]) -> Vec<u8> {
             .position(|&b| b == b':')
             .unwrap_or(authority.len())
     };
-    authority[..end].to_ascii_lowercase()
+    let host = &authority[..end];
+    host.strip_suffix(b".").unwrap_or(host).to_ascii_lowercase()
 }
 
 impl Matcher {
@@ -274,5 +276,8 @@ pub(crate) mod tests {
         assert_eq!(host_only(b"Example.COM:80"), b"example.com");
         assert_eq!(host_only(b"[::1]:80"), b"[::1]");
         assert_eq!(host_only(b"example.com"), b"example.com");
+        // A trailing dot cannot take a request out of its rule.
+        assert_eq!(host_only(b"Example.com.:8000"), b"example.com");
+        assert_eq!(host_only(b"example.com."), b"example.com");
     }
 }

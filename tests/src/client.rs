@@ -83,7 +83,12 @@ impl HttpConnection {
 
     /// `GET path` on this connection.
     pub fn get(&mut self, path: &str) -> io::Result<HttpResponse> {
-        let head = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", self.to);
+        self.get_with_host(path, &self.to.to_string())
+    }
+
+    /// `GET path` on this connection, with `host` as its `Host` header.
+    pub fn get_with_host(&mut self, path: &str, host: &str) -> io::Result<HttpResponse> {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n");
         self.reader.get_mut().write_all(head.as_bytes())?;
         read_response(&mut self.reader)
     }

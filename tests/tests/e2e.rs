@@ -327,3 +327,37 @@ fn this_filter_speaks_only_v2() {
         .sum();
     assert_eq!(allowed, 1.0);
 }
+
+/// A client cannot escape a rule by spelling its path or host another way:
+/// Envoy normalizes both before the filter matches them.
+#[test]
+fn other_spellings_of_a_limited_path_count_against_the_same_rule() {
+    // The demo rule, limited to one host as well.
+    let stack = start(EnvoyOptions::default().replace(
+        r#""match": { "path": { "prefix": "/limited_endpoint" } },"#,
+        r#""match": { "path": { "prefix": "/limited_endpoint" }, "host": "localhost" },"#,
+    ));
+    let envoy = stack.envoy(0);
+    let spellings = [
+        ("/limited_endpoint", "localhost"),
+        ("//limited_endpoint", "localhost"),
+        ("/./limited_endpoint", "localhost"),
+        ("/x/../limited_endpoint", "localhost"),
+        ("/%6cimited_endpoint", "localhost"),
+        ("/limited_endpoint", "localhost."),
+        ("/limited_endpoint", "LOCALHOST.:8000"),
+    ];
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let (path, host) = spellings[i % spellings.len()];
+        let mut connection = HttpConnection::open(envoy, CLIENT_1).unwrap();
+        let response = connection.get_with_host(path, host).unwrap();
+        statuses.push((path, host, response.status));
+    }
+    let codes: Vec<u16> = statuses.iter().map(|(_, _, s)| *s).collect();
+    assert_eq!(
+        codes,
+        [[200; 10].as_slice(), &[429]].concat(),
+        "{statuses:?}"
+    );
+}
