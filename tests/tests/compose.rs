@@ -832,14 +832,19 @@ fn every_image_is_built_by_the_dockerfile_for_its_package() {
                 build_text.contains(&format!("-p {package}")),
                 "{DOCKERFILE}: the build stage does not build package `{package}`"
             );
-            let runtime = parent(&stages, image)
-                .unwrap_or_else(|| panic!("{DOCKERFILE}: `{package}` should start from the runtime stage"));
-            assert_eq!(runtime.from, "${DEBIAN_IMAGE}", "{DOCKERFILE}: the runtime stage's base");
+            let runtime = parent(&stages, image).unwrap_or_else(|| {
+                panic!("{DOCKERFILE}: `{package}` should start from the runtime stage")
+            });
+            assert_eq!(
+                runtime.from, "${DEBIAN_IMAGE}",
+                "{DOCKERFILE}: the runtime stage's base"
+            );
             assert!(
                 image
                     .instructions
                     .iter()
-                    .any(|i| i.starts_with("COPY --from=build") && i.contains(&format!("/{package} "))),
+                    .any(|i| i.starts_with("COPY --from=build")
+                        && i.contains(&format!("/{package} "))),
                 "{DOCKERFILE}: the `{package}` stage does not take its binary from the build stage"
             );
         }
@@ -848,7 +853,10 @@ fn every_image_is_built_by_the_dockerfile_for_its_package() {
         builds, 5,
         "docker-compose.yml: limitd ×2, backend ×2 and envoy should be built here"
     );
-    assert_eq!(build.from, "${RUST_IMAGE}", "{DOCKERFILE}: the build stage's base");
+    assert_eq!(
+        build.from, "${RUST_IMAGE}",
+        "{DOCKERFILE}: the build stage's base"
+    );
     assert!(
         repo_root().join(".dockerignore").is_file(),
         "the repository has no .dockerignore, so target/ would be sent as build context"
@@ -899,7 +907,9 @@ fn every_base_image_is_a_variable_whose_default_is_the_stock_image() {
     );
     let default = redis_images.iter().next().copied().unwrap_or_default();
     assert!(
-        default.starts_with("redis:") && !default.starts_with("redis:7.0") && !default.starts_with("redis:6"),
+        default.starts_with("redis:")
+            && !default.starts_with("redis:7.0")
+            && !default.starts_with("redis:6"),
         "docker-compose.yml: REDIS_IMAGE defaults to `{default}`, not a maintained official Redis"
     );
     let redis_services = services
@@ -932,7 +942,9 @@ fn redis_persists_and_refuses_writes_without_a_replica() {
         }
         let lag: u32 = flag_value(service, "--min-replicas-max-lag")
             .and_then(|lag| lag.parse().ok())
-            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` sets no --min-replicas-max-lag"));
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: `{name}` sets no --min-replicas-max-lag")
+            });
         // The isolated master must stop writing before Sentinel promotes another.
         let down_after_ms: u32 = config_directives(&read(SENTINEL_TEMPLATE))
             .iter()
@@ -1032,7 +1044,10 @@ fn the_envoy_image_holds_its_config_and_the_filter_where_envoy_yaml_expects_them
     let envoy = service(&services, "envoy");
     let (_, stages) = dockerfile();
     let image = stage(&stages, "envoy");
-    assert_eq!(image.from, "${ENVOY_IMAGE}", "{DOCKERFILE}: the envoy stage's base");
+    assert_eq!(
+        image.from, "${ENVOY_IMAGE}",
+        "{DOCKERFILE}: the envoy stage's base"
+    );
     assert!(
         mounts("envoy", envoy).is_empty(),
         "docker-compose.yml: `envoy` should mount nothing: its config and filter are in the image"
@@ -1041,7 +1056,9 @@ fn the_envoy_image_holds_its_config_and_the_filter_where_envoy_yaml_expects_them
         image.instructions.iter().find_map(|i| {
             let words: Vec<&str> = i.split_whitespace().collect();
             match words.as_slice() {
-                ["COPY", rest @ ..] if rest.len() >= 2 && rest[rest.len() - 2].ends_with(source) => {
+                ["COPY", rest @ ..]
+                    if rest.len() >= 2 && rest[rest.len() - 2].ends_with(source) =>
+                {
                     rest.last().map(|t| (*t).to_owned())
                 }
                 _ => None,
