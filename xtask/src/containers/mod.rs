@@ -8,6 +8,8 @@
 
 mod client;
 mod docker;
+mod partition;
+mod redis;
 mod scenarios;
 mod standin;
 

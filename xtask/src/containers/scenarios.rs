@@ -12,44 +12,41 @@ use std::time::{Duration, Instant};
 
 use super::client::{Client, Record, Reply};
 use super::docker::{docker, Project};
+use super::redis::{current_master, wait_replica};
 
 /// The demo rule `api_key` in envoy.yaml: 20 requests per key per minute, windows aligned to
 /// Redis time.
-const KEY_LIMIT: u32 = 20;
-const LOAD_PATH: &str = "/api/items";
+pub(super) const KEY_LIMIT: u32 = 20;
+pub(super) const LOAD_PATH: &str = "/api/items";
 /// Requests per key in a load: half the limit, so only lost counts could ever reach it.
-const PER_KEY: u32 = 10;
-const LOAD_RATE_PER_S: u32 = 40;
+pub(super) const PER_KEY: u32 = 10;
+pub(super) const LOAD_RATE_PER_S: u32 = 40;
 /// No load runs longer than this, whatever happens to the test.
-const LOAD_BOUND: Duration = Duration::from_secs(150);
+pub(super) const LOAD_BOUND: Duration = Duration::from_secs(150);
 /// How long any one recovery may take before the test fails (safety bounds, not speed
 /// targets).
-const BOUND: Duration = Duration::from_secs(60);
+pub(super) const BOUND: Duration = Duration::from_secs(60);
 
-/// Where each Redis data node listens (its service name is also the name it announces).
-const REDIS_NODES: &[(&str, u16)] = &[
-    ("redis-master", 6379),
-    ("redis-replica-1", 6380),
-    ("redis-replica-2", 6381),
-];
-
-fn report(line: &str) {
+pub(super) fn report(line: &str) {
     println!("container-test: {line}");
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
 /// Polls `probe` every 100 ms for at most `within`.
-fn poll<T>(within: Duration, mut probe: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+pub(super) fn poll<T>(
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let start = Instant::now();
     loop {
         match probe() {
@@ -62,61 +59,7 @@ fn poll<T>(within: Duration, mut probe: impl FnMut() -> Result<T, String>) -> Re
     }
 }
 
-fn node_port(service: &str) -> Result<u16, String> {
-    REDIS_NODES
-        .iter()
-        .find(|(name, _)| *name == service)
-        .map(|(_, port)| *port)
-        .ok_or_else(|| format!("{service} is not a Redis node of docker-compose.yml"))
-}
-
-/// `redis-cli` inside a service's container.
-fn redis_cli(project: &Project, service: &str, port: u16, args: &[&str]) -> Result<String, String> {
-    let id = project.container(service)?;
-    let port = port.to_string();
-    let mut command = vec!["exec", id.as_str(), "redis-cli", "-p", port.as_str()];
-    command.extend(args);
-    docker(&command)
-}
-
-/// The master the sentinels report (its service name), asking each until one answers.
-fn current_master(project: &Project) -> Result<String, String> {
-    let mut last = String::new();
-    for (sentinel, port) in [
-        ("sentinel-1", 26379),
-        ("sentinel-2", 26380),
-        ("sentinel-3", 26381),
-    ] {
-        match redis_cli(
-            project,
-            sentinel,
-            port,
-            &["SENTINEL", "get-master-addr-by-name", "mymaster"],
-        ) {
-            Ok(answer) => match answer.lines().next() {
-                Some(host) if !host.trim().is_empty() => return Ok(host.trim().to_owned()),
-                _ => last = format!("{sentinel}: {answer:?}"),
-            },
-            Err(e) => last = e,
-        }
-    }
-    Err(format!("no sentinel names the master: {last}"))
-}
-
-/// Waits until `service` is a replica with its link to the master up.
-fn wait_replica(project: &Project, service: &str) -> Result<(), String> {
-    let port = node_port(service)?;
-    poll(BOUND, || {
-        let info = redis_cli(project, service, port, &["INFO", "replication"])?;
-        if info.contains("role:slave") && info.contains("master_link_status:up") {
-            Ok(())
-        } else {
-            Err(format!("{service} is not a synced replica yet"))
-        }
-    })
-}
-
-fn wait_container_healthy(project: &Project, service: &str) -> Result<(), String> {
+pub(super) fn wait_container_healthy(project: &Project, service: &str) -> Result<(), String> {
     let id = project.container(service)?;
     poll(BOUND, || {
         let state = docker(&["inspect", "--format", "{{.State.Health.Status}}", &id])?;
@@ -131,7 +74,7 @@ fn wait_container_healthy(project: &Project, service: &str) -> Result<(), String
 /// Waits, if needed, until the current window of the `api_key` rule has at least `need_s`
 /// seconds left, so that a scenario's counts all fall in one window. Returns when the window
 /// ends, by this machine's clock.
-fn fresh_window(client: &mut Client, tag: &str, need_s: u64) -> Result<Instant, String> {
+pub(super) fn fresh_window(client: &mut Client, tag: &str, need_s: u64) -> Result<Instant, String> {
     for attempt in 0..3 {
         let probe = format!("window-{tag}-{attempt}-{}", unix_ms());
         let reply = client.get(LOAD_PATH, Some(&probe))?;
@@ -155,7 +98,7 @@ fn failures(records: &[Record]) -> Vec<&Record> {
         .collect()
 }
 
-fn assert_no_failures(what: &str, records: &[Record]) -> Result<(), String> {
+pub(super) fn assert_no_failures(what: &str, records: &[Record]) -> Result<(), String> {
     let failed = failures(records);
     if failed.is_empty() {
         Ok(())
@@ -170,7 +113,7 @@ fn assert_no_failures(what: &str, records: &[Record]) -> Result<(), String> {
 }
 
 /// `(requests, admitted and counted, admitted by the failure mode)`.
-fn tally(records: &[Record]) -> (usize, usize, usize) {
+pub(super) fn tally(records: &[Record]) -> (usize, usize, usize) {
     let counted = records
         .iter()
         .filter(|r| r.reply.status == 200 && r.reply.counted)
@@ -182,7 +125,7 @@ fn tally(records: &[Record]) -> (usize, usize, usize) {
     (records.len(), counted, open)
 }
 
-fn expect(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+pub(super) fn expect(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
     if condition {
         Ok(())
     } else {
@@ -202,7 +145,7 @@ pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
     load_balancing(&mut b)?;
     master_restarted_quickly(project, &mut a)?;
     master_killed_under_load(project, &mut a, &mut b)?;
-    partition(project, &mut a)?;
+    super::partition::run(project, &mut a)?;
     rolling_restart(project, &mut a)?;
     Ok(())
 }
@@ -365,140 +308,6 @@ fn master_killed_under_load(
     // Back to three nodes: the old master rejoins as a replica.
     docker(&["start", &id])?;
     wait_replica(project, &old)
-}
-
-/// The master cut off from the sentinels and the other replicas, but not from limitd-1: it
-/// refuses writes (min-replicas-to-write), another is promoted, and after the heal it rejoins as
-/// a replica. Measures what the partition cost in admissions.
-fn partition(project: &mut Project, a: &mut Client) -> Result<(), String> {
-    let master = current_master(project)?;
-    let port = node_port(&master)?;
-    let master_id = project.container(&master)?;
-    let limitd_id = project.container("limitd-1")?;
-    let redis_net = project.network("redis");
-    let side = format!("{}-side", project.name);
-
-    // Counts are compared per key within one window: start early in one.
-    let window_end = fresh_window(a, "partition", 50)?;
-    project.create_network(&side)?;
-    docker(&["network", "connect", "--alias", &master, &side, &master_id])?;
-    docker(&["network", "connect", &side, &limitd_id])?;
-    a.start_load(
-        LOAD_PATH,
-        &format!("part-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
-    a.wait_counted(60, BOUND)?;
-
-    let cut = Instant::now();
-    let cut_ms = unix_ms();
-    docker(&["network", "disconnect", &redis_net, &master_id])?;
-    // The isolated master refuses writes once no replica has acknowledged for
-    // min-replicas-max-lag.
-    poll(BOUND, || {
-        let answer = redis_cli(
-            project,
-            &master,
-            port,
-            &["SET", "container-test:probe", "1"],
-        )?;
-        if answer.contains("NOREPLICAS") {
-            Ok(())
-        } else {
-            Err(format!(
-                "the isolated master still accepts writes: {answer}"
-            ))
-        }
-    })?;
-    let refused = cut.elapsed();
-    let refused_ms = unix_ms();
-    let new = poll(BOUND, || match current_master(project)? {
-        m if m != master => Ok(m),
-        _ => Err("no promotion yet".to_owned()),
-    })?;
-    let promoted = cut.elapsed();
-    a.wait_counted(60, BOUND)?;
-
-    let records = a.stop_load()?;
-    assert_no_failures("partition", &records)?;
-
-    // Per key: what limitd admitted during the load, plus what it admits now (from the promoted
-    // master, before the heal) until it denies. With no count lost that is exactly the limit;
-    // every lost count is one admission more: granted twice.
-    let mut admitted: BTreeMap<&str, u32> = BTreeMap::new();
-    for record in &records {
-        let entry = admitted.entry(record.key.as_str()).or_insert(0);
-        if record.reply.status == 200 && record.reply.counted {
-            *entry += 1;
-        }
-    }
-    let (mut lost, mut over_counted) = (0u32, 0u32);
-    for (key, during) in &admitted {
-        let (after, status) = a.drain(LOAD_PATH, key, 2 * KEY_LIMIT)?;
-        expect(status == 429, || {
-            format!("key {key}: {during} + {after} admitted and still no 429 (status {status})")
-        })?;
-        let total = during + after;
-        lost += total.saturating_sub(KEY_LIMIT);
-        over_counted += KEY_LIMIT.saturating_sub(total);
-    }
-    expect(Instant::now() < window_end, || {
-        "the counting window ended before the partition scenario counted its keys; the counts \
-         cannot be compared (rerun)"
-            .to_owned()
-    })?;
-
-    // Heal: the old master rejoins the sentinels' network, and the side path goes. It must come
-    // back as a replica, and what it counted alone must not come back with it: every drained
-    // key stays denied.
-    docker(&[
-        "network", "connect", "--alias", &master, &redis_net, &master_id,
-    ])?;
-    project.remove_network(&side)?;
-    wait_replica(project, &master)?;
-    let healed = cut.elapsed();
-    if Instant::now() + Duration::from_secs(2) < window_end {
-        for key in admitted.keys().take(5) {
-            let reply = a.get(LOAD_PATH, Some(key))?;
-            expect(reply.status == 429, || {
-                format!("after the heal, the exhausted key {key} got {reply:?}")
-            })?;
-        }
-    } else {
-        report("partition: the window ended before the heal completed; exhausted keys not rechecked after it");
-    }
-
-    let (total, counted, open) = tally(&records);
-    // Only what the old master accepted between the cut and its refusal can be lost.
-    let exposed = records
-        .iter()
-        .filter(|r| r.reply.counted && r.reply.status == 200)
-        .filter(|r| r.sent_unix_ms + 1000 >= cut_ms && r.sent_unix_ms <= refused_ms + 1000)
-        .count();
-    report(&format!(
-        "partition: {master} cut off from the sentinels and replicas (still reachable from \
-         limitd-1); it refused writes after {}, {new} promoted after {}, healed and {master} a \
-         replica again after {}",
-        secs(refused),
-        secs(promoted),
-        secs(healed)
-    ));
-    report(&format!(
-        "partition: {total} requests over {} keys, 0 failed; {counted} admitted and counted, \
-         {open} admitted by the failure mode (no master accepted the check); admissions lost \
-         (counted by the isolated master, never seen by the new one) = double-granted after \
-         the heal: {lost}; counted but not admitted: {over_counted}; counted admissions between \
-         the cut and the refusal (+1 s each side): {exposed}",
-        admitted.len()
-    ));
-    expect(lost as usize <= exposed, || {
-        format!(
-            "{lost} admissions were lost, more than the {exposed} counted while the isolated \
-             master could still accept writes"
-        )
-    })
 }
 
 /// Whether Envoy's admin endpoint reports both limitd instances healthy. Envoy lists them by
