@@ -1,10 +1,11 @@
-//! Static checks of the container topology: docker-compose.yml against envoy.yaml, the sentinel template and the local demo's ports.
+//! Static checks of the container topology: docker-compose.yml against envoy.yaml, docker/Dockerfile, the sentinel template and the local demo's ports.
 //!
-//! No Docker engine is available where the suite runs, so the compose stack is never started
-//! here. Instead these tests read the files and check that they agree with each other: every host
-//! Envoy sends to is a compose service listening on the port Envoy uses, limitd is pointed at
-//! exactly the three sentinels and the master name they monitor, and every port is the one the
-//! local demo uses. Each assertion message says which file disagrees with which.
+//! These tests need no Docker engine: they read the files and check that they agree with each
+//! other: every host Envoy sends to is a compose service listening on the port Envoy uses, limitd
+//! is pointed at exactly the three sentinels and the master name they monitor, every port is the
+//! one the local demo uses, only Envoy's listener is published beyond loopback, Redis persists,
+//! and every image is built by docker/Dockerfile from replaceable base images. Each assertion
+//! message says which file disagrees with which. `cargo xtask container-test` runs the stack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ const DEMO_PORTS: &[(&str, &[u16])] = &[
 ];
 
 const SENTINEL_TEMPLATE: &str = "deploy/redis/sentinel.conf";
+const DOCKERFILE: &str = "docker/Dockerfile";
+const REDIS_DATA_NODES: &[&str] = &["redis-master", "redis-replica-1", "redis-replica-2"];
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -40,8 +43,40 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// The text with compose's variable syntax resolved as compose does when no variable is set:
+/// `${NAME:-default}` and `${NAME-default}` to the default, `${NAME}` to nothing, `$$` to `$`.
+fn with_defaults(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .unwrap_or_else(|| panic!("unclosed ${{ in {text:?}"));
+            let expression = &inner[..end];
+            if let Some((_, default)) = expression
+                .split_once(":-")
+                .or_else(|| expression.split_once('-'))
+            {
+                out.push_str(default);
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn load_yaml(relative: &str) -> Value {
-    let mut value: Value = serde_yaml::from_str(&read(relative))
+    let mut value: Value = serde_yaml::from_str(&with_defaults(&read(relative)))
         .unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}"));
     // Compose honours `<<: *anchor` merge keys; serde_yaml only on request.
     value
@@ -136,9 +171,19 @@ fn listen_port(name: &str, service: &Value) -> u16 {
         .unwrap_or_else(|_| panic!("docker-compose.yml: `{name}` listens on bad port `{text}`"))
 }
 
-/// The `(host, container)` port pairs the service publishes, from the short (`"8000:8000"`,
-/// `"127.0.0.1:8000:8000/tcp"`) or the long (`{ target, published }`) syntax.
-fn published_ports(name: &str, service: &Value) -> Vec<(u16, u16)> {
+/// One published port: the host address it is bound to (`None`: every interface), the host
+/// port and the container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Published {
+    host_ip: Option<String>,
+    host: u16,
+    container: u16,
+}
+
+/// The ports the service publishes, from the short (`"8000:8000"`, `"127.0.0.1:8000:8000/tcp"`)
+/// or the long (`{ target, published, host_ip }`) syntax, with compose variables at their
+/// defaults.
+fn published_ports(name: &str, service: &Value) -> Vec<Published> {
     let Some(ports) = service.get("ports") else {
         return Vec::new();
     };
@@ -157,16 +202,33 @@ fn published_ports(name: &str, service: &Value) -> Vec<(u16, u16)> {
                 let published = long
                     .get("published")
                     .map_or(target, |published| parse(&scalar_text(published)));
-                (published, target)
+                Published {
+                    host_ip: long.get("host_ip").map(scalar_text),
+                    host: published,
+                    container: target,
+                }
             }
             short => {
                 let text = scalar_text(short);
                 let text = text.split('/').next().unwrap_or_default();
                 let fields: Vec<&str> = text.rsplitn(3, ':').collect();
                 match fields.as_slice() {
-                    [container] => (parse(container), parse(container)),
-                    [container, host, ..] => (parse(host), parse(container)),
-                    [] => panic!("docker-compose.yml: `{name}` has an empty port entry"),
+                    [container] => Published {
+                        host_ip: None,
+                        host: parse(container),
+                        container: parse(container),
+                    },
+                    [container, host] => Published {
+                        host_ip: None,
+                        host: parse(host),
+                        container: parse(container),
+                    },
+                    [container, host, ip] => Published {
+                        host_ip: Some((*ip).to_owned()),
+                        host: parse(host),
+                        container: parse(container),
+                    },
+                    _ => panic!("docker-compose.yml: `{name}` has an empty port entry"),
                 }
             }
         })
@@ -417,30 +479,26 @@ fn compose_has_exactly_the_demo_services() {
 }
 
 #[test]
-fn every_service_listens_on_and_publishes_its_local_demo_port() {
+fn every_service_listens_on_its_local_demo_port_and_only_envoy_is_published() {
     let services = services();
     for (name, expected) in DEMO_PORTS {
         let service = service(&services, name);
-        let published = published_ports(name, service);
-        let host_ports: BTreeSet<u16> = published.iter().map(|(host, _)| *host).collect();
-        let expected_set: BTreeSet<u16> = expected.iter().copied().collect();
-        assert_eq!(
-            host_ports, expected_set,
-            "docker-compose.yml: `{name}` publishes host ports {host_ports:?}, the local demo uses {expected_set:?}"
-        );
-        for (host, container) in &published {
-            assert_eq!(
-                host, container,
-                "docker-compose.yml: `{name}` publishes container port {container} on host port {host}; \
-                 they must be the same number so envoy.yaml works in both stacks"
-            );
+        if *name == "envoy" {
+            continue;
         }
-        if *name != "envoy" {
-            let port = listen_port(name, service);
+        let port = listen_port(name, service);
+        assert_eq!(
+            [port].as_slice(),
+            *expected,
+            "docker-compose.yml: `{name}` listens on {port} inside its container, the local demo uses {expected:?}"
+        );
+        // Redis, Sentinel, limitd and the backends have no authentication: nothing of them is
+        // reachable from outside the host, and only through loopback at most.
+        for published in published_ports(name, service) {
             assert_eq!(
-                [port].as_slice(),
-                *expected,
-                "docker-compose.yml: `{name}` listens on {port} inside its container, the local demo uses {expected:?}"
+                published.host_ip.as_deref(),
+                Some("127.0.0.1"),
+                "docker-compose.yml: `{name}` publishes {published:?} beyond loopback; only Envoy's listener may be"
             );
         }
     }
@@ -649,6 +707,11 @@ fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
             test.contains(&port.to_string()),
             "docker-compose.yml: `{name}` listens on {port}, but its healthcheck `{test}` does not probe it"
         );
+        // Envoy's admin endpoint answers HTTP/1.0 with 426 Upgrade Required.
+        assert!(
+            !test.contains("HTTP/1.0"),
+            "docker-compose.yml: `{name}` probes in HTTP/1.0, which Envoy's admin refuses: `{test}`"
+        );
     }
 
     let order = [
@@ -671,49 +734,237 @@ fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
     }
 }
 
+/// One stage of docker/Dockerfile: its name, its `FROM` image, and its instructions (continued
+/// lines joined).
+struct Stage {
+    name: String,
+    from: String,
+    instructions: Vec<String>,
+}
+
+/// The `ARG` defaults before the first `FROM`, and the stages.
+fn dockerfile() -> (BTreeMap<String, String>, Vec<Stage>) {
+    let text = read(DOCKERFILE);
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(continued) = trimmed.strip_suffix('\\') {
+            current.push_str(continued);
+            current.push(' ');
+        } else if !trimmed.starts_with('#') {
+            current.push_str(trimmed);
+            instructions.push(std::mem::take(&mut current));
+        }
+    }
+    let mut args = BTreeMap::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for instruction in instructions {
+        let words: Vec<&str> = instruction.split_whitespace().collect();
+        match words.as_slice() {
+            ["FROM", from, as_, name] if as_.eq_ignore_ascii_case("as") => stages.push(Stage {
+                name: (*name).to_owned(),
+                from: (*from).to_owned(),
+                instructions: Vec::new(),
+            }),
+            ["FROM", ..] => panic!("{DOCKERFILE}: every stage should be named: `{instruction}`"),
+            ["ARG", arg] if stages.is_empty() => {
+                let (name, default) = arg.split_once('=').unwrap_or((arg, ""));
+                args.insert(name.to_owned(), default.to_owned());
+            }
+            _ => {
+                if let Some(stage) = stages.last_mut() {
+                    stage.instructions.push(instruction);
+                }
+            }
+        }
+    }
+    (args, stages)
+}
+
+fn stage<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
+    stages
+        .iter()
+        .find(|stage| stage.name == name)
+        .unwrap_or_else(|| panic!("{DOCKERFILE} has no stage `{name}`"))
+}
+
+/// The stage a stage starts from, when it starts from another stage.
+fn parent<'a>(stages: &'a [Stage], stage: &Stage) -> Option<&'a Stage> {
+    stages.iter().find(|other| other.name == stage.from)
+}
+
 #[test]
-fn every_build_uses_an_existing_dockerfile_for_its_package() {
+fn every_image_is_built_by_the_dockerfile_for_its_package() {
     let services = services();
+    let (_, stages) = dockerfile();
+    let build = stage(&stages, "build");
+    let build_text = build.instructions.join("\n");
     let mut builds = 0;
     for (name, service) in &services {
-        let Some(build) = service.get("build") else {
+        let Some(spec) = service.get("build") else {
             continue;
         };
         builds += 1;
-        let (context, dockerfile) = match build {
-            Value::String(context) => (context.clone(), "Dockerfile".to_owned()),
-            Value::Mapping(map) => (
-                map.get("context").map_or(".".to_owned(), scalar_text),
-                map.get("dockerfile")
-                    .map_or("Dockerfile".to_owned(), scalar_text),
-            ),
-            other => panic!("docker-compose.yml: `{name}` has a build of unknown form {other:?}"),
-        };
-        let path = repo_root().join(&context).join(&dockerfile);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "docker-compose.yml: `{name}` builds from {}, which cannot be read: {e}",
-                path.display()
-            )
-        });
-        // limitd-1 and limitd-2 run the `limitd` package, and so on.
+        let dockerfile = spec.get("dockerfile").map(scalar_text);
+        let context = spec.get("context").map(scalar_text);
+        assert_eq!(
+            (context.as_deref(), dockerfile.as_deref()),
+            (Some("."), Some(DOCKERFILE)),
+            "docker-compose.yml: `{name}` should build {DOCKERFILE} from the repository root"
+        );
+        // limitd-1 and limitd-2 run the `limitd` target, and so on.
         let package = name
             .trim_end_matches(|c: char| c.is_ascii_digit())
             .trim_end_matches('-');
-        assert!(
-            text.contains(&format!("-p {package}")),
-            "{}: `{name}` builds from it, but it does not build package `{package}`",
-            path.display()
+        let target = spec.get("target").map(scalar_text);
+        assert_eq!(
+            target.as_deref(),
+            Some(package),
+            "docker-compose.yml: `{name}` should build the `{package}` target"
         );
+        let image = stage(&stages, package);
+        if package != "envoy" {
+            assert!(
+                build_text.contains(&format!("-p {package}")),
+                "{DOCKERFILE}: the build stage does not build package `{package}`"
+            );
+            let runtime = parent(&stages, image).unwrap_or_else(|| {
+                panic!("{DOCKERFILE}: `{package}` should start from the runtime stage")
+            });
+            assert_eq!(
+                runtime.from, "${DEBIAN_IMAGE}",
+                "{DOCKERFILE}: the runtime stage's base"
+            );
+            assert!(
+                image
+                    .instructions
+                    .iter()
+                    .any(|i| i.starts_with("COPY --from=build")
+                        && i.contains(&format!("/{package} "))),
+                "{DOCKERFILE}: the `{package}` stage does not take its binary from the build stage"
+            );
+        }
     }
     assert_eq!(
-        builds, 4,
-        "docker-compose.yml: limitd ×2 and backend ×2 should be built here"
+        builds, 5,
+        "docker-compose.yml: limitd ×2, backend ×2 and envoy should be built here"
+    );
+    assert_eq!(
+        build.from, "${RUST_IMAGE}",
+        "{DOCKERFILE}: the build stage's base"
     );
     assert!(
         repo_root().join(".dockerignore").is_file(),
         "the repository has no .dockerignore, so target/ would be sent as build context"
     );
+}
+
+#[test]
+fn every_base_image_is_a_variable_whose_default_is_the_stock_image() {
+    let raw = read("docker-compose.yml");
+    let (args, _) = dockerfile();
+    let stock = [
+        ("RUST_IMAGE", "rust:"),
+        ("DEBIAN_IMAGE", "debian:bookworm-slim"),
+        ("ENVOY_IMAGE", "envoyproxy/envoy:v1.40.0"),
+    ];
+    for (arg, expected) in stock {
+        let default = args
+            .get(arg)
+            .unwrap_or_else(|| panic!("{DOCKERFILE} has no `ARG {arg}` before its first stage"));
+        assert!(
+            default.starts_with(expected),
+            "{DOCKERFILE}: `ARG {arg}` defaults to `{default}`, not the stock `{expected}…`"
+        );
+        let in_compose = format!("{arg}: ${{{arg}:-{default}}}");
+        assert!(
+            raw.contains(&in_compose),
+            "docker-compose.yml should pass the build argument as `{in_compose}`"
+        );
+    }
+    let services = services();
+    for (name, service) in &services {
+        if service.get("build").is_some() {
+            continue;
+        }
+        assert!(
+            name.starts_with("redis-") || name.starts_with("sentinel-"),
+            "docker-compose.yml: `{name}` is neither built nor a Redis service"
+        );
+    }
+    let redis_images: BTreeSet<&str> = raw
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("image: ${REDIS_IMAGE:-"))
+        .collect();
+    assert_eq!(
+        redis_images.len(),
+        1,
+        "docker-compose.yml: every Redis service should use `${{REDIS_IMAGE:-redis:…}}` with one default, found {redis_images:?}"
+    );
+    let default = redis_images.iter().next().copied().unwrap_or_default();
+    assert!(
+        default.starts_with("redis:")
+            && !default.starts_with("redis:7.0")
+            && !default.starts_with("redis:6"),
+        "docker-compose.yml: REDIS_IMAGE defaults to `{default}`, not a maintained official Redis"
+    );
+    let redis_services = services
+        .keys()
+        .filter(|name| name.starts_with("redis-") || name.starts_with("sentinel-"))
+        .count();
+    assert_eq!(
+        raw.matches("image: ${REDIS_IMAGE:-").count(),
+        redis_services,
+        "docker-compose.yml: every Redis and Sentinel service should take REDIS_IMAGE"
+    );
+}
+
+#[test]
+fn redis_persists_and_refuses_writes_without_a_replica() {
+    let services = services();
+    for name in REDIS_DATA_NODES {
+        let service = service(&services, name);
+        let flags = [
+            ("--appendonly", "yes"),
+            ("--appendfsync", "everysec"),
+            ("--min-replicas-to-write", "1"),
+        ];
+        for (flag, expected) in flags {
+            assert_eq!(
+                flag_value(service, flag).as_deref(),
+                Some(expected),
+                "docker-compose.yml: `{name}` should run with `{flag} {expected}`"
+            );
+        }
+        let lag: u32 = flag_value(service, "--min-replicas-max-lag")
+            .and_then(|lag| lag.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: `{name}` sets no --min-replicas-max-lag")
+            });
+        // The isolated master must stop writing before Sentinel promotes another.
+        let down_after_ms: u32 = config_directives(&read(SENTINEL_TEMPLATE))
+            .iter()
+            .find(|words| words.get(1).map(String::as_str) == Some("down-after-milliseconds"))
+            .and_then(|words| words.get(3)?.parse().ok())
+            .expect("the sentinel template sets no down-after-milliseconds");
+        assert!(
+            lag * 1000 < down_after_ms,
+            "docker-compose.yml: `{name}` min-replicas-max-lag {lag} s is not below Sentinel's down-after {down_after_ms} ms"
+        );
+        let volume = mounts(name, service)
+            .into_iter()
+            .find(|mount| mount.target == "/data")
+            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` keeps /data on no volume"));
+        assert!(
+            !volume.source.starts_with('.') && !volume.source.starts_with('/'),
+            "docker-compose.yml: `{name}` should keep /data on a named volume, not {}",
+            volume.source
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,7 +1008,7 @@ fn every_envoy_upstream_is_a_compose_service_on_its_port() {
 }
 
 #[test]
-fn envoy_listener_and_admin_ports_are_published() {
+fn envoy_publishes_its_listener_and_its_admin_only_on_loopback() {
     let services = services();
     let envoy_yaml = load_yaml("envoy.yaml");
     let listening = envoy_listening_ports(&envoy_yaml);
@@ -766,65 +1017,79 @@ fn envoy_listener_and_admin_ports_are_published() {
         BTreeSet::from([8000, 9901]),
         "envoy.yaml listener and admin ports differ from the local demo's 8000 and 9901"
     );
-    let published: BTreeSet<(u16, u16)> = published_ports("envoy", service(&services, "envoy"))
-        .into_iter()
-        .collect();
-    for port in listening {
-        assert!(
-            published.contains(&(port, port)),
-            "envoy.yaml listens on {port}, but docker-compose.yml `envoy` does not publish {port}:{port} (it publishes {published:?})"
-        );
-    }
+    let published = published_ports("envoy", service(&services, "envoy"));
+    let find = |port: u16| {
+        published
+            .iter()
+            .find(|p| p.container == port)
+            .unwrap_or_else(|| panic!("docker-compose.yml: `envoy` does not publish {port} (it publishes {published:?})"))
+    };
+    let listener = find(8000);
+    assert_eq!(
+        (listener.host_ip.as_deref(), listener.host),
+        (None, 8000),
+        "docker-compose.yml: `envoy` should publish its listener as 8000 on every interface by default"
+    );
+    let admin = find(9901);
+    assert_eq!(
+        (admin.host_ip.as_deref(), admin.host),
+        (Some("127.0.0.1"), 9901),
+        "docker-compose.yml: `envoy` should publish its admin endpoint (no authentication) on 127.0.0.1:9901 only"
+    );
 }
 
 #[test]
-fn envoy_mounts_its_config_and_the_wasm_file_where_envoy_yaml_expects_them() {
+fn the_envoy_image_holds_its_config_and_the_filter_where_envoy_yaml_expects_them() {
     let services = services();
     let envoy = service(&services, "envoy");
-    let mounts = mounts("envoy", envoy);
+    let (_, stages) = dockerfile();
+    let image = stage(&stages, "envoy");
+    assert_eq!(
+        image.from, "${ENVOY_IMAGE}",
+        "{DOCKERFILE}: the envoy stage's base"
+    );
+    assert!(
+        mounts("envoy", envoy).is_empty(),
+        "docker-compose.yml: `envoy` should mount nothing: its config and filter are in the image"
+    );
+    let copied_to = |source: &str| -> Option<String> {
+        image.instructions.iter().find_map(|i| {
+            let words: Vec<&str> = i.split_whitespace().collect();
+            match words.as_slice() {
+                ["COPY", rest @ ..]
+                    if rest.len() >= 2 && rest[rest.len() - 2].ends_with(source) =>
+                {
+                    rest.last().map(|t| (*t).to_owned())
+                }
+                _ => None,
+            }
+        })
+    };
 
     let config_path = flag_value(envoy, "-c")
         .or_else(|| flag_value(envoy, "--config-path"))
         .expect("docker-compose.yml: `envoy` command has no `-c <config>`");
-    let config_mount = mounts
-        .iter()
-        .find(|mount| mount.target == config_path)
-        .unwrap_or_else(|| {
-            panic!("docker-compose.yml: `envoy` runs with -c {config_path}, which nothing mounts")
-        });
     assert_eq!(
-        relative(&config_mount.source),
-        "envoy.yaml",
-        "docker-compose.yml: `envoy` mounts {} as its config, not the repository's envoy.yaml",
-        config_mount.source
-    );
-    assert!(
-        config_mount.read_only,
-        "docker-compose.yml: envoy.yaml should be mounted read-only"
+        copied_to("envoy.yaml").as_deref(),
+        Some(config_path.as_str()),
+        "{DOCKERFILE}: the envoy stage should copy the repository's envoy.yaml to {config_path}, where `envoy -c` reads it"
     );
 
-    let envoy_yaml = load_yaml("envoy.yaml");
-    let filenames = wasm_filenames(&envoy_yaml);
+    let build = stage(&stages, "build").instructions.join("\n");
+    assert!(
+        build.contains("-p filter --target wasm32-wasip1 --profile wasm"),
+        "{DOCKERFILE}: the build stage should build the filter with the wasm profile"
+    );
+    let filenames = wasm_filenames(&load_yaml("envoy.yaml"));
     assert!(
         !filenames.is_empty(),
         "envoy.yaml loads no wasm file from a local filename"
     );
     for filename in filenames {
-        let mount = mounts
-            .iter()
-            .find(|mount| mount.target == filename)
-            .unwrap_or_else(|| {
-                panic!("envoy.yaml loads {filename}, but docker-compose.yml `envoy` mounts nothing there")
-            });
-        assert_eq!(
-            relative(&mount.source),
-            "target/wasm32-wasip1/wasm/ratelimit.wasm",
-            "docker-compose.yml: `envoy` mounts {} at {filename}, not the filter built with the wasm profile",
-            mount.source
-        );
         assert!(
-            mount.read_only,
-            "docker-compose.yml: the wasm file should be mounted read-only"
+            image.instructions.iter().any(|i| i.starts_with("COPY --from=build")
+                && i.ends_with(&format!("ratelimit.wasm {filename}"))),
+            "envoy.yaml loads {filename}, but the envoy stage of {DOCKERFILE} copies no ratelimit.wasm from the build stage there"
         );
     }
 }

@@ -4,9 +4,12 @@
 //! - `build`: setup, then build limitd, backend (release) and `ratelimit.wasm`;
 //! - `demo`: build, then run the whole stack on the documented ports until Ctrl-C;
 //! - `test`: build, then run every test (unit and end-to-end);
-//! - `bench`: build, then measure the limiter's cost against Envoy without it (see `bench/`).
+//! - `bench`: build, then measure the limiter's cost against Envoy without it (see `bench/`);
+//! - `images`: make the local stand-in base images for Docker (see `containers/`);
+//! - `container-test`: build and run docker-compose.yml, and test it from client containers.
 
 mod bench;
+mod containers;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -29,7 +32,15 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| test(&args[1..])),
         Some("bench") => setup().and_then(|()| build()).and_then(|()| bench::run()),
-        _ => Err("usage: cargo xtask <setup|build|demo|test [cargo test args]|bench>".to_owned()),
+        Some("images") => containers::images(&args[1..]),
+        Some("container-test") => containers::test(),
+        // Not for people: the client program inside the container test's client containers.
+        Some("container-client") => containers::client(&args[1..]),
+        _ => {
+            Err("usage: cargo xtask \
+                  <setup|build|demo|test [cargo test args]|bench|images [--remove]|container-test>"
+                .to_owned())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,109 @@
+//! The container topology, tested as it ships: `cargo xtask images` and
+//! `cargo xtask container-test`.
+//!
+//! The test builds docker/Dockerfile through docker-compose.yml (the same files a user runs),
+//! with the local stand-in base images of [`standin`] put in through the compose variables,
+//! starts the stack under a project name of its own, checks it from client containers
+//! ([`client`], [`scenarios`]) and removes its project on the way out, also when it fails.
+
+mod client;
+mod docker;
+mod partition;
+mod redis;
+mod scenarios;
+mod standin;
+
+use std::time::{Duration, Instant};
+
+use docker::{ComposeTool, Project};
+
+/// How long the stack may take to become healthy before the test fails.
+const HEALTHY_BOUND: Duration = Duration::from_secs(300);
+
+/// `cargo xtask images [--remove]`: makes the stand-in base images (or removes them).
+pub fn images(args: &[String]) -> Result<(), String> {
+    docker::require_engine()?;
+    if args.iter().any(|a| a == "--remove") {
+        return standin::remove();
+    }
+    crate::setup_wasm_target()?;
+    standin::ensure().map(|_| ())
+}
+
+/// `xtask container-client ENVOY`: the client program inside a client container.
+pub fn client(args: &[String]) -> Result<(), String> {
+    client::serve(args)
+}
+
+/// `cargo xtask container-test`.
+pub fn test() -> Result<(), String> {
+    let started = Instant::now();
+    docker::require_engine()?;
+    let tool = ComposeTool::detect()?;
+    crate::setup_wasm_target()?;
+    crate::step("stand-in base images (made once, then kept)");
+    let standins = standin::ensure()?;
+    let images_done = started.elapsed();
+
+    let name = format!("rlct{}", std::process::id());
+    let mut env = standins.compose_env();
+    // Nothing of the test is reachable from outside this host, and it collides with no running
+    // demo: Envoy's ports go to free loopback ports. The clients use the `edge` network.
+    env.push(("ENVOY_PORT".to_owned(), "127.0.0.1:0".to_owned()));
+    env.push(("ENVOY_ADMIN_PORT".to_owned(), "0".to_owned()));
+    let mut project = Project::new(tool.clone(), &name, env.clone());
+    {
+        // Ctrl-C still removes the project.
+        let (tool, name, env) = (tool, name.clone(), env);
+        ctrlc::set_handler(move || {
+            Project::new(tool.clone(), &name, env.clone()).tear_down();
+            std::process::exit(130);
+        })
+        .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    }
+
+    crate::step(&format!(
+        "building the images with docker-compose.yml (project {name})"
+    ));
+    let build_start = Instant::now();
+    project.compose_shown(&["build"])?;
+    let built = build_start.elapsed();
+
+    crate::step("starting the stack");
+    let up_start = Instant::now();
+    project.compose(&["up", "-d"])?;
+    let healthy = match project.wait_healthy(HEALTHY_BOUND) {
+        Ok(_) => up_start.elapsed(),
+        Err(e) => {
+            let logs = project
+                .compose(&["logs", "--tail", "20"])
+                .unwrap_or_default();
+            return Err(format!("{e}\n{logs}"));
+        }
+    };
+    println!(
+        "container-test: stack healthy {:.1} s after `up` (11 containers)",
+        healthy.as_secs_f64()
+    );
+
+    crate::step("checking the stack from client containers");
+    let result = scenarios::run(&mut project, &standins.debian);
+    if result.is_err() {
+        if let Ok(logs) =
+            project.compose(&["logs", "--tail", "30", "limitd-1", "limitd-2", "envoy"])
+        {
+            eprintln!("{logs}");
+        }
+    }
+    drop(project);
+    result?;
+    println!(
+        "container-test: passed in {:.0} s (stand-in images {:.0} s, image build {:.0} s, \
+         stack healthy {:.0} s)",
+        started.elapsed().as_secs_f64(),
+        images_done.as_secs_f64(),
+        built.as_secs_f64(),
+        healthy.as_secs_f64()
+    );
+    Ok(())
+}

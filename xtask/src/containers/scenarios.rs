@@ -1,0 +1,367 @@
+//! What the container test checks, through Envoy only, from client containers of their own:
+//! per-client limiting and load balancing, then the faults, each asserting what clients saw and
+//! printing its figures on lines starting `container-test:`.
+//!
+//! The load requests `/api/items` with a key (`x-api-key`) that changes every [`PER_KEY`]
+//! requests: the demo rule `api_key` allows 20 per key per minute, so the load is never denied,
+//! and every answer shows whether limitd decided and counted it (RateLimit headers) or the
+//! failure mode let it through (none).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::client::{Client, Record, Reply};
+use super::docker::{docker, Project};
+use super::redis::{current_master, wait_replica};
+
+/// The demo rule `api_key` in envoy.yaml: 20 requests per key per minute, windows aligned to
+/// Redis time.
+pub(super) const KEY_LIMIT: u32 = 20;
+pub(super) const LOAD_PATH: &str = "/api/items";
+/// Requests per key in a load: half the limit, so only lost counts could ever reach it.
+pub(super) const PER_KEY: u32 = 10;
+pub(super) const LOAD_RATE_PER_S: u32 = 40;
+/// No load runs longer than this, whatever happens to the test.
+pub(super) const LOAD_BOUND: Duration = Duration::from_secs(150);
+/// How long any one recovery may take before the test fails (safety bounds, not speed
+/// targets).
+pub(super) const BOUND: Duration = Duration::from_secs(60);
+
+pub(super) fn report(line: &str) {
+    println!("container-test: {line}");
+}
+
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(super) fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Polls `probe` every 100 ms for at most `within`.
+pub(super) fn poll<T>(
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(e) if start.elapsed() >= within => {
+                return Err(format!("not within {within:?}: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub(super) fn wait_container_healthy(project: &Project, service: &str) -> Result<(), String> {
+    let id = project.container(service)?;
+    poll(BOUND, || {
+        let state = docker(&["inspect", "--format", "{{.State.Health.Status}}", &id])?;
+        if state.trim() == "healthy" {
+            Ok(())
+        } else {
+            Err(format!("{service} is {}", state.trim()))
+        }
+    })
+}
+
+/// Waits, if needed, until the current window of the `api_key` rule has at least `need_s`
+/// seconds left, so that a scenario's counts all fall in one window. Returns when the window
+/// ends, by this machine's clock.
+pub(super) fn fresh_window(client: &mut Client, tag: &str, need_s: u64) -> Result<Instant, String> {
+    for attempt in 0..3 {
+        let probe = format!("window-{tag}-{attempt}-{}", unix_ms());
+        let reply = client.get(LOAD_PATH, Some(&probe))?;
+        let left = reply
+            .reset_s
+            .ok_or_else(|| format!("no RateLimit reset in {reply:?}"))?;
+        if left >= need_s {
+            return Ok(Instant::now() + Duration::from_secs(left));
+        }
+        // A wait for the clock, not for readiness: the next window starts in `left` seconds.
+        std::thread::sleep(Duration::from_secs(left) + Duration::from_millis(500));
+    }
+    Err(format!("no window with {need_s} s left after three tries"))
+}
+
+/// Requests that got no answer or a 5xx.
+fn failures(records: &[Record]) -> Vec<&Record> {
+    records
+        .iter()
+        .filter(|r| r.reply.status == 0 || r.reply.status >= 500)
+        .collect()
+}
+
+pub(super) fn assert_no_failures(what: &str, records: &[Record]) -> Result<(), String> {
+    let failed = failures(records);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {} of {} requests failed, first: {:?}",
+            failed.len(),
+            records.len(),
+            &failed[..failed.len().min(5)]
+        ))
+    }
+}
+
+/// `(requests, admitted and counted, admitted by the failure mode)`.
+pub(super) fn tally(records: &[Record]) -> (usize, usize, usize) {
+    let counted = records
+        .iter()
+        .filter(|r| r.reply.status == 200 && r.reply.counted)
+        .count();
+    let open = records
+        .iter()
+        .filter(|r| r.reply.status == 200 && !r.reply.counted)
+        .count();
+    (records.len(), counted, open)
+}
+
+pub(super) fn expect(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message())
+    }
+}
+
+/// Every scenario, in an order that leaves the stack whole for the next one.
+pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
+    let mut a = Client::start(project, "a", client_image)?;
+    let mut b = Client::start(project, "b", client_image)?;
+    poll(BOUND, || match a.get("/", None)?.status {
+        200 => Ok(()),
+        other => Err(format!("Envoy answers {other}")),
+    })?;
+    per_client_limiting(project, &mut a, &mut b)?;
+    load_balancing(&mut b)?;
+    master_restarted_quickly(project, &mut a)?;
+    master_killed_under_load(project, &mut a, &mut b)?;
+    super::partition::run(project, &mut a)?;
+    rolling_restart(project, &mut a)?;
+    Ok(())
+}
+
+/// 10 × 200 then 429 with Retry-After for one client; the other client is unaffected.
+fn per_client_limiting(project: &Project, a: &mut Client, b: &mut Client) -> Result<(), String> {
+    let (addr_a, addr_b) = (a.address(project)?, b.address(project)?);
+    expect(addr_a != addr_b, || {
+        format!("both clients have the address {addr_a}")
+    })?;
+    // The rule allows 10 per client per 60 s window: start at a window's beginning if the
+    // current one is about to end.
+    let mut first = a.get("/limited_endpoint", None)?;
+    if first.reset_s.is_some_and(|left| left < 10) {
+        std::thread::sleep(Duration::from_secs(first.reset_s.unwrap_or(0) + 1));
+        first = a.get("/limited_endpoint", None)?;
+    }
+    let mut statuses = vec![first];
+    for _ in 1..11 {
+        statuses.push(a.get("/limited_endpoint", None)?);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status).collect();
+    expect(
+        codes[..10].iter().all(|&c| c == 200) && codes[10] == 429,
+        || format!("client A ({addr_a}) got {codes:?}, expected 10 × 200 then 429"),
+    )?;
+    let denied = &statuses[10];
+    expect(denied.retry_after.is_some_and(|s| s > 0), || {
+        format!("the 429 has no Retry-After: {denied:?}")
+    })?;
+    let other = b.get("/limited_endpoint", None)?;
+    expect(other.status == 200 && other.counted, || {
+        format!("client B ({addr_b}) got {other:?} after client A was limited")
+    })?;
+    report(&format!(
+        "per-client limiting: client {addr_a}: 10 × 200, then 429 (Retry-After {} s); client {addr_b}: 200",
+        denied.retry_after.unwrap_or(0)
+    ));
+    Ok(())
+}
+
+fn load_balancing(b: &mut Client) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..10 {
+        let reply = b.get("/", None)?;
+        expect(reply.status == 200, || format!("GET / answered {reply:?}"))?;
+        *seen
+            .entry(reply.instance.unwrap_or_else(|| "?".to_owned()))
+            .or_insert(0) += 1;
+    }
+    expect(
+        seen.contains_key("backend-1") && seen.contains_key("backend-2"),
+        || format!("10 requests reached {seen:?}, not both backends"),
+    )?;
+    report(&format!("load balancing: 10 requests reached {seen:?}"));
+    Ok(())
+}
+
+/// The master killed and started again before Sentinel's down-after: its counters survive (AOF).
+fn master_restarted_quickly(project: &Project, a: &mut Client) -> Result<(), String> {
+    let master = current_master(project)?;
+    fresh_window(a, "restart", 30)?;
+    let key = format!("restart-{}", unix_ms());
+    for i in 0..KEY_LIMIT {
+        let reply = a.get(LOAD_PATH, Some(&key))?;
+        expect(reply.status == 200 && reply.counted, || {
+            format!("request {} with a fresh key: {reply:?}", i + 1)
+        })?;
+    }
+    let over = a.get(LOAD_PATH, Some(&key))?;
+    expect(over.status == 429, || {
+        format!("request {} with the key: {over:?}", KEY_LIMIT + 1)
+    })?;
+
+    let id = project.container(&master)?;
+    let restarted = Instant::now();
+    docker(&["kill", &id])?;
+    docker(&["start", &id])?;
+    wait_container_healthy(project, &master)?;
+    // The first answer limitd decides again must still be a denial.
+    let reply: Reply = poll(BOUND, || {
+        let reply = a.get(LOAD_PATH, Some(&key))?;
+        if reply.counted {
+            Ok(reply)
+        } else {
+            Err(format!("not decided by limitd yet: {reply:?}"))
+        }
+    })?;
+    let resumed = restarted.elapsed();
+    expect(reply.status == 429, || {
+        format!("after {master} restarted, the exhausted key got {reply:?}: its counter was lost")
+    })?;
+    let now_master = current_master(project)?;
+    expect(now_master == master, || {
+        format!("a failover happened ({master} → {now_master}): the restart was not quick enough to test")
+    })?;
+    report(&format!(
+        "master restarted quickly: {master} killed and started again, no failover, counter kept \
+         (429 again), limitd deciding again after {}",
+        secs(resumed)
+    ));
+    Ok(())
+}
+
+/// The master killed under load: Sentinel promotes, limitd follows, no client sees a 5xx.
+fn master_killed_under_load(
+    project: &Project,
+    a: &mut Client,
+    b: &mut Client,
+) -> Result<(), String> {
+    let old = current_master(project)?;
+    let id = project.container(&old)?;
+    a.start_load(
+        LOAD_PATH,
+        &format!("kill-{}", unix_ms()),
+        PER_KEY,
+        LOAD_RATE_PER_S,
+        LOAD_BOUND,
+    )?;
+    a.wait_counted(40, BOUND)?;
+
+    let killed = Instant::now();
+    let killed_ms = unix_ms();
+    docker(&["kill", &id])?;
+    let new = poll(BOUND, || match current_master(project)? {
+        master if master != old => Ok(master),
+        _ => Err("no promotion yet".to_owned()),
+    })?;
+    let promoted = killed.elapsed();
+    a.wait_counted(40, BOUND)?;
+    // Client B sees limiting too.
+    let probe = b.get(LOAD_PATH, Some(&format!("kill-probe-{}", unix_ms())))?;
+    let records = a.stop_load()?;
+    assert_no_failures("master killed under load", &records)?;
+    expect(probe.status == 200 && probe.counted, || {
+        format!("client B after the failover: {probe:?}")
+    })?;
+    // Checks answered just after the kill may still have been counted by the old master: the
+    // outage starts with the first request let through by the failure mode, and limiting has
+    // resumed with the first counted decision after that.
+    let after_kill = || records.iter().filter(|r| r.sent_unix_ms >= killed_ms);
+    let outage_ms = after_kill()
+        .filter(|r| !r.reply.counted)
+        .map(|r| r.sent_unix_ms)
+        .min();
+    let resumed_ms = after_kill()
+        .filter(|r| r.reply.counted && outage_ms.is_none_or(|outage| r.sent_unix_ms > outage))
+        .map(|r| r.sent_unix_ms - killed_ms)
+        .min()
+        .ok_or("no counted decision after the kill")?;
+    let (total, counted, open) = tally(&records);
+    report(&format!(
+        "master killed under load: {old} killed, {new} promoted after {}, counted decisions \
+         resumed {:.1} s after the kill; {total} requests, 0 failed, {counted} counted, {open} let \
+         through by the failure mode",
+        secs(promoted),
+        resumed_ms as f64 / 1000.0
+    ));
+
+    // Back to three nodes: the old master rejoins as a replica.
+    docker(&["start", &id])?;
+    wait_replica(project, &old)
+}
+
+/// Whether Envoy's admin endpoint reports both limitd instances healthy. Envoy lists them by
+/// the address it resolved (which a restarted container may change), so count them.
+fn envoy_sees_both_limitd(project: &Project) -> Result<(), String> {
+    let envoy = project.container("envoy")?;
+    let admin = docker(&["port", &envoy, "9901"])?;
+    let admin = admin
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| format!("Envoy admin is not published: {admin:?}"))?;
+    let clusters = e2e::http_get(admin, "/clusters", None)
+        .map_err(|e| format!("Envoy admin: {e}"))?
+        .body;
+    let flags: Vec<&str> = clusters
+        .lines()
+        .filter(|line| line.starts_with("limitd::") && line.contains("::health_flags::"))
+        .collect();
+    if flags.len() == 2 && flags.iter().all(|line| line.ends_with("::healthy")) {
+        Ok(())
+    } else {
+        Err(format!("Envoy's limitd endpoints: {flags:?}"))
+    }
+}
+
+/// limitd stopped and started again, one instance at a time, under load: no request fails.
+fn rolling_restart(project: &Project, a: &mut Client) -> Result<(), String> {
+    a.start_load(
+        LOAD_PATH,
+        &format!("roll-{}", unix_ms()),
+        PER_KEY,
+        LOAD_RATE_PER_S,
+        LOAD_BOUND,
+    )?;
+    a.wait_counted(40, BOUND)?;
+    let started = Instant::now();
+    for service in ["limitd-1", "limitd-2"] {
+        let id = project.container(service)?;
+        docker(&["stop", "-t", "10", &id])?;
+        a.wait_counted(20, BOUND)?;
+        docker(&["start", &id])?;
+        wait_container_healthy(project, service)?;
+        poll(BOUND, || envoy_sees_both_limitd(project))?;
+        a.wait_counted(20, BOUND)?;
+    }
+    let took = started.elapsed();
+    let records = a.stop_load()?;
+    assert_no_failures("rolling restart", &records)?;
+    let (total, counted, open) = tally(&records);
+    report(&format!(
+        "rolling restart of limitd-1 then limitd-2 under load ({}): {total} requests, 0 failed, \
+         {counted} counted, {open} let through by the failure mode",
+        secs(took)
+    ));
+    Ok(())
+}
