@@ -37,6 +37,8 @@ struct RawConfig {
     limitd_cluster: String,
     #[serde(default)]
     limitd_authority: Option<String>,
+    #[serde(default)]
+    limitd_token: Option<String>,
     #[serde(default = "default_timeout")]
     timeout: String,
     #[serde(default = "default_failure_mode")]
@@ -222,6 +224,9 @@ const MAX_RULES: usize = protocol::MAX_HITS;
 pub struct Policy {
     pub limitd_cluster: String,
     pub limitd_authority: String,
+    /// `Authorization` of every callout (`Bearer <limitd_token>`), if limitd
+    /// wants a token.
+    pub limitd_authorization: Option<String>,
     pub timeout_ms: u64,
     pub deny_status: u32,
     pub failure_status: u32,
@@ -383,6 +388,22 @@ impl TryFrom<RawConfig> for Policy {
                 format!("{} rules; at most {MAX_RULES}", raw.rules.len()),
             ));
         }
+        let limitd_authorization = match raw.limitd_token {
+            None => None,
+            Some(token)
+                if (16..=256).contains(&token.len())
+                    && token.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(format!("Bearer {token}"))
+            }
+            Some(_) => {
+                return Err(error(
+                    "limitd_token",
+                    "must be 16 to 256 printable ASCII characters without spaces, as limitd's \
+                     LIMITD_TOKEN",
+                ))
+            }
+        };
         let mut names = HashSet::new();
         let rules = raw
             .rules
@@ -395,6 +416,7 @@ impl TryFrom<RawConfig> for Policy {
                 .limitd_authority
                 .unwrap_or_else(|| raw.limitd_cluster.clone()),
             limitd_cluster: raw.limitd_cluster,
+            limitd_authorization,
             timeout_ms,
             deny_status: raw.deny_status,
             failure_status: raw.failure_status,
@@ -761,7 +783,7 @@ mod tests {
     #[test]
     fn every_field_is_read() {
         let policy = parse(
-            r#"{"limitd_cluster":"rl","limitd_authority":"rl.local","timeout":"1s","failure_mode":"deny",
+            r#"{"limitd_cluster":"rl","limitd_authority":"rl.local","limitd_token":"0123456789abcdef","timeout":"1s","failure_mode":"deny",
                 "deny_status":420,"failure_status":500,"response_headers":"legacy",
                 "batch":{"enabled":false,"max_checks":8,"max_in_flight":2},
                 "rules":[{"name":"all",
@@ -775,6 +797,10 @@ mod tests {
         .unwrap();
         assert_eq!(policy.limitd_cluster, "rl");
         assert_eq!(policy.limitd_authority, "rl.local");
+        assert_eq!(
+            policy.limitd_authorization.as_deref(),
+            Some("Bearer 0123456789abcdef")
+        );
         assert_eq!(policy.timeout_ms, 1000);
         assert_eq!((policy.deny_status, policy.failure_status), (420, 500));
         assert_eq!(policy.response_headers, HeaderStyle::Legacy);

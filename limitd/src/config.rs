@@ -14,7 +14,8 @@ use redis::IntoConnectionInfo;
 ///
 /// | variable | meaning | default |
 /// | --- | --- | --- |
-/// | `LIMITD_LISTEN` | the HTTP listen address, `ip:port` | `0.0.0.0:8081` |
+/// | `LIMITD_LISTEN` | the HTTP listen address, `ip:port`; beyond loopback only with `LIMITD_TOKEN` | `127.0.0.1:8081` |
+/// | `LIMITD_TOKEN` | the shared secret callers send as `Authorization: Bearer <token>` (16 to 256 printable ASCII characters); unset, anyone who reaches limitd may check | none |
 /// | `SENTINEL_HOSTS` | comma-separated `host:port` of the Redis Sentinels (`[v6]:port` for IPv6) | — |
 /// | `REDIS_MASTER` | the master name the sentinels monitor | `mymaster` |
 /// | `REDIS_URL` | one plain Redis without Sentinel, e.g. `redis://127.0.0.1:6379` | — |
@@ -132,6 +133,48 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// The most client connections open at once (`LIMITD_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// The secret callers must present (`LIMITD_TOKEN`); `None`: no authentication.
+    pub token: Option<Token>,
+}
+
+/// limitd's shared secret with its callers. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The shortest token accepted: a guessable secret protects nothing.
+    pub const MIN_CHARS: usize = 16;
+    /// The longest token accepted (it travels in a header).
+    pub const MAX_CHARS: usize = 256;
+
+    fn new(text: String) -> Result<Self, ConfigError> {
+        let text = text.trim().to_owned();
+        if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&text.len())
+            || !text.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ConfigError::new(
+                "LIMITD_TOKEN",
+                format!(
+                    "must be {} to {} printable ASCII characters without spaces (e.g. from \
+                     `openssl rand -hex 32`)",
+                    Self::MIN_CHARS,
+                    Self::MAX_CHARS
+                ),
+            ));
+        }
+        Ok(Token(text))
+    }
+
+    /// The secret, to compare with what a caller sent.
+    pub fn secret(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl Default for HttpConfig {
@@ -141,11 +184,12 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            token: None,
         }
     }
 }
 
-const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 const DEFAULT_MASTER: &str = "mymaster";
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
 const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
@@ -215,6 +259,16 @@ impl Config {
                 format!("'{listen_text}' is not an ip:port address ({e})"),
             )
         })?;
+        let token = get("LIMITD_TOKEN").map(Token::new).transpose()?;
+        if token.is_none() && !listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "LIMITD_LISTEN",
+                format!(
+                    "{listen} is reachable beyond this host, so callers must authenticate: set \
+                     LIMITD_TOKEN (and the filter's limitd_token), or listen on 127.0.0.1"
+                ),
+            ));
+        }
 
         // Passwords are taken as given: spaces may be part of one (only an all-blank value
         // counts as unset).
@@ -315,6 +369,7 @@ impl Config {
                 header_read_timeout,
                 // At most a million: fits a usize on any target.
                 max_connections: usize::try_from(max_connections).unwrap_or(1_000_000),
+                token,
             },
         })
     }
@@ -403,7 +458,8 @@ mod tests {
     #[test]
     fn defaults_with_a_single_redis() {
         let config = parse(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap();
-        assert_eq!(config.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(config.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(config.http.token, None);
         assert_eq!(
             config.redis.target,
             RedisTarget::Single {
@@ -459,6 +515,25 @@ mod tests {
     }
 
     #[test]
+    fn beyond_loopback_only_with_a_token_which_is_never_printed() {
+        let url = ("REDIS_URL", "redis://127.0.0.1:6379");
+        let err = parse(&[url, ("LIMITD_LISTEN", "0.0.0.0:8081")]).unwrap_err();
+        assert!(err.reason.contains("set LIMITD_TOKEN"), "{err}");
+        let secret = "0123456789abcdef0123";
+        let config = parse(&[
+            url,
+            ("LIMITD_LISTEN", "0.0.0.0:8081"),
+            ("LIMITD_TOKEN", secret),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.http.token.as_ref().map(Token::secret),
+            Some(secret.as_bytes())
+        );
+        assert!(!format!("{config:?}").contains(secret));
+    }
+
+    #[test]
     fn master_defaults_to_mymaster() {
         let config = parse(&[("SENTINEL_HOSTS", "127.0.0.1:26379")]).unwrap();
         assert!(
@@ -490,6 +565,9 @@ mod tests {
             ("LIMITD_MAX_BODY_BYTES", "1.5"),
             ("LIMITD_MAX_BODY_BYTES", "99999999999"),
             ("LIMITD_SHUTDOWN_GRACE_MS", "forever"),
+            ("LIMITD_TOKEN", "short"),
+            ("LIMITD_TOKEN", "sixteen chars or more but with spaces"),
+            ("LIMITD_LISTEN", "0.0.0.0:8081"),
         ];
         for (var, value) in cases {
             let err = parse(&[url, (var, value)]).unwrap_err();

@@ -409,6 +409,57 @@ mod tests {
         ))
     }
 
+    /// An app that wants `token` from its callers, whose Redis is a closed port.
+    async fn app_with_token(token: &str) -> axum::Router {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let config = Config::from_lookup(|name| match name {
+            "REDIS_URL" => Some(url.clone()),
+            "LIMITD_TOKEN" => Some(token.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let store = crate::CounterStore::connect(&config.redis).await.unwrap();
+        crate::app(AppState::new(store, config.http))
+    }
+
+    #[tokio::test]
+    async fn checks_need_the_token_and_health_does_not() {
+        let token = "0123456789abcdef-token";
+        let app = app_with_token(token).await;
+        let body = r#"{"checks":[{"hits":[{"key":"k","limit":1,"window_ms":1000}]}]}"#;
+        let with = |authorization: Option<&str>, path: &str| {
+            let mut request = Request::post(path).header("content-type", "application/json");
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            request.body(Body::from(body)).unwrap()
+        };
+        for path in [protocol::CHECKS_PATH, protocol::v1::BATCH_PATH] {
+            for refused in [
+                None,
+                Some("Bearer wrong-token-wrong-token"),
+                Some(token),
+                Some("Bearer "),
+            ] {
+                let (status, text) = send(&app, with(refused, path)).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused:?}: {text}");
+                assert!(reason(&text).contains("token"), "{text}");
+            }
+            // With the token the request reaches the store (whose Redis is down).
+            let (status, _) = send(&app, with(Some(&format!("Bearer {token}")), path)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
+        let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+        assert_eq!(send(&app, get("/healthz")).await.0, StatusCode::OK);
+        let (_, metrics) = send(&app, get("/metrics")).await;
+        assert!(metrics.contains("limitd_unauthorized_total 8"), "{metrics}");
+    }
+
     async fn send(app: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
         let response = app.clone().oneshot(request).await.unwrap();
         let status = response.status();

@@ -34,9 +34,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
+mod auth;
 pub mod config;
 mod connector;
 pub mod http;
@@ -85,10 +87,18 @@ impl AppState {
 /// The HTTP application: every route, with the body limit applied.
 pub fn app(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.http.max_body_bytes);
-    Router::new()
+    // Only checks need the token: health and metrics reveal nothing a caller could abuse, and
+    // Envoy's health checks and Prometheus would otherwise need it too.
+    let checks = Router::new()
         .route(protocol::CHECKS_PATH, post(http::checks))
         .route(protocol::v1::CHECK_PATH, post(http::check_v1))
         .route(protocol::v1::BATCH_PATH, post(http::checks_v1))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(checks)
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

@@ -43,6 +43,12 @@ async fn main() -> ExitCode {
     };
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, redis = %config.redis.target, "limitd started");
+    if config.http.token.is_none() {
+        tracing::warn!(
+            %listen,
+            "no LIMITD_TOKEN: any process that reaches this address may run checks and spend quota"
+        );
+    }
 
     match limitd::serve(listener, state, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@
 //! | `limitd_give_backs_total{outcome="returned\|voided\|settled\|failed"}` | counter | checks reported as errors after their script may have run, by what the give-back found (`failed`: Redis stayed away for the receipt's lifetime) |
 //! | `limitd_give_backs_in_flight` | gauge | give-backs still trying to reach Redis |
 //! | `limitd_refused_connections_total` | counter | connections closed on accept because `LIMITD_MAX_CONNECTIONS` were open |
+//! | `limitd_unauthorized_total` | counter | check requests refused (`401`) for a missing or wrong `LIMITD_TOKEN` |
 //! | `limitd_v1_requests_total` | counter | requests to the deprecated `/v1/check` and `/v1/checks` (when 0 for long, every filter is on v2) |
 
 use std::fmt::Write as _;
@@ -133,6 +134,7 @@ pub struct Metrics {
     give_backs_in_flight: AtomicI64,
     v1_requests: AtomicU64,
     refused_connections: AtomicU64,
+    unauthorized: AtomicU64,
 }
 
 /// What a give-back found, as the `outcome` label of `limitd_give_backs_total`.
@@ -253,6 +255,11 @@ impl Metrics {
     /// Counts a connection closed on accept because the most allowed were open.
     pub fn refused_connection(&self) {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a check request refused for a missing or wrong token.
+    pub fn unauthorized(&self) {
+        self.unauthorized.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request to a deprecated v1 endpoint.
@@ -453,6 +460,14 @@ impl Metrics {
             "limitd_refused_connections_total {}",
             get(&self.refused_connections)
         );
+
+        header(
+            &mut out,
+            "limitd_unauthorized_total",
+            "counter",
+            "Check requests refused for a missing or wrong token.",
+        );
+        let _ = writeln!(out, "limitd_unauthorized_total {}", get(&self.unauthorized));
         out
     }
 }

@@ -117,6 +117,19 @@ pub fn replace_http_filter(text: &str, name: &str, replacement: &str) -> Result<
     Ok(joined)
 }
 
+/// The filter's `limitd_token` in a configuration, which limitd must be given
+/// as `LIMITD_TOKEN`.
+pub fn limitd_token(config: &str) -> Result<String, String> {
+    let start = config
+        .find(r#""limitd_token": ""#)
+        .ok_or("envoy.yaml has no \"limitd_token\"")?
+        + r#""limitd_token": ""#.len();
+    let len = config[start..]
+        .find('"')
+        .ok_or("envoy.yaml's \"limitd_token\" is not closed")?;
+    Ok(config[start..start + len].to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,6 +182,9 @@ pub struct StackOptions {
     pub envoy: EnvoyOptions,
     /// Keep the working directory (configs and logs) after the stack stops.
     pub keep_dir: bool,
+    /// Run limitd without `LIMITD_TOKEN` (by default it gets envoy.yaml's
+    /// `limitd_token`, as the filter sends it).
+    pub limitd_without_token: bool,
 }
 
 impl Default for StackOptions {
@@ -190,6 +193,7 @@ impl Default for StackOptions {
             ports: Ports::free(),
             envoy: EnvoyOptions::default(),
             keep_dir: false,
+            limitd_without_token: false,
         }
     }
 }
@@ -210,6 +214,8 @@ pub struct Stack {
     pub envoys: Vec<EnvoyAddrs>,
     processes: BTreeMap<String, Process>,
     keep_dir: bool,
+    /// The `LIMITD_TOKEN` limitd runs with, if any.
+    limitd_token: Option<String>,
 }
 
 static STACKS: AtomicUsize = AtomicUsize::new(0);
@@ -237,7 +243,13 @@ impl Stack {
             envoys: Vec::new(),
             processes: BTreeMap::new(),
             keep_dir: options.keep_dir,
+            limitd_token: None,
         };
+        if !options.limitd_without_token {
+            let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
+                .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
+            stack.limitd_token = Some(envoy_config::limitd_token(&shipped)?);
+        }
         stack.start_redis()?;
         stack.start_sentinels()?;
         for i in 0..2 {
@@ -441,6 +453,13 @@ impl Stack {
             ("REDIS_MASTER".into(), MASTER_NAME.into()),
             ("RUST_LOG".into(), "info".into()),
         ]
+        .into_iter()
+        .chain(
+            self.limitd_token
+                .iter()
+                .map(|token| ("LIMITD_TOKEN".into(), token.clone())),
+        )
+        .collect()
     }
 
     /// Starts (or restarts) limitd `index` (0 or 1) and waits until it is ready.

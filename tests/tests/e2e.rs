@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use e2e::process::Process;
 use e2e::stack::free_port;
-use e2e::{eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack};
+use e2e::{
+    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions,
+};
 
 const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
 const CLIENT_2: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
@@ -275,14 +277,23 @@ fn a_filter_released_before_v2_keeps_working_against_this_limitd() {
     let fixture = e2e::paths::workspace_root().join("tests/fixtures/ratelimit-v1.wasm");
     assert!(fixture.is_file(), "{} is missing", fixture.display());
     for batching in [true, false] {
-        let mut options = EnvoyOptions::default().wasm(&fixture);
+        // That filter knows no limitd_token (it refuses fields it does not know), so this
+        // limitd runs without one, as a fleet does until every filter is upgraded.
+        let mut options = EnvoyOptions::default()
+            .wasm(&fixture)
+            .replace(r#""limitd_token": "demo-only-token-change-me","#, "");
         if !batching {
             options = options.replace(
                 r#""limitd_cluster": "limitd","#,
                 r#""limitd_cluster": "limitd", "batch": {"enabled": false},"#,
             );
         }
-        let stack = start(options);
+        let stack = Stack::start(StackOptions {
+            envoy: options,
+            limitd_without_token: true,
+            ..StackOptions::default()
+        })
+        .unwrap();
         let envoy = stack.envoy(0);
         assert_eq!(
             statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
@@ -360,4 +371,37 @@ fn other_spellings_of_a_limited_path_count_against_the_same_rule() {
         [[200; 10].as_slice(), &[429]].concat(),
         "{statuses:?}"
     );
+}
+
+/// limitd answers checks only to callers with its token: the filter has it
+/// (from envoy.yaml), anyone else gets 401 and spends nothing.
+#[test]
+fn limitd_refuses_checks_without_its_token() {
+    let stack = start(EnvoyOptions::default());
+    let limitd = SocketAddr::from(([127, 0, 0, 1], stack.ports.limitd[0]));
+    let body = br#"{"checks":[{"hits":[{"key":"limited_endpoint:127.0.0.1","limit":10,"window_ms":60000,"cost":10}]}]}"#;
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        e2e::http_request("POST", limitd, "/v2/checks", &all, body, None).unwrap()
+    };
+    assert_eq!(post(&[]).status, 401);
+    assert_eq!(
+        post(&[("authorization", "Bearer not-the-token-at-all")]).status,
+        401
+    );
+    assert_eq!(
+        post(&[("authorization", "demo-only-token-change-me")]).status,
+        401,
+        "the scheme is required"
+    );
+    assert!(stack.limitd_metric(0, "limitd_unauthorized_total") >= Some(3.0));
+    // Nothing was spent: the client still has its 10 through Envoy.
+    let envoy = stack.envoy(0);
+    assert_eq!(
+        statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
+        [[200; 10].as_slice(), &[429]].concat()
+    );
+    // Health and metrics stay open, for Envoy's health checks and Prometheus.
+    assert_eq!(get(limitd, "/healthz", None).status, 200);
 }

@@ -29,12 +29,16 @@ pub(super) struct Vm {
 
 impl Vm {
     pub(super) fn callout_headers(&self) -> Vec<(&str, &str)> {
-        vec![
+        let mut headers = vec![
             (":method", "POST"),
             (":path", protocol::CHECKS_PATH),
-            (":authority", &self.policy.limitd_authority),
+            (":authority", self.policy.limitd_authority.as_str()),
             ("content-type", "application/json"),
-        ]
+        ];
+        if let Some(authorization) = &self.policy.limitd_authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
+        headers
     }
 
     /// Sends a batch to limitd: the one way the filter asks it anything.

@@ -135,7 +135,10 @@ pub fn run() -> Result<(), String> {
         protocol::CHECKS_PATH
     );
     let lua = out.join("check.lua");
-    std::fs::write(&lua, scenarios::limitd_wrk_script()).map_err(|e| e.to_string())?;
+    let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
+        .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
+    let token = e2e::envoy_config::limitd_token(&shipped)?;
+    std::fs::write(&lua, scenarios::limitd_wrk_script(&token)).map_err(|e| e.to_string())?;
     let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
 
     step(&format!("warming up ({WARM_UP_SECONDS} s each)"));

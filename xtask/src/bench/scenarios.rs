@@ -154,11 +154,13 @@ pub fn limitd_body() -> String {
 }
 
 /// The wrk script that POSTs [`limitd_body`].
-pub fn limitd_wrk_script() -> String {
+/// `token` is limitd's `LIMITD_TOKEN`, sent as the filter sends it.
+pub fn limitd_wrk_script(token: &str) -> String {
     format!(
         "-- POST one /v2/checks batch of one per request (written by cargo xtask bench)\n\
          wrk.method = \"POST\"\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n\
          wrk.body = '{}'\n",
         limitd_body()
     )
