@@ -352,6 +352,20 @@ impl Config {
             1_000_000,
         )?;
 
+        // limitd sends REDIS_PASSWORD to whatever master the sentinels name: behind open
+        // sentinels, anyone who reaches one could name their own server and collect it.
+        if password.is_some()
+            && sentinel_password.is_none()
+            && matches!(target, RedisTarget::Sentinel { .. })
+        {
+            return Err(ConfigError::new(
+                "SENTINEL_PASSWORD",
+                "must be set when REDIS_PASSWORD is: limitd sends the data nodes' password to \
+                 whatever master the sentinels name, so open sentinels would let anyone who \
+                 reaches one redirect limitd and receive it (set the sentinels' requirepass)",
+            ));
+        }
+
         Ok(Self {
             listen,
             redis: RedisConfig {
@@ -531,6 +545,22 @@ mod tests {
             Some(secret.as_bytes())
         );
         assert!(!format!("{config:?}").contains(secret));
+    }
+
+    #[test]
+    fn a_data_password_behind_open_sentinels_is_refused() {
+        let err = parse(&[
+            ("SENTINEL_HOSTS", "127.0.0.1:26379"),
+            ("REDIS_PASSWORD", "data-secret"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "SENTINEL_PASSWORD", "{err}");
+        // With a single Redis there is no sentinel to redirect limitd.
+        assert!(parse(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_PASSWORD", "data-secret"),
+        ])
+        .is_ok());
     }
 
     #[test]
