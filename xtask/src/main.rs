@@ -7,6 +7,7 @@
 //! - `bench`: build, then measure the limiter's cost against Envoy without it (see `bench/`).
 
 mod bench;
+mod wasm_exports;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -185,6 +186,17 @@ fn build() -> Result<(), String> {
         ],
     )?;
     let wasm = e2e::Binaries::locate().wasm;
+    // In place, as wasm-opt below: removing exports twice removes nothing more.
+    let module = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+    let (module, removed) = wasm_exports::keep_callbacks(&module, &wasm_exports::KEPT_CALLBACKS)
+        .map_err(|e| format!("{}: {e}", wasm.display()))?;
+    if !removed.is_empty() {
+        std::fs::write(&wasm, module).map_err(|e| format!("{}: {e}", wasm.display()))?;
+        eprintln!(
+            "    removed {} callbacks the filter does not implement from its exports",
+            removed.len()
+        );
+    }
     if on_path("wasm-opt") {
         // In place: cargo only rebuilds the module when its sources change, and a
         // rebuilt one is optimized again here.
