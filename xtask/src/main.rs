@@ -185,7 +185,11 @@ fn build() -> Result<(), String> {
             "wasm",
         ],
     )?;
-    let wasm = e2e::Binaries::locate().wasm;
+    // Cargo's output itself, not `RATELIMIT_WASM` (which may name another
+    // build, e.g. an earlier release's, that must not be rewritten).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let wasm = target.join(WASM_TARGET).join("wasm/ratelimit.wasm");
     // In place, as wasm-opt below: removing exports twice removes nothing more.
     let module = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
     let (module, removed) = wasm_exports::keep_callbacks(&module, &wasm_exports::KEPT_CALLBACKS)
