@@ -94,7 +94,7 @@ fn ratio(value: f64, base: f64) -> f64 {
 impl Results {
     /// Medians and ratios per Envoy scenario; the first is the baseline.
     pub fn summaries(&self) -> Vec<Summary> {
-        let raw: Vec<(Scenario, f64, f64, f64, f64, f64, f64, u64)> = self
+        let mut summaries: Vec<Summary> = self
             .scenarios
             .iter()
             .map(|(scenario, rounds)| {
@@ -110,43 +110,40 @@ impl Results {
                         wrong + r.wrk.socket_errors + r.open.errors
                     })
                     .sum();
-                (
-                    *scenario,
-                    median(rps.iter().copied()),
-                    rps.iter().copied().fold(f64::INFINITY, f64::min),
-                    rps.iter().copied().fold(0.0, f64::max),
-                    median(rounds.iter().map(|r| r.open.p50_ms)),
-                    median(rounds.iter().map(|r| r.open.p99_ms)),
-                    median(rounds.iter().map(|r| r.cpu_us_per_request)),
-                    unexpected,
-                )
-            })
-            .collect();
-        let Some(&(_, base_rps, _, _, base_p50, base_p99, base_cpu, _)) = raw.first() else {
-            return Vec::new();
-        };
-        raw.into_iter()
-            .map(
-                |(scenario, rps, rps_min, rps_max, p50, p99, cpu_us, unexpected)| Summary {
+                Summary {
                     id: scenario.id,
                     what: scenario.what,
-                    rps,
-                    rps_min,
-                    rps_max,
-                    p50_ms: p50,
-                    p99_ms: p99,
-                    rps_ratio: ratio(rps, base_rps),
-                    p50_ratio: ratio(p50, base_p50),
-                    p99_ratio: ratio(p99, base_p99),
-                    added_p50_ms: p50 - base_p50,
-                    added_p99_ms: p99 - base_p99,
-                    cpu_us,
-                    cpu_ratio: ratio(cpu_us, base_cpu),
-                    added_cpu_us: cpu_us - base_cpu,
+                    rps: median(rps.iter().copied()),
+                    rps_min: rps.iter().copied().fold(f64::INFINITY, f64::min),
+                    rps_max: rps.iter().copied().fold(0.0, f64::max),
+                    p50_ms: median(rounds.iter().map(|r| r.open.p50_ms)),
+                    p99_ms: median(rounds.iter().map(|r| r.open.p99_ms)),
+                    cpu_us: median(rounds.iter().map(|r| r.cpu_us_per_request)),
                     unexpected,
-                },
-            )
-            .collect()
+                    // Set below, against the baseline.
+                    rps_ratio: 0.0,
+                    p50_ratio: 0.0,
+                    p99_ratio: 0.0,
+                    added_p50_ms: 0.0,
+                    added_p99_ms: 0.0,
+                    cpu_ratio: 0.0,
+                    added_cpu_us: 0.0,
+                }
+            })
+            .collect();
+        let Some(base) = summaries.first().cloned() else {
+            return summaries;
+        };
+        for s in &mut summaries {
+            s.rps_ratio = ratio(s.rps, base.rps);
+            s.p50_ratio = ratio(s.p50_ms, base.p50_ms);
+            s.p99_ratio = ratio(s.p99_ms, base.p99_ms);
+            s.added_p50_ms = s.p50_ms - base.p50_ms;
+            s.added_p99_ms = s.p99_ms - base.p99_ms;
+            s.cpu_ratio = ratio(s.cpu_us, base.cpu_us);
+            s.added_cpu_us = s.cpu_us - base.cpu_us;
+        }
+        summaries
     }
 
     /// (limitd checks/s, Redis EVALSHA/s, ratio), medians over rounds.
