@@ -56,7 +56,8 @@ impl Batcher {
         }
     }
 
-    /// A request's context was created.
+    /// A request has a check: it is live (there to be resumed or answered)
+    /// until [`Batcher::done`]. A request that no rule matched is never here.
     pub fn created(&mut self, context_id: u32) {
         self.live.insert(context_id);
     }

@@ -58,6 +58,10 @@ impl Vm {
 
     /// Calls export `name` with `context` as the effective context. A trap
     /// poisons the VM: later calls fail, as a trapped VM in Envoy is gone.
+    ///
+    /// A `proxy_on_*` callback the module does not export is skipped and
+    /// answers `None`, which callers read as Envoy's default (continue; done):
+    /// Envoy only calls the callbacks a module exports.
     pub(crate) fn call(
         &mut self,
         context: ContextId,
@@ -69,10 +73,14 @@ impl Vm {
                 first_trap: first_trap.clone(),
             });
         }
-        let func = self
-            .instance
-            .get_func(&self.store, name)
-            .ok_or_else(|| HostError::Usage(format!("the module does not export {name}")))?;
+        let Some(func) = self.instance.get_func(&self.store, name) else {
+            if name.starts_with("proxy_on_") {
+                return Ok(None);
+            }
+            return Err(HostError::Usage(format!(
+                "the module does not export {name}"
+            )));
+        };
         let inputs: Vec<Val> = args.iter().map(|&a| Val::I32(a)).collect();
         let mut outputs: Vec<Val> = func
             .ty(&self.store)

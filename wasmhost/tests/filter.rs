@@ -587,7 +587,10 @@ fn an_answer_for_a_client_that_went_away_does_not_trap() {
             assert!(vm.local_reply(gone.id).is_none(), "{case}");
             assert!(!vm.request_resumed(gone.id), "{case}");
 
-            // Ended (`proxy_on_done`) but not yet deleted when the answer lands.
+            // Ended (`proxy_on_done`) but not yet deleted when the answer lands. The
+            // module exports no `proxy_on_done` (Envoy 1.40 calls `proxy_on_delete`
+            // right after it): for the module the request is still there, and
+            // answering it must not trap.
             let ending = get_from(&mut vm, "/limited_endpoint", "10.0.0.2");
             let token = only_pending_call(&vm).token;
             vm.done(ending.id).unwrap();

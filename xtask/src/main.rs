@@ -10,6 +10,7 @@
 
 mod bench;
 mod containers;
+mod wasm_exports;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -195,7 +196,22 @@ fn build() -> Result<(), String> {
             "wasm",
         ],
     )?;
-    let wasm = e2e::Binaries::locate().wasm;
+    // Cargo's output itself, not `RATELIMIT_WASM` (which may name another
+    // build, e.g. an earlier release's, that must not be rewritten).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let wasm = target.join(WASM_TARGET).join("wasm/ratelimit.wasm");
+    // In place, as wasm-opt below: removing exports twice removes nothing more.
+    let module = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+    let (module, removed) = wasm_exports::keep_callbacks(&module, &wasm_exports::KEPT_CALLBACKS)
+        .map_err(|e| format!("{}: {e}", wasm.display()))?;
+    if !removed.is_empty() {
+        std::fs::write(&wasm, module).map_err(|e| format!("{}: {e}", wasm.display()))?;
+        eprintln!(
+            "    removed {} callbacks the filter does not implement from its exports",
+            removed.len()
+        );
+    }
     if on_path("wasm-opt") {
         // In place: cargo only rebuilds the module when its sources change, and a
         // rebuilt one is optimized again here.

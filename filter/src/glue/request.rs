@@ -1,5 +1,12 @@
 //! One HTTP request through the filter: its check, its own callout (at low
 //! load, or with batching off), and its response headers.
+//!
+//! A request that no rule matches costs what Envoy's callbacks cost and one
+//! header read, nothing more: it is not registered with the batcher, and its
+//! response callback returns at once. Its end is handled in `Drop` (when the
+//! SDK deletes the context, right after `proxy_on_done` in the same pass), so
+//! the module need not export `proxy_on_done` at all: see the build's list of
+//! exported callbacks in `xtask/src/wasm_exports.rs`.
 
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -29,6 +36,9 @@ pub(super) struct Request {
     pub(super) response_headers: Headers,
     /// When this request's own callout was sent.
     pub(super) sent_at: Option<SystemTime>,
+    /// Whether a rule matched, so the request is in the batcher's live set
+    /// and may have response headers waiting there.
+    pub(super) checked: bool,
 }
 
 /// The request as the host shows it; each value is fetched only when asked for.
@@ -164,13 +174,21 @@ impl Context for Request {
             self.direct_answered(entry, num_headers, body_size);
         }
     }
-    fn on_done(&mut self) -> bool {
+}
+
+/// The request is over: the SDK drops its context in `proxy_on_delete`, which
+/// Envoy calls right after `proxy_on_done` (the module exports no
+/// `proxy_on_done`, whose default, "done", is what this filter answers).
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.checked {
+            return;
+        }
         // Envoy cancels the callout of a request that is done: it is no longer in flight.
         if self.direct.take().is_some() {
             self.finish_direct();
         }
         self.vm.batcher.borrow_mut().done(self.context_id);
-        true
     }
 }
 
@@ -179,6 +197,8 @@ impl HttpContext for Request {
         match self.vm.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
             Verdict::Check(check) => {
+                self.checked = true;
+                self.vm.batcher.borrow_mut().created(self.context_id);
                 if let Some(denial) = self.vm.cached_denial(&check) {
                     Metrics::bump(self.vm.metrics.deny_cache_hits);
                     let (action, _) = self.vm.carry_out(denial, false);
@@ -196,6 +216,9 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.checked {
+            return Action::Continue;
+        }
         // Only an upstream response of an allowed request gets headers here: a local
         // reply carries its own, and passes through this callback too.
         let mut headers = std::mem::take(&mut self.response_headers);

@@ -222,7 +222,6 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        vm.batcher.borrow_mut().created(context_id);
         let queue = if vm.policy.batch.enabled {
             self.queue
         } else {
@@ -235,6 +234,7 @@ impl RootContext for Root {
             direct: None,
             response_headers: Vec::new(),
             sent_at: None,
+            checked: false,
         }))
     }
 

@@ -2,12 +2,15 @@
 //! machine in one run, all on loopback.
 //!
 //! One stack (Redis master + 2 replicas + 3 sentinels, 2 limitd, 2 backends)
-//! with three Envoys in front of the same backends: no limiter, Envoy's own
-//! `local_ratelimit`, and ours (see [`scenarios`]). Each round measures every
+//! with five Envoys in front of the same backends: no limiter, Envoy's own
+//! `local_ratelimit`, and ours in three configurations (see [`scenarios`]). Each round measures every
 //! scenario in turn (the order rotates each round), so slow drifts of a shared
 //! machine spread over all of them; each figure is the median of the rounds:
 //!
 //! - requests/s: `wrk` closed loop;
+//! - Envoy CPU per request: the CPU time of the scenario's Envoy over its
+//!   closed-loop run ([`cpu::process_cpu_us`]) divided by the requests wrk
+//!   counted, so a change shows where its microseconds went;
 //! - p50/p99 latency: our open-loop generator at a fixed moderate rate
 //!   ([`open_loop`]), measured from each request's scheduled send time;
 //! - limitd alone (wrk POSTing `/v2/checks` to one limitd) against
@@ -15,7 +18,10 @@
 //!
 //! Settings (environment): `BENCH_ROUNDS` (6), `BENCH_SECONDS` per measurement
 //! (3), `BENCH_RATE` of the open loop in requests/s (1000),
-//! `BENCH_CONNECTIONS` of wrk (32), `BENCH_ENVOY_CONCURRENCY` (1).
+//! `BENCH_CONNECTIONS` of wrk (32), `BENCH_ENVOY_CONCURRENCY` (1), and
+//! `BENCH_SCENARIOS`: a comma-separated subset of the scenario ids (and
+//! `limitd_alone`) for a quicker comparison; `baseline` is always measured, as
+//! every ratio is to it. Default: all.
 //!
 //! Why Envoy `--concurrency 1` and `wrk -t1`: the machine has 2 cores, and in
 //! the limiter scenarios limitd, Redis and the backends need CPU too. One Envoy
@@ -42,7 +48,7 @@ use self::scenarios::{Scenario, SCENARIOS};
 use super::{apt_install, is_root_with_apt, on_path, output, step};
 
 /// The stack's processes, whose CPU time is the benchmark's own.
-const STACK_PROCESSES: [&str; 13] = [
+const STACK_PROCESSES: [&str; 15] = [
     "redis-master",
     "redis-replica-1",
     "redis-replica-2",
@@ -56,14 +62,20 @@ const STACK_PROCESSES: [&str; 13] = [
     "envoy-1",
     "envoy-2",
     "envoy-3",
+    "envoy-4",
+    "envoy-5",
 ];
 
+/// How many Envoys the stack runs (see [`scenarios`]).
+const ENVOYS: usize = 5;
 /// wrk's threads (see the module's comment).
 const WRK_THREADS: u32 = 1;
 /// Connections of the open-loop generator: at 1000 req/s, one request every
 /// 8 ms on each, far more than any scenario's latency.
 const OPEN_LOOP_CONNECTIONS: u32 = 8;
 const WARM_UP_SECONDS: u64 = 2;
+/// The id of limitd alone against Redis in `BENCH_SCENARIOS`.
+const LIMITD_ALONE: &str = "limitd_alone";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -72,6 +84,8 @@ struct Settings {
     rate: u32,
     connections: u32,
     concurrency: u32,
+    /// `BENCH_SCENARIOS`, if set: the ids to measure.
+    only: Option<Vec<String>>,
 }
 
 fn setting<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
@@ -91,13 +105,42 @@ impl Settings {
             rate: setting("BENCH_RATE", 1000)?.max(1),
             connections: setting("BENCH_CONNECTIONS", 32)?.max(1),
             concurrency: setting("BENCH_ENVOY_CONCURRENCY", 1)?.max(1),
+            only: match std::env::var("BENCH_SCENARIOS") {
+                Ok(list) => {
+                    let ids: Vec<String> = list
+                        .split(',')
+                        .map(|id| id.trim().to_owned())
+                        .filter(|id| !id.is_empty())
+                        .collect();
+                    if let Some(unknown) = ids.iter().find(|id| {
+                        id.as_str() != LIMITD_ALONE && !SCENARIOS.iter().any(|s| s.id == *id)
+                    }) {
+                        return Err(format!("BENCH_SCENARIOS: no scenario {unknown:?}"));
+                    }
+                    Some(ids)
+                }
+                Err(_) => None,
+            },
         })
     }
 
+    /// Whether the scenario (or `limitd_alone`) is measured in this run.
+    fn measures(&self, id: &str) -> bool {
+        id == "baseline"
+            || self
+                .only
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i == id))
+    }
+
     fn describe(&self) -> String {
+        let subset = match &self.only {
+            Some(ids) => format!(", BENCH_SCENARIOS={}", ids.join(",")),
+            None => String::new(),
+        };
         format!(
             "Envoy --concurrency {}, wrk -t{WRK_THREADS} -c{} for {} s, open loop {} req/s on {OPEN_LOOP_CONNECTIONS} \
-             connections for {} s, {} rounds, medians",
+             connections for {} s, {} rounds, medians{subset}",
             self.concurrency, self.connections, self.seconds, self.rate, self.seconds, self.rounds
         )
     }
@@ -112,7 +155,7 @@ pub fn run() -> Result<(), String> {
     let mut load = vec![("start".to_owned(), loadavg())];
     let mut warnings = Vec::new();
 
-    step("starting Redis, sentinels, 2 limitd, 2 backends and 4 Envoys (ours, none, local_ratelimit, ours per request)");
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 5 Envoys (ours, none, local_ratelimit, ours per request, shipped rules)");
     let c = settings.concurrency;
     let mut stack = Stack::start(StackOptions {
         envoy: scenarios::ours(c),
@@ -122,10 +165,19 @@ pub fn run() -> Result<(), String> {
     stack.start_envoy(free_port(), free_port(), &scenarios::baseline(c))?;
     stack.start_envoy(free_port(), free_port(), &scenarios::local_ratelimit(c))?;
     stack.start_envoy(free_port(), free_port(), &scenarios::ours_per_request(c))?;
-    check_scenarios(&stack, &mut warnings)?;
+    stack.start_envoy(free_port(), free_port(), &scenarios::shipped(c))?;
+    let measured: Vec<usize> = (0..SCENARIOS.len())
+        .filter(|&i| settings.measures(SCENARIOS[i].id))
+        .collect();
+    let limitd_alone = settings.measures(LIMITD_ALONE);
+    check_scenarios(&stack, &measured, &mut warnings)?;
     let pids: Vec<u32> = STACK_PROCESSES
         .iter()
         .filter_map(|name| stack.process(name).and_then(|p| p.pid()))
+        .collect();
+    // By index of the stack's Envoys (`envoy-1` is index 0).
+    let envoy_pids: Vec<Option<u32>> = (1..=ENVOYS)
+        .map(|n| stack.process(&format!("envoy-{n}")).and_then(|p| p.pid()))
         .collect();
 
     let master = stack.ports.redis[0];
@@ -142,7 +194,7 @@ pub fn run() -> Result<(), String> {
     let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
 
     step(&format!("warming up ({WARM_UP_SECONDS} s each)"));
-    for s in &SCENARIOS {
+    for s in measured.iter().map(|&i| &SCENARIOS[i]) {
         wrk::run(
             &url(s),
             WRK_THREADS,
@@ -151,28 +203,34 @@ pub fn run() -> Result<(), String> {
             None,
         )?;
     }
-    wrk::run(
-        &limitd_url,
-        WRK_THREADS,
-        settings.connections,
-        WARM_UP_SECONDS,
-        Some(&lua),
-    )?;
-    let sha = load_check_script(master, &mut warnings)?;
     let mut cpu_rounds = Vec::new();
-    let mut evalsha: Vec<String> = vec!["EVALSHA".to_owned(), sha];
-    evalsha.extend(scenarios::evalsha_arguments());
-    // Calibrates redis-benchmark's request count to about `seconds`.
-    let mut redis_rps = redis_benchmark(master, settings.connections, 20_000, &evalsha)?;
+    let mut evalsha: Vec<String> = vec!["EVALSHA".to_owned()];
+    let mut redis_rps = 0.0;
+    if limitd_alone {
+        wrk::run(
+            &limitd_url,
+            WRK_THREADS,
+            settings.connections,
+            WARM_UP_SECONDS,
+            Some(&lua),
+        )?;
+        evalsha.push(load_check_script(master, &mut warnings)?);
+        evalsha.extend(scenarios::evalsha_arguments());
+        // Calibrates redis-benchmark's request count to about `seconds`.
+        redis_rps = redis_benchmark(master, settings.connections, 20_000, &evalsha)?;
+    }
 
-    let mut envoy_rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); SCENARIOS.len()];
+    let mut envoy_rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); measured.len()];
     let mut limitd_rounds = Vec::new();
     for round in 0..settings.rounds {
         step(&format!("round {}/{}", round + 1, settings.rounds));
         let cpu_start = cpu::snapshot(&pids);
-        for k in 0..SCENARIOS.len() {
-            let i = (round + k) % SCENARIOS.len();
-            let s = &SCENARIOS[i];
+        for k in 0..measured.len() {
+            let m = (round + k) % measured.len();
+            let s = &SCENARIOS[measured[m]];
+            let envoy_pid = envoy_pids.get(s.envoy).copied().flatten();
+            let envoy_cpu = || envoy_pid.and_then(cpu::process_cpu_us);
+            let cpu_before = envoy_cpu();
             let closed = wrk::run(
                 &url(s),
                 WRK_THREADS,
@@ -180,6 +238,12 @@ pub fn run() -> Result<(), String> {
                 settings.seconds,
                 None,
             )?;
+            let cpu_us_per_request = match (cpu_before, envoy_cpu()) {
+                (Some(before), Some(after)) if closed.requests > 0 => {
+                    (after - before) / closed.requests as f64
+                }
+                _ => 0.0,
+            };
             let open = open_loop::run(
                 stack.envoy(s.envoy),
                 s.path,
@@ -189,10 +253,25 @@ pub fn run() -> Result<(), String> {
                 s.status,
             )?;
             eprintln!(
-                "    {:<16} {:>8.0} req/s   open loop p50 {:.3} ms  p99 {:.3} ms  ({} ok, {} other)",
-                s.id, closed.requests_per_sec, open.p50_ms, open.p99_ms, open.ok, open.errors
+                "    {:<19} {:>8.0} req/s  {:>5.1} µs Envoy CPU/req   open loop p50 {:.3} ms  p99 {:.3} ms  ({} ok, {} other)",
+                s.id, closed.requests_per_sec, cpu_us_per_request, open.p50_ms, open.p99_ms, open.ok, open.errors
             );
-            envoy_rounds[i].push(EnvoyRound { wrk: closed, open });
+            envoy_rounds[m].push(EnvoyRound {
+                wrk: closed,
+                open,
+                cpu_us_per_request,
+            });
+        }
+        if !limitd_alone {
+            record_load(
+                &mut load,
+                &mut cpu_rounds,
+                &mut warnings,
+                round,
+                &cpu_start,
+                &pids,
+            );
+            continue;
         }
         let n = ((redis_rps * settings.seconds as f64) as u64).max(10_000);
         let limitd_first = round % 2 == 0;
@@ -222,28 +301,22 @@ pub fn run() -> Result<(), String> {
             "limitd alone", limitd.requests_per_sec, redis_rps
         );
         limitd_rounds.push(LimitdRound { limitd, redis_rps });
-        load.push((format!("after round {}", round + 1), loadavg()));
-        let shares = cpu_start.shares_until(&cpu::snapshot(&pids));
-        eprintln!(
-            "    CPU: the benchmark {:.0}%, other processes {:.0}%, steal {:.0}%",
-            shares.ours * 100.0,
-            shares.others * 100.0,
-            shares.steal * 100.0
+        record_load(
+            &mut load,
+            &mut cpu_rounds,
+            &mut warnings,
+            round,
+            &cpu_start,
+            &pids,
         );
-        if shares.others > 0.10 || shares.steal > 0.05 {
-            warnings.push(format!(
-                "round {}: other processes used {:.0}% of the machine's CPU (steal {:.0}%): \
-                 its figures are disturbed",
-                round + 1,
-                shares.others * 100.0,
-                shares.steal * 100.0
-            ));
-        }
-        cpu_rounds.push(shares);
     }
 
     let counters = counters(&stack);
-    check_counters(&counters, &mut warnings);
+    check_counters(
+        &counters,
+        settings.measures("local_ratelimit"),
+        &mut warnings,
+    );
     let limitd_hwm_kib: Vec<u64> = ["limitd-1", "limitd-2"]
         .iter()
         .map(|name| {
@@ -266,7 +339,11 @@ pub fn run() -> Result<(), String> {
         machine: machine(cores),
         settings: settings.describe(),
         seconds: started.elapsed().as_secs_f64(),
-        scenarios: SCENARIOS.iter().copied().zip(envoy_rounds).collect(),
+        scenarios: measured
+            .iter()
+            .map(|&i| SCENARIOS[i])
+            .zip(envoy_rounds)
+            .collect(),
         limitd: limitd_rounds,
         wasm_bytes: std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0),
         limitd_hwm_kib,
@@ -295,6 +372,36 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// After a round: the load average, and the share of the machine's CPU that
+/// the benchmark and other processes used (a warning when others used much).
+fn record_load(
+    load: &mut Vec<(String, String)>,
+    cpu_rounds: &mut Vec<cpu::Shares>,
+    warnings: &mut Vec<String>,
+    round: usize,
+    cpu_start: &cpu::Snapshot,
+    pids: &[u32],
+) {
+    load.push((format!("after round {}", round + 1), loadavg()));
+    let shares = cpu_start.shares_until(&cpu::snapshot(pids));
+    eprintln!(
+        "    CPU: the benchmark {:.0}%, other processes {:.0}%, steal {:.0}%",
+        shares.ours * 100.0,
+        shares.others * 100.0,
+        shares.steal * 100.0
+    );
+    if shares.others > 0.10 || shares.steal > 0.05 {
+        warnings.push(format!(
+            "round {}: other processes used {:.0}% of the machine's CPU (steal {:.0}%): \
+             its figures are disturbed",
+            round + 1,
+            shares.others * 100.0,
+            shares.steal * 100.0
+        ));
+    }
+    cpu_rounds.push(shares);
+}
+
 /// wrk, redis-benchmark (Debian redis-tools, with redis-server) and sha1sum.
 fn setup_tools() -> Result<(), String> {
     let missing: Vec<&str> = [("wrk", "wrk"), ("redis-benchmark", "redis-tools")]
@@ -314,13 +421,17 @@ fn setup_tools() -> Result<(), String> {
     apt_install(&missing)
 }
 
-/// Checks that each scenario answers as it should before measuring it.
-fn check_scenarios(stack: &Stack, warnings: &mut Vec<String>) -> Result<(), String> {
+/// Checks that each measured scenario answers as it should before measuring it.
+fn check_scenarios(
+    stack: &Stack,
+    measured: &[usize],
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
     let get = |s: &Scenario| {
         http_get(stack.envoy(s.envoy), s.path, None)
             .map_err(|e| format!("{} ({}): {e}", s.id, s.path))
     };
-    for s in &SCENARIOS {
+    for s in measured.iter().map(|&i| &SCENARIOS[i]) {
         // The denied path's first request spends its one-per-hour quota.
         let mut response = get(s)?;
         if s.status == 429 && response.status == 200 {
@@ -334,7 +445,7 @@ fn check_scenarios(stack: &Stack, warnings: &mut Vec<String>) -> Result<(), Stri
         }
         let policy = response.header("ratelimit-policy").unwrap_or("");
         match s.id {
-            "baseline" | "local_ratelimit" if !policy.is_empty() => {
+            "baseline" | "local_ratelimit" | "filter_idle" if !policy.is_empty() => {
                 return Err(format!("{}: our filter answered ({policy})", s.id))
             }
             "allowed" | "allowed_per_request" if !policy.contains("bench_allowed") => {
@@ -431,7 +542,9 @@ fn redis_benchmark(
         })
 }
 
-/// The filter's counters (Envoy 0) and the local_ratelimit reference's (Envoy 2).
+/// The filter's counters (Envoy 0), the local_ratelimit reference's (Envoy
+/// 2), and for the idle filter (Envoy 4) its checks (none expected) and its
+/// live wasm VMs (some expected: the filter is loaded).
 fn counters(stack: &Stack) -> Vec<(String, u64)> {
     let mut all = Vec::new();
     for name in [
@@ -453,16 +566,33 @@ fn counters(stack: &Stack) -> Vec<(String, u64)> {
         );
         all.push((stat.clone(), stack.envoy_stat(2, &stat)));
     }
+    for stat in [IDLE_CHECKS, IDLE_VMS] {
+        all.push((format!("filter_idle {stat}"), stack.envoy_stat(4, stat)));
+    }
     all
 }
 
-fn check_counters(counters: &[(String, u64)], warnings: &mut Vec<String>) {
+const IDLE_CHECKS: &str = "wasmcustom.ratelimit.checks";
+const IDLE_VMS: &str = "wasm.envoy.wasm.runtime.v8.active";
+
+fn check_counters(counters: &[(String, u64)], local_measured: bool, warnings: &mut Vec<String>) {
     let get = |suffix: &str| {
         counters
             .iter()
             .find(|(k, _)| k.ends_with(suffix))
             .map_or(0, |(_, v)| *v)
     };
+    let idle = |stat: &str| get(&format!("filter_idle {stat}"));
+    if idle(IDLE_CHECKS) > 0 {
+        warnings.push(format!(
+            "filter_idle: the filter checked {} requests: a rule matched",
+            idle(IDLE_CHECKS)
+        ));
+    }
+    if idle(IDLE_VMS) == 0 {
+        warnings
+            .push("filter_idle: Envoy shows no active wasm VM: is the filter loaded?".to_owned());
+    }
     for bad in [
         "callout_errors",
         "failure_mode_allowed",
@@ -475,7 +605,7 @@ fn check_counters(counters: &[(String, u64)], warnings: &mut Vec<String>) {
             ));
         }
     }
-    if get("http_local_rate_limit.ok") == 0 {
+    if local_measured && get("http_local_rate_limit.ok") == 0 {
         warnings.push("local_ratelimit counted no request: the reference did not run".to_owned());
     }
     if get("http_local_rate_limit.rate_limited") > 0 {

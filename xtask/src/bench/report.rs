@@ -13,6 +13,9 @@ use super::wrk::WrkResult;
 pub struct EnvoyRound {
     pub wrk: WrkResult,
     pub open: OpenLoopResult,
+    /// The scenario's Envoy's CPU time over the closed-loop run ÷ its
+    /// requests, in microseconds (0 when it could not be read).
+    pub cpu_us_per_request: f64,
 }
 
 /// One round of limitd alone against Redis alone.
@@ -58,6 +61,10 @@ pub struct Summary {
     pub p99_ratio: f64,
     pub added_p50_ms: f64,
     pub added_p99_ms: f64,
+    /// Envoy's CPU time per request (closed loop), in microseconds.
+    pub cpu_us: f64,
+    pub cpu_ratio: f64,
+    pub added_cpu_us: f64,
     /// Answers that were not the expected status, or failed, over all rounds.
     pub unexpected: u64,
 }
@@ -87,7 +94,7 @@ fn ratio(value: f64, base: f64) -> f64 {
 impl Results {
     /// Medians and ratios per Envoy scenario; the first is the baseline.
     pub fn summaries(&self) -> Vec<Summary> {
-        let raw: Vec<(Scenario, f64, f64, f64, f64, f64, u64)> = self
+        let mut summaries: Vec<Summary> = self
             .scenarios
             .iter()
             .map(|(scenario, rounds)| {
@@ -103,39 +110,40 @@ impl Results {
                         wrong + r.wrk.socket_errors + r.open.errors
                     })
                     .sum();
-                (
-                    *scenario,
-                    median(rps.iter().copied()),
-                    rps.iter().copied().fold(f64::INFINITY, f64::min),
-                    rps.iter().copied().fold(0.0, f64::max),
-                    median(rounds.iter().map(|r| r.open.p50_ms)),
-                    median(rounds.iter().map(|r| r.open.p99_ms)),
-                    unexpected,
-                )
-            })
-            .collect();
-        let Some(&(_, base_rps, _, _, base_p50, base_p99, _)) = raw.first() else {
-            return Vec::new();
-        };
-        raw.into_iter()
-            .map(
-                |(scenario, rps, rps_min, rps_max, p50, p99, unexpected)| Summary {
+                Summary {
                     id: scenario.id,
                     what: scenario.what,
-                    rps,
-                    rps_min,
-                    rps_max,
-                    p50_ms: p50,
-                    p99_ms: p99,
-                    rps_ratio: ratio(rps, base_rps),
-                    p50_ratio: ratio(p50, base_p50),
-                    p99_ratio: ratio(p99, base_p99),
-                    added_p50_ms: p50 - base_p50,
-                    added_p99_ms: p99 - base_p99,
+                    rps: median(rps.iter().copied()),
+                    rps_min: rps.iter().copied().fold(f64::INFINITY, f64::min),
+                    rps_max: rps.iter().copied().fold(0.0, f64::max),
+                    p50_ms: median(rounds.iter().map(|r| r.open.p50_ms)),
+                    p99_ms: median(rounds.iter().map(|r| r.open.p99_ms)),
+                    cpu_us: median(rounds.iter().map(|r| r.cpu_us_per_request)),
                     unexpected,
-                },
-            )
-            .collect()
+                    // Set below, against the baseline.
+                    rps_ratio: 0.0,
+                    p50_ratio: 0.0,
+                    p99_ratio: 0.0,
+                    added_p50_ms: 0.0,
+                    added_p99_ms: 0.0,
+                    cpu_ratio: 0.0,
+                    added_cpu_us: 0.0,
+                }
+            })
+            .collect();
+        let Some(base) = summaries.first().cloned() else {
+            return summaries;
+        };
+        for s in &mut summaries {
+            s.rps_ratio = ratio(s.rps, base.rps);
+            s.p50_ratio = ratio(s.p50_ms, base.p50_ms);
+            s.p99_ratio = ratio(s.p99_ms, base.p99_ms);
+            s.added_p50_ms = s.p50_ms - base.p50_ms;
+            s.added_p99_ms = s.p99_ms - base.p99_ms;
+            s.cpu_ratio = ratio(s.cpu_us, base.cpu_us);
+            s.added_cpu_us = s.cpu_us - base.cpu_us;
+        }
+        summaries
     }
 
     /// (limitd checks/s, Redis EVALSHA/s, ratio), medians over rounds.
@@ -153,16 +161,18 @@ impl Results {
             self.date, self.machine, self.settings
         );
         md.push_str(
-            "| scenario | req/s (closed loop) | ÷ baseline | p50 ms (open loop) | ÷ baseline | p99 ms (open loop) | ÷ baseline | added p50 / p99 ms |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| scenario | req/s (closed loop) | ÷ baseline | Envoy CPU µs/req | added µs | p50 ms (open loop) | ÷ baseline | p99 ms (open loop) | ÷ baseline | added p50 / p99 ms |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for s in self.summaries() {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.3} | {:.2} | {:.3} | {:.2} | {:+.3} / {:+.3} |",
+                "| {} | {:.0} | {:.2} | {:.1} | {:+.1} | {:.3} | {:.2} | {:.3} | {:.2} | {:+.3} / {:+.3} |",
                 s.id,
                 s.rps,
                 s.rps_ratio,
+                s.cpu_us,
+                s.added_cpu_us,
                 s.p50_ms,
                 s.p50_ratio,
                 s.p99_ms,
@@ -172,12 +182,16 @@ impl Results {
             );
         }
         let (limitd, redis, r) = self.limitd_summary();
-        let _ = writeln!(
-            md,
-            "\n| limitd alone | checks/s | Redis EVALSHA of the same script, /s | ÷ |\n\
+        if self.limitd.is_empty() {
+            md.push('\n');
+        } else {
+            let _ = writeln!(
+                md,
+                "\n| limitd alone | checks/s | Redis EVALSHA of the same script, /s | ÷ |\n\
              | --- | ---: | ---: | ---: |\n\
              | one limitd, one hit per check | {limitd:.0} | {redis:.0} | {r:.2} |\n"
-        );
+            );
+        }
         let _ = writeln!(
             md,
             "- `ratelimit.wasm`: {} bytes ({:.0} KiB)\n- limitd peak RSS (VmHWM): {}\n- load average (1/5/15 min): {}",
@@ -245,7 +259,8 @@ impl Results {
                 j,
                 "    {{\"id\": {}, \"what\": {}, \"rps\": {:.1}, \"rps_ratio\": {:.4}, \
                  \"p50_ms\": {:.4}, \"p50_ratio\": {:.4}, \"p99_ms\": {:.4}, \"p99_ratio\": {:.4}, \
-                 \"added_p50_ms\": {:.4}, \"added_p99_ms\": {:.4}, \"unexpected\": {}, \"rounds\": [",
+                 \"added_p50_ms\": {:.4}, \"added_p99_ms\": {:.4}, \"envoy_cpu_us_per_request\": {:.2}, \
+                 \"envoy_cpu_ratio\": {:.4}, \"unexpected\": {}, \"rounds\": [",
                 text(s.id),
                 text(s.what),
                 s.rps,
@@ -256,6 +271,8 @@ impl Results {
                 s.p99_ratio,
                 s.added_p50_ms,
                 s.added_p99_ms,
+                s.cpu_us,
+                s.cpu_ratio,
                 s.unexpected
             );
             let rounds: Vec<String> = rounds
@@ -264,7 +281,8 @@ impl Results {
                     format!(
                         "{{\"rps\": {:.1}, \"requests\": {}, \"non_2xx\": {}, \"socket_errors\": {}, \
                          \"closed_p50_ms\": {:.4}, \"closed_p99_ms\": {:.4}, \"open_ok\": {}, \
-                         \"open_errors\": {}, \"open_p50_ms\": {:.4}, \"open_p99_ms\": {:.4}, \"open_max_ms\": {:.4}}}",
+                         \"open_errors\": {}, \"open_p50_ms\": {:.4}, \"open_p99_ms\": {:.4}, \"open_max_ms\": {:.4}, \
+                         \"envoy_cpu_us_per_request\": {:.2}}}",
                         r.wrk.requests_per_sec,
                         r.wrk.requests,
                         r.wrk.non_2xx,
@@ -275,7 +293,8 @@ impl Results {
                         r.open.errors,
                         r.open.p50_ms,
                         r.open.p99_ms,
-                        r.open.max_ms
+                        r.open.max_ms,
+                        r.cpu_us_per_request
                     )
                 })
                 .collect();

@@ -8,10 +8,12 @@
 //!   keyed by client IP, a limit no run reaches) and the shipped
 //!   `limited_endpoint` rule tightened to 1 per hour for the denied path;
 //! - `ours_per_request`: the same without group commit (one callout per
-//!   request), so the gain of batching is measured side by side.
+//!   request), so the gain of batching is measured side by side;
+//! - `shipped`: our filter with the shipped rules unchanged, none of which
+//!   matches `GET /`: what the filter costs before it decides anything.
 //!
-//! The baseline, the reference and the allowed path all request `GET /`, so
-//! the backends do the same work in each.
+//! The baseline, the reference, the idle filter and the allowed path all
+//! request `GET /`, so the backends do the same work in each.
 
 use e2e::EnvoyOptions;
 
@@ -34,7 +36,7 @@ pub struct Scenario {
 }
 
 /// The Envoy scenarios, baseline first.
-pub const SCENARIOS: [Scenario; 6] = [
+pub const SCENARIOS: [Scenario; 7] = [
     Scenario {
         id: "baseline",
         what: "Envoy without any limiter (wasm filter removed)",
@@ -46,6 +48,13 @@ pub const SCENARIOS: [Scenario; 6] = [
         id: "local_ratelimit",
         what: "Envoy's own in-process local_ratelimit (token bucket, never empty)",
         envoy: 2,
+        path: ALLOWED_PATH,
+        status: 200,
+    },
+    Scenario {
+        id: "filter_idle",
+        what: "our filter loaded with the shipped rules, none matching the request",
+        envoy: 4,
         path: ALLOWED_PATH,
         status: 200,
     },
@@ -101,6 +110,13 @@ pub fn ours_per_request(concurrency: u32) -> EnvoyOptions {
         r#""failure_mode": "allow","#,
         r#""failure_mode": "allow", "batch": { "enabled": false },"#,
     )
+}
+
+/// Our filter with the shipped rules as they are (index 4): none matches
+/// `GET /`, so every request costs what the filter does before it decides
+/// anything (VM entries, header reads, rule matching).
+pub fn shipped(concurrency: u32) -> EnvoyOptions {
+    EnvoyOptions::default().concurrency(concurrency)
 }
 
 /// No limiter (index 1).

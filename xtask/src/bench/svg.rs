@@ -16,6 +16,7 @@ const THROUGHPUT: &str = "#4c78a8";
 const P50: &str = "#f58518";
 const P99: &str = "#e45756";
 const LIMITD: &str = "#54a24b";
+const CPU: &str = "#b279a2";
 
 /// Bars grouped per scenario: (group label, [(bar label, ratio, colour)]).
 type Groups = Vec<(String, Vec<(&'static str, f64, &'static str)>)>;
@@ -32,15 +33,18 @@ pub fn chart(results: &Results) -> String {
                     ("req/s", s.rps_ratio, THROUGHPUT),
                     ("p50 latency", s.p50_ratio, P50),
                     ("p99 latency", s.p99_ratio, P99),
+                    ("Envoy CPU per request", s.cpu_ratio, CPU),
                 ],
             )
         })
         .collect();
-    let (_, _, limitd) = results.limitd_summary();
-    groups.push((
-        "limitd alone".to_owned(),
-        vec![("checks/s ÷ Redis EVALSHA/s", limitd, LIMITD)],
-    ));
+    if !results.limitd.is_empty() {
+        let (_, _, limitd) = results.limitd_summary();
+        groups.push((
+            "limitd alone".to_owned(),
+            vec![("checks/s ÷ Redis EVALSHA/s", limitd, LIMITD)],
+        ));
+    }
 
     let largest = groups
         .iter()
@@ -60,7 +64,7 @@ pub fn chart(results: &Results) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="#ffffff"/>
 <text x="8" y="22" font-size="15" font-weight="bold">Rate limiter cost, as a ratio to Envoy without a limiter</text>
-<text x="8" y="40" fill="#555">{}; req/s: higher is better, latency: lower is better</text>"##,
+<text x="8" y="40" fill="#555">{}; req/s: higher is better, latency and CPU: lower is better</text>"##,
         escape(&results.date)
     );
     // Grid every 0.5, the baseline (1.0) darker.
@@ -118,7 +122,7 @@ pub fn chart(results: &Results) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="8" y="{:.1}" fill="#555">req/s: wrk, closed loop · latency: open loop at a fixed rate, from the scheduled send time · medians of the rounds</text>
+        r##"<text x="8" y="{:.1}" fill="#555">req/s, Envoy CPU per request: wrk, closed loop · latency: open loop at a fixed rate, from the scheduled send · medians</text>
 </svg>"##,
         height - 14.0
     );
