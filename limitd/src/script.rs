@@ -103,7 +103,7 @@ impl CheckScript {
         let mut invocation = self.script.prepare_invoke();
         invocation.key(receipt);
         for hit in &request.hits {
-            invocation.key(counter_key(&hit.key));
+            invocation.key(counter_key(hit));
         }
         invocation.arg(match mode {
             Mode::Check => 0,

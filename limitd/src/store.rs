@@ -306,8 +306,8 @@ impl CounterStore {
     /// A fresh receipt key for a check of the validated `request`.
     pub fn receipt(&self, request: &CheckRequest) -> String {
         let id = self.shared.next_receipt.fetch_add(1, Ordering::Relaxed);
-        let first = request.hits.first().map_or("", |hit| hit.key.as_str());
-        receipt_key(&counter_key(first), id)
+        let counter = request.hits.first().map(counter_key).unwrap_or_default();
+        receipt_key(&counter, id)
     }
 
     /// Checks and, if every hit is allowed, consumes the hits of a validated `request`, all or

@@ -340,6 +340,12 @@ impl Stack {
             "1",
             "--min-replicas-max-lag",
             "5",
+            // Every key limitd writes expires: at the bound, evict those closest to expiring
+            // rather than refuse writes (see docker-compose.yml).
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "volatile-ttl",
         ]);
         command.arg("--dir").arg(&data);
         if index > 0 {

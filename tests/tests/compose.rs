@@ -932,6 +932,7 @@ fn redis_persists_and_refuses_writes_without_a_replica() {
             ("--appendonly", "yes"),
             ("--appendfsync", "everysec"),
             ("--min-replicas-to-write", "1"),
+            ("--maxmemory-policy", "volatile-ttl"),
         ];
         for (flag, expected) in flags {
             assert_eq!(

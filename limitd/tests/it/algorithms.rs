@@ -49,7 +49,7 @@ async fn script_at(
     let mut invocation = script.prepare_invoke();
     invocation.key(format!("rl:r1:{{model}}:{receipt}"));
     for hit in hits {
-        invocation.key(limitd::keys::counter_key(&hit.key));
+        invocation.key(limitd::keys::counter_key(hit));
     }
     // Mode 0 (check) and the receipt's lifetime, as limitd sends them.
     invocation.arg(0).arg(60_000);
@@ -323,7 +323,7 @@ async fn gcra_admits_a_burst_then_one_per_interval() {
     assert_eq!(response.hits[0].retry_after_ms, 1_000);
 
     // The key expires when the bucket is full again.
-    let ttl = pttl(&redis, &limitd::keys::counter_key(&h.key));
+    let ttl = pttl(&redis, &limitd::keys::counter_key(&h));
     assert!(ttl > 0 && ttl <= 500, "{ttl}");
 }
 
@@ -422,7 +422,7 @@ async fn sliding_window_denies_after_the_limit_and_carries_over_into_the_next_wi
 
     // The key outlived the window of its writes (its count is this window's previous one): it
     // expires two windows after the start of the window of its last write.
-    let ttl = pttl(&redis, &limitd::keys::counter_key(&h.key));
+    let ttl = pttl(&redis, &limitd::keys::counter_key(&h));
     assert!(ttl > 0 && ttl <= 800, "{ttl}");
 }
 

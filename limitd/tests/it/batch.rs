@@ -102,7 +102,7 @@ async fn an_invalid_check_gets_its_own_error_and_the_others_are_decided() {
         8
     );
     assert_eq!(
-        resp(redis.port, &["EXISTS", "rl:v1:{batch:bad}"]).as_deref(),
+        resp(redis.port, &["EXISTS", "rl:v2:{batch:bad}:w1000"]).as_deref(),
         Some(":0\r\n")
     );
 }
@@ -113,7 +113,7 @@ async fn a_script_error_on_one_key_fails_only_its_check_and_counts_nothing_for_i
     let (app, _) = app_for_redis(redis.port).await;
     // A key of the wrong type makes the script fail for the checks that touch it.
     assert_eq!(
-        resp(redis.port, &["LPUSH", "rl:v1:{batch:broken}", "x"]).as_deref(),
+        resp(redis.port, &["LPUSH", "rl:v2:{batch:broken}:w60000", "x"]).as_deref(),
         Some(":1\r\n")
     );
     let body = format!(
@@ -187,4 +187,35 @@ async fn the_v1_batch_answer_keeps_the_shape_v1_filters_read() {
     let answer: protocol::v1::BatchResponse = serde_json::from_str(&text).expect("v1 shape");
     let decisions: Vec<bool> = answer.results.iter().map(|r| r.allowed).collect();
     assert_eq!(decisions, [true, false]);
+}
+
+/// A hit for an existing client key with other parameters (a tiny window, a year-long gcra
+/// window) is another counter: it can neither reset the rule's counter nor lock its client out.
+#[tokio::test]
+async fn hits_with_other_parameters_cannot_reset_or_poison_a_counter() {
+    let redis = RedisProcess::server(&[]);
+    let (app, _) = app_for_redis(redis.port).await;
+    let rule = r#"{"key":"victim:10.0.0.1","limit":10,"window_ms":60000}"#;
+    let check = |hit: &str| format!(r#"{{"checks":[{{"hits":[{hit}]}}]}}"#);
+    for _ in 0..10 {
+        assert_eq!(kinds(&post_v2(&app, &check(rule)).await), ["allowed"]);
+    }
+    assert_eq!(kinds(&post_v2(&app, &check(rule)).await), ["denied"]);
+    // The reset attempt: same key, a 7 ms window.
+    let reset = r#"{"key":"victim:10.0.0.1","limit":10,"window_ms":7}"#;
+    assert_eq!(kinds(&post_v2(&app, &check(reset)).await), ["allowed"]);
+    assert_eq!(
+        kinds(&post_v2(&app, &check(rule)).await),
+        ["denied"],
+        "the exhausted counter was reset"
+    );
+    // The lock-out attempt on another client: a gcra hit of a year that empties its bucket.
+    let other = r#"{"key":"victim:10.0.0.2","limit":10,"window_ms":60000}"#;
+    let lock = r#"{"key":"victim:10.0.0.2","limit":1,"window_ms":31622400000,"algorithm":"gcra"}"#;
+    assert_eq!(kinds(&post_v2(&app, &check(lock)).await), ["allowed"]);
+    assert_eq!(
+        kinds(&post_v2(&app, &check(other)).await),
+        ["allowed"],
+        "the client was locked out"
+    );
 }

@@ -132,11 +132,20 @@ async fn long_keys_are_stored_hashed_and_expire() {
     let keys = resp(redis.port, &["KEYS", "*"]).expect("redis answers");
     let stored = keys
         .lines()
-        .find(|l| l.starts_with("rl:v1:"))
+        .find(|l| l.starts_with("rl:v2:"))
         .unwrap_or_else(|| panic!("{keys}"));
-    assert_eq!(stored, limitd::keys::counter_key(&key));
+    let hit = protocol::Hit {
+        key: key.clone(),
+        limit: 5,
+        window_ms: 60_000,
+        cost: 1,
+        algorithm: protocol::Algorithm::FixedWindow,
+        burst: None,
+        shadow: false,
+    };
+    assert_eq!(stored, limitd::keys::counter_key(&hit));
     assert!(
-        stored.starts_with("rl:v1:{h:") && stored.len() < 80,
+        stored.starts_with("rl:v2:{h:") && stored.len() < 90,
         "{stored}"
     );
     let ttl = resp(redis.port, &["PTTL", stored]).expect("redis answers");

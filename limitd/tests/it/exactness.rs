@@ -44,7 +44,11 @@ fn batch(first: usize, n: usize, timeout_ms: Option<u64>) -> (String, Vec<usize>
 
 /// The count Redis holds for key `i` (its fixed-window hash's `c`), 0 if absent.
 fn stored(port: u16, i: usize) -> u64 {
-    let reply = resp(port, &["HGET", &format!("rl:v1:{{{}}}", key(i)), "c"]).expect("redis");
+    let reply = resp(
+        port,
+        &["HGET", &format!("rl:v2:{{{}}}:w{WINDOW_MS}", key(i)), "c"],
+    )
+    .expect("redis");
     // `$-1` (absent) or `$<len>\r\n<digits>\r\n`.
     reply
         .lines()

@@ -183,10 +183,10 @@ pub fn limitd_wrk_script(token: &str) -> String {
 }
 
 /// The Redis key limitd keeps [`LIMITD_KEY`] under (limitd/src/keys.rs:
-/// `rl:v1:{<key>}` for short keys without braces). The bench checks that
+/// `rl:v2:{<key>}:w<window_ms>` for short keys without braces). The bench checks that
 /// limitd's run did write it, so a change there cannot go unnoticed.
 pub fn limitd_redis_key() -> String {
-    format!("rl:v1:{{{LIMITD_KEY}}}")
+    format!("rl:v2:{{{LIMITD_KEY}}}:w{LIMITD_WINDOW_MS}")
 }
 
 /// `KEYS` and `ARGV` of the same check for `EVALSHA <sha> 2 ...`, as
