@@ -229,6 +229,25 @@ pub fn redis_command(port: u16, args: &[&str]) -> io::Result<Resp> {
 
 /// Polls `probe` until it returns `Some`, every 20-200 ms, for at most `within`.
 /// Returns the value, or the last failure's description.
+/// Polls `probe` every `every` for at most `within`: for moments whose timing
+/// is measured, where [`eventually`]'s backoff would blur it.
+pub fn poll_every<T>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(e) if start.elapsed() >= within => {
+                return Err(format!("not within {within:?}: {e}"))
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
 pub fn eventually<T>(
     within: Duration,
     mut probe: impl FnMut() -> Result<T, String>,

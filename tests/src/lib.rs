@@ -14,7 +14,8 @@ pub mod process;
 pub mod stack;
 
 pub use client::{
-    eventually, http_get, http_request, redis_command, HttpConnection, HttpResponse, Resp,
+    eventually, http_get, http_request, poll_every, redis_command, HttpConnection, HttpResponse,
+    Resp,
 };
 pub use load::{Load, LoadOptions, LoadReport, Sample};
 pub use paths::Binaries;

@@ -68,25 +68,6 @@ fn load(stack: &Stack, paths: &[&str], connections: usize) -> Load {
     })
 }
 
-/// Polls `probe` every `every` for at most `within`: finer than
-/// [`eventually`], for the moments whose timing is measured.
-fn watch<T>(
-    within: Duration,
-    every: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if start.elapsed() >= within => {
-                return Err(format!("not within {within:?}: {e}"))
-            }
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
-
 fn stat(stack: &Stack, name: &str) -> u64 {
     stack.envoy_stat(0, &format!("wasmcustom.ratelimit.{name}"))
 }
@@ -119,7 +100,7 @@ fn redis_master_killed_under_load_sentinel_promotes_and_limitd_follows() {
     let killed_at = Instant::now();
     stack.kill("redis-master");
     // Sentinel's answer flips at the promotion (earlier than +switch-master).
-    let new_master = watch(RECOVERY_BOUND, Duration::from_millis(10), || {
+    let new_master = e2e::poll_every(RECOVERY_BOUND, Duration::from_millis(10), || {
         stack
             .master_ports()
             .into_iter()

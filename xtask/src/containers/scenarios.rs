@@ -45,18 +45,9 @@ pub(super) fn secs(d: Duration) -> String {
 /// Polls `probe` every 100 ms for at most `within`.
 pub(super) fn poll<T>(
     within: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
+    probe: impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if start.elapsed() >= within => {
-                return Err(format!("not within {within:?}: {e}"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    e2e::poll_every(within, Duration::from_millis(100), probe)
 }
 
 pub(super) fn wait_container_healthy(project: &Project, service: &str) -> Result<(), String> {
