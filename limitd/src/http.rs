@@ -318,14 +318,13 @@ pub async fn check_v1(
     state.metrics().v1_request();
     let check = accept(&state, body)?;
     let ran = run(&state, check, None).await;
-    match &ran.outcome {
-        Outcome::Decided(response) => Ok(Json(v1::CheckResponse::from(response))),
-        Outcome::Invalid(_) => {
-            state.metrics().bad_request(BadRequest::Malformed);
-            Err(v1_failure(&state, vec![ran]))
-        }
-        _ => Err(v1_failure(&state, vec![ran])),
+    if let Outcome::Decided(response) = &ran.outcome {
+        return Ok(Json(v1::CheckResponse::from(response)));
     }
+    if matches!(ran.outcome, Outcome::Invalid(_)) {
+        state.metrics().bad_request(BadRequest::Malformed);
+    }
+    Err(v1_failure(&state, vec![ran]))
 }
 
 /// `POST /v1/checks` (deprecated): a batch, answered with v1's frozen types; any invalid check

@@ -262,45 +262,36 @@ pub fn run() -> Result<(), String> {
                 cpu_us_per_request,
             });
         }
-        if !limitd_alone {
-            record_load(
-                &mut load,
-                &mut cpu_rounds,
-                &mut warnings,
-                round,
-                &cpu_start,
-                &pids,
+        if limitd_alone {
+            let n = ((redis_rps * settings.seconds as f64) as u64).max(10_000);
+            let limitd_first = round % 2 == 0;
+            let mut limitd = None;
+            if limitd_first {
+                limitd = Some(wrk::run(
+                    &limitd_url,
+                    WRK_THREADS,
+                    settings.connections,
+                    settings.seconds,
+                    Some(&lua),
+                )?);
+            }
+            redis_rps = redis_benchmark(master, settings.connections, n, &evalsha)?;
+            let limitd = match limitd {
+                Some(l) => l,
+                None => wrk::run(
+                    &limitd_url,
+                    WRK_THREADS,
+                    settings.connections,
+                    settings.seconds,
+                    Some(&lua),
+                )?,
+            };
+            eprintln!(
+                "    {:<16} {:>8.0} checks/s   Redis EVALSHA {:.0}/s",
+                "limitd alone", limitd.requests_per_sec, redis_rps
             );
-            continue;
+            limitd_rounds.push(LimitdRound { limitd, redis_rps });
         }
-        let n = ((redis_rps * settings.seconds as f64) as u64).max(10_000);
-        let limitd_first = round % 2 == 0;
-        let mut limitd = None;
-        if limitd_first {
-            limitd = Some(wrk::run(
-                &limitd_url,
-                WRK_THREADS,
-                settings.connections,
-                settings.seconds,
-                Some(&lua),
-            )?);
-        }
-        redis_rps = redis_benchmark(master, settings.connections, n, &evalsha)?;
-        let limitd = match limitd {
-            Some(l) => l,
-            None => wrk::run(
-                &limitd_url,
-                WRK_THREADS,
-                settings.connections,
-                settings.seconds,
-                Some(&lua),
-            )?,
-        };
-        eprintln!(
-            "    {:<16} {:>8.0} checks/s   Redis EVALSHA {:.0}/s",
-            "limitd alone", limitd.requests_per_sec, redis_rps
-        );
-        limitd_rounds.push(LimitdRound { limitd, redis_rps });
         record_load(
             &mut load,
             &mut cpu_rounds,
