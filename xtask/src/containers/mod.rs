@@ -89,9 +89,21 @@ pub fn test() -> Result<(), String> {
     crate::step("checking the stack from client containers");
     let result = scenarios::run(&mut project, &standins.debian);
     if result.is_err() {
-        if let Ok(logs) =
-            project.compose(&["logs", "--tail", "30", "limitd-1", "limitd-2", "envoy"])
-        {
+        // Redis and Sentinel too: a failover that does not settle is only visible there.
+        let services = [
+            "limitd-1",
+            "limitd-2",
+            "envoy",
+            "redis-master",
+            "redis-replica-1",
+            "redis-replica-2",
+            "sentinel-1",
+            "sentinel-2",
+            "sentinel-3",
+        ];
+        let mut args = vec!["logs", "--tail", "30"];
+        args.extend(services);
+        if let Ok(logs) = project.compose(&args) {
             eprintln!("{logs}");
         }
     }
