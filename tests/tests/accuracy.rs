@@ -105,7 +105,9 @@ fn admitted(samples: &[Sample]) -> Vec<Sample> {
 /// Checks that no fixed window admitted more than [`LIMIT`]: per window, the
 /// requests decided certainly inside it, and over the whole run. Returns the
 /// most admitted in one window.
-fn check_fixed_windows(name: &str, samples: &[Sample]) -> u64 {
+/// With `fills_windows` (fixed window under contention), also that every window the run fully
+/// covers admitted its whole limit.
+fn check_fixed_windows(name: &str, samples: &[Sample], fills_windows: bool) -> u64 {
     let window_us = WINDOW_MS * 1000;
     let admitted = admitted(samples);
     let mut per_window = std::collections::BTreeMap::<u64, u64>::new();
@@ -129,6 +131,15 @@ fn check_fixed_windows(name: &str, samples: &[Sample]) -> u64 {
         admitted.len(),
         last - first + 1
     );
+    // Under contention every window the run fully covers admits its whole limit. Counted over
+    // the run rather than per window: a request sent just before a boundary and admitted just
+    // after it cannot be placed in one window, and admissions crowd right after each boundary.
+    let inner = (last - first).saturating_sub(1);
+    assert!(
+        !fills_windows || admitted.len() as u64 >= LIMIT * inner,
+        "{name}: {} admitted, fewer than {LIMIT} in each of the {inner} windows the run covers",
+        admitted.len()
+    );
     worst
 }
 
@@ -146,7 +157,7 @@ fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
 
     // Fixed window.
     let fixed = hammer(&stack, "/limited_endpoint");
-    let worst = check_fixed_windows("fixed_window", &fixed);
+    let worst = check_fixed_windows("fixed_window", &fixed, true);
     eprintln!(
         "accuracy: fixed_window: {} requests, {} admitted, at most {worst} in one window (limit {LIMIT}); failed checks: {}",
         fixed.len(),
@@ -158,7 +169,6 @@ fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
         "too little load to show anything: {}",
         fixed.len()
     );
-    assert_eq!(worst, LIMIT, "the limit was never reached in a window");
 
     // GCRA: over any span, at most burst + rate × span (+1 for the token in progress).
     let gcra = hammer(&stack, "/api/gcra");
@@ -222,7 +232,7 @@ fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
         .map(|&t| in_window(t))
         .max()
         .unwrap_or(0);
-    check_fixed_windows("sliding_window", &sliding);
+    check_fixed_windows("sliding_window", &sliding, false);
     let error = |worst: u64| (worst as f64 - LIMIT as f64) / LIMIT as f64 * 100.0;
     eprintln!(
         "accuracy: sliding_window: {} requests, {} admitted; most in any {WINDOW_MS}ms sliding window: \
