@@ -368,6 +368,7 @@ mod tests {
                 algorithm: Algorithm::FixedWindow,
                 burst: None,
                 shadow: false,
+                lease: 0,
             }],
             rules: vec![0],
         }
@@ -489,7 +490,9 @@ mod tests {
                     limit: 10,
                     remaining: 9,
                     reset_ms: 1,
-                    retry_after_ms: 0
+                    retry_after_ms: 0,
+                    leased: 0,
+                    lease_ms: 0,
                 };
                 hits
             ],

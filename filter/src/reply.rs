@@ -155,6 +155,8 @@ mod tests {
             remaining,
             reset_ms,
             retry_after_ms: 0,
+            leased: 0,
+            lease_ms: 0,
         }
     }
 

@@ -143,6 +143,7 @@ impl Policy {
                 algorithm: rule.algorithm,
                 burst: rule.burst,
                 shadow: rule.shadow,
+                lease: 0,
             });
             check.rules.push(i);
         }
@@ -244,6 +245,8 @@ impl Policy {
                 remaining: 0,
                 reset_ms: ms,
                 retry_after_ms: ms,
+                leased: 0,
+                lease_ms: 0,
             })
             .collect();
         let states: Vec<RuleState<'_>> = denied
@@ -399,6 +402,8 @@ mod tests {
             remaining: if allowed { 3 } else { 0 },
             reset_ms: 30_000,
             retry_after_ms,
+            leased: 0,
+            lease_ms: 0,
         }
     }
 

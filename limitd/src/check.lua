@@ -6,17 +6,20 @@
 --              guarantees they share algorithm, window_ms and burst (and, for gcra, limit).
 -- ARGV[1]      mode: 0 check, 1 give back
 -- ARGV[2]      the receipt's lifetime in ms
--- ARGV[8i-5]   algorithm of hit i: 0 fixed_window, 1 sliding_window, 2 gcra
--- ARGV[8i-4]   shadow: 1 for a shadow hit, else 0
--- ARGV[8i-3]   limit       (integer, 1 <= limit <= 1e15, checked by limitd)
--- ARGV[8i-2]   window_ms   (integer, 1 <= window_ms <= 366 days < 2^35)
--- ARGV[8i-1]   cost        (integer, 0 <= cost <= 1e15)
--- ARGV[8i]     gcra: burst, the bucket's capacity in units (1..1e15); 0 for the window algorithms
--- ARGV[8i+1]   gcra: token = window_ms / gcd(window_ms, limit); 0 otherwise
--- ARGV[8i+2]   gcra: rate  = limit / gcd(window_ms, limit); 0 otherwise
+-- ARGV[9i-6]   algorithm of hit i: 0 fixed_window, 1 sliding_window, 2 gcra
+-- ARGV[9i-5]   shadow: 1 for a shadow hit, else 0
+-- ARGV[9i-4]   limit       (integer, 1 <= limit <= 1e15, checked by limitd)
+-- ARGV[9i-3]   window_ms   (integer, 1 <= window_ms <= 366 days < 2^35)
+-- ARGV[9i-2]   cost        (integer, 0 <= cost <= 1e15)
+-- ARGV[9i-1]   gcra: burst, the bucket's capacity in units (1..1e15); 0 for the window algorithms
+-- ARGV[9i]     gcra: token = window_ms / gcd(window_ms, limit); 0 otherwise
+-- ARGV[9i+1]   gcra: rate  = limit / gcd(window_ms, limit); 0 otherwise
+-- ARGV[9i+2]   lease: the most units to reserve for the caller beyond cost (0: none; never for
+--              a shadow hit, checked by limitd)
 --
 -- Returns integers only (a Lua float in a reply is truncated). Mode 0:
---   { all_allowed (1|0), then per hit: allowed (1|0), remaining, reset_ms, retry_after_ms },
+--   { all_allowed (1|0), then per hit: allowed (1|0), remaining, reset_ms, retry_after_ms,
+--     leased, lease_ms },
 --   or { -1 } if the receipt was voided (the check was given up and must not count).
 -- Mode 1: { 1 } if the check had been counted and is now given back, { 0 } if it had not run (the
 --   receipt is voided, so it never will), { 2 } if it was settled already.
@@ -28,6 +31,16 @@
 -- atomic run as its counts, so the give-back finds exactly what to undo. Both are replicated
 -- together, so this holds across a failover too. A receipt lives ARGV[2] ms; limitd gives back
 -- well within that.
+--
+-- Leases. A hit that asks for a lease and fits in an allowed check is charged, beyond its cost,
+-- LEASE_SHARE-th of what is left after the check (whole units, at most the lease asked for, maybe
+-- 0): the caller admits that many later requests itself, without asking. The units are counted
+-- now, so admissions never pass the limit; as the quota runs out the blocks shrink to nothing and
+-- every request is checked here again. lease_ms says how long the units may be spent: until the
+-- current window ends (window algorithms; units of window s belong to window s), or window_ms
+-- for gcra, which the caller shortens to its own lifetime (a gcra unit spent up to L ms after it
+-- was charged lets any span of d ms admit at most burst + rate * (d + L)). remaining and reset_ms
+-- then describe the state with the lease charged.
 --
 -- Decision. Every hit is evaluated in order against its key's state as earlier hits of this
 -- check would leave it: a hit that fits is charged to that tentative state, one that does not fit
@@ -78,6 +91,7 @@
 -- window) go through muldivmod, which never forms them.
 
 local FIXED, SLIDING, GCRA = 0, 1, 2
+local LEASE_SHARE = 4
 
 -- Redis turns Lua numbers given to redis.call into text; %d keeps large integers exact and
 -- never uses an exponent.
@@ -328,7 +342,7 @@ local now = clock_ms()
 local n = #KEYS - 1
 
 local function parse_hit(i)
-  local a = 2 + 8 * (i - 1)
+  local a = 2 + 9 * (i - 1)
   local h = {
     key = KEYS[i + 1],
     alg = ALGORITHMS[tonumber(ARGV[a + 1])],
@@ -339,6 +353,8 @@ local function parse_hit(i)
     burst = tonumber(ARGV[a + 6]),
     token = tonumber(ARGV[a + 7]),
     rate = tonumber(ARGV[a + 8]),
+    lease = tonumber(ARGV[a + 9]),
+    leased = 0,
     now = now,
   }
   h.start = now - now % h.window
@@ -353,15 +369,21 @@ if ARGV[1] == '1' then
     redis.call('SET', receipt, 'void', 'PX', receipt_ms)
     return { 0 }
   end
-  local t = tonumber(string.match(r, '^(%d+)'))
+  -- 'L<time> <units of hit 1> ...'; an earlier script wrote '<time> <1|0 charged> ...'.
+  local amounts = string.sub(r, 1, 1) == 'L'
+  local t = tonumber(string.match(r, '^L?(%d+)'))
   if t == nil then
     return { 2 } -- 'void' or 'back': settled already
   end
   local i = 0
-  for charged in string.gmatch(r, ' (%d)') do
+  for charged in string.gmatch(r, ' (%d+)') do
     i = i + 1
-    if charged == '1' then
+    local units = tonumber(charged)
+    if units > 0 then
       local h = parse_hit(i)
+      if amounts then
+        h.cost = units
+      end
       h.alg.give_back(h.key, h, t)
     end
   end
@@ -400,6 +422,22 @@ for i = 1, n do
   end
 end
 
+-- Leases, once the check is known to be allowed: a share of what is left, charged like a cost.
+if all == 1 then
+  for i = 1, n do
+    local h = hits[i]
+    if h.lease > 0 and h.fits and not h.shadow then
+      local st = state[h.key]
+      local left = h.alg.report(st, h)
+      local units = math.min(h.lease, math.floor(left / LEASE_SHARE))
+      if units > 0 then
+        state[h.key] = h.alg.charge(st, { cost = units, token = h.token })
+        h.leased = units
+      end
+    end
+  end
+end
+
 local reply = { all }
 for i = 1, n do
   local h = hits[i]
@@ -412,19 +450,25 @@ for i = 1, n do
   reply[#reply + 1] = remaining
   reply[#reply + 1] = reset
   reply[#reply + 1] = h.retry
+  reply[#reply + 1] = h.leased
+  if h.alg == gcra then
+    reply[#reply + 1] = h.window
+  else
+    reply[#reply + 1] = h.left
+  end
 end
 
 if all == 1 then
   -- Write each changed state once, with the parameters of its first hit; a batch of cost-0 hits
-  -- (or of shadow hits that did not fit) writes nothing. The receipt records what was charged.
-  local charged = { int(now) }
+  -- (or of shadow hits that did not fit) writes nothing. The receipt records the units charged.
+  local charged = { 'L' .. int(now) }
   for i = 1, n do
     local h = hits[i]
     if state[h.key] ~= loaded[h.key] then
       h.alg.store(h.key, state[h.key], h)
       loaded[h.key] = state[h.key]
     end
-    charged[i + 1] = (h.fits and h.cost > 0) and '1' or '0'
+    charged[i + 1] = int((h.fits and h.cost or 0) + h.leased)
   end
   redis.call('SET', receipt, table.concat(charged, ' '), 'PX', receipt_ms)
 end

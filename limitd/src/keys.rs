@@ -91,6 +91,7 @@ mod tests {
             algorithm,
             burst: None,
             shadow: false,
+            lease: 0,
         }
     }
 

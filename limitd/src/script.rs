@@ -14,7 +14,7 @@ use crate::keys::counter_key;
 pub const SOURCE: &str = include_str!("check.lua");
 
 /// How many `ARGV` values each hit takes.
-pub const ARGS_PER_HIT: usize = 8;
+pub const ARGS_PER_HIT: usize = 9;
 
 /// How long a receipt lives in Redis. A give-back must run within it (see
 /// [`crate::store::GIVE_BACK_WITHIN`]).
@@ -40,7 +40,7 @@ pub enum GiveBack {
     Settled,
 }
 
-/// The script's code for each algorithm (`ARGV[8i-7]`).
+/// The script's code for each algorithm (`ARGV[9i-6]`).
 pub fn algorithm_code(algorithm: Algorithm) -> u64 {
     match algorithm {
         Algorithm::FixedWindow => 0,
@@ -50,7 +50,8 @@ pub fn algorithm_code(algorithm: Algorithm) -> u64 {
 }
 
 /// The `ARGV` values of one validated hit, in the order `check.lua` documents: algorithm, shadow,
-/// limit, window_ms, cost, then burst, token and rate for `gcra` (zeros otherwise).
+/// limit, window_ms, cost, then burst, token and rate for `gcra` (zeros otherwise), and the lease
+/// asked for.
 pub fn hit_arguments(hit: &Hit) -> [u64; ARGS_PER_HIT] {
     let (burst, token, rate) = match hit.algorithm {
         Algorithm::Gcra => {
@@ -68,6 +69,7 @@ pub fn hit_arguments(hit: &Hit) -> [u64; ARGS_PER_HIT] {
         burst,
         token,
         rate,
+        hit.lease,
     ]
 }
 
@@ -147,8 +149,11 @@ pub fn decode_give_back(reply: &[i64]) -> Result<GiveBack, String> {
     }
 }
 
+/// How many integers the script returns per hit.
+const REPLY_PER_HIT: usize = 6;
+
 fn decode_decision(request: &CheckRequest, reply: &[i64]) -> Result<CheckResponse, String> {
-    let expected = 1 + 4 * request.hits.len();
+    let expected = 1 + REPLY_PER_HIT * request.hits.len();
     if reply.len() != expected {
         return Err(format!(
             "{} integers for {} hits, expected {expected}",
@@ -165,14 +170,20 @@ fn decode_decision(request: &CheckRequest, reply: &[i64]) -> Result<CheckRespons
     let hits = request
         .hits
         .iter()
-        .zip(reply[1..].chunks_exact(4))
+        .zip(reply[1..].chunks_exact(REPLY_PER_HIT))
         .map(|(hit, values)| {
+            let leased = count(values[4])?;
+            if leased > hit.lease {
+                return Err(format!("leased {leased} of a lease of {}", hit.lease));
+            }
             Ok(HitResult {
                 allowed: flag(values[0])?,
                 limit: hit.limit,
                 remaining: count(values[1])?,
                 reset_ms: count(values[2])?,
                 retry_after_ms: count(values[3])?,
+                leased,
+                lease_ms: if leased > 0 { count(values[5])? } else { 0 },
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -195,13 +206,18 @@ mod tests {
             algorithm: Algorithm::FixedWindow,
             burst: None,
             shadow: false,
+            lease: 0,
         };
         CheckRequest { hits: vec![hit; n] }
     }
 
     #[test]
     fn a_reply_decodes_hit_by_hit() {
-        let response = decode_reply(&request(2), &[0, 1, 9, 500, 0, 0, 0, 500, 500]).unwrap();
+        let response = decode_reply(
+            &request(2),
+            &[0, 1, 9, 500, 0, 0, 500, 0, 0, 500, 500, 0, 500],
+        )
+        .unwrap();
         assert!(!response.allowed);
         assert_eq!(
             response.hits,
@@ -211,39 +227,61 @@ mod tests {
                     limit: 10,
                     remaining: 9,
                     reset_ms: 500,
-                    retry_after_ms: 0
+                    retry_after_ms: 0,
+                    leased: 0,
+                    lease_ms: 0,
                 },
                 HitResult {
                     allowed: false,
                     limit: 10,
                     remaining: 0,
                     reset_ms: 500,
-                    retry_after_ms: 500
+                    retry_after_ms: 500,
+                    leased: 0,
+                    lease_ms: 0,
                 },
             ]
         );
     }
 
     #[test]
-    fn hits_become_eight_arguments() {
+    fn a_lease_decodes_within_what_was_asked() {
+        let mut asked = request(1);
+        asked.hits[0].lease = 5;
+        let response = decode_reply(&asked, &[1, 1, 4, 700, 0, 5, 700]).unwrap();
+        assert_eq!(
+            (response.hits[0].leased, response.hits[0].lease_ms),
+            (5, 700)
+        );
+        assert!(matches!(
+            decode_reply(&asked, &[1, 1, 4, 700, 0, 6, 700]),
+            Err(ReplyError::Malformed(_))
+        ));
+        // Nothing asked, nothing may be granted.
+        assert!(decode_reply(&request(1), &[1, 1, 4, 700, 0, 1, 700]).is_err());
+    }
+
+    #[test]
+    fn hits_become_nine_arguments() {
         let mut hit = request(1).hits.remove(0);
-        assert_eq!(hit_arguments(&hit), [0, 0, 10, 1000, 1, 0, 0, 0]);
+        assert_eq!(hit_arguments(&hit), [0, 0, 10, 1000, 1, 0, 0, 0, 0]);
         hit.algorithm = Algorithm::SlidingWindow;
         hit.shadow = true;
-        assert_eq!(hit_arguments(&hit), [1, 1, 10, 1000, 1, 0, 0, 0]);
+        assert_eq!(hit_arguments(&hit), [1, 1, 10, 1000, 1, 0, 0, 0, 0]);
         hit.algorithm = Algorithm::Gcra;
         hit.shadow = false;
-        assert_eq!(hit_arguments(&hit), [2, 0, 10, 1000, 1, 10, 100, 1]);
+        hit.lease = 7;
+        assert_eq!(hit_arguments(&hit), [2, 0, 10, 1000, 1, 10, 100, 1, 7]);
         hit.burst = Some(3);
         hit.limit = 3;
-        assert_eq!(hit_arguments(&hit), [2, 0, 3, 1000, 1, 3, 1000, 3]);
+        assert_eq!(hit_arguments(&hit), [2, 0, 3, 1000, 1, 3, 1000, 3, 7]);
     }
 
     #[test]
     fn malformed_replies_are_errors() {
-        assert!(decode_reply(&request(1), &[1, 1, 9, 500]).is_err());
-        assert!(decode_reply(&request(1), &[2, 1, 9, 500, 0]).is_err());
-        assert!(decode_reply(&request(1), &[1, 1, -1, 500, 0]).is_err());
+        assert!(decode_reply(&request(1), &[1, 1, 9, 500, 0, 0]).is_err());
+        assert!(decode_reply(&request(1), &[2, 1, 9, 500, 0, 0, 0]).is_err());
+        assert!(decode_reply(&request(1), &[1, 1, -1, 500, 0, 0, 0]).is_err());
         assert_eq!(decode_reply(&request(1), &[-1]), Err(ReplyError::Voided));
     }
 

@@ -469,9 +469,14 @@ impl Shared {
             .clone()
     }
 
-    /// Connects to the current master and loads the script there.
+    /// Connects to the current master and loads the script there. A `PING` goes first: Redis
+    /// answers an unauthenticated client's over-16 KiB request (the script) with a protocol
+    /// error, where the `PING` gets the `NOAUTH` that names the real problem.
     async fn open(&self) -> Result<(MultiplexedConnection, String), RedisError> {
         let (mut connection, addr) = self.connector.connect().await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await?;
         self.script.load().load_async(&mut connection).await?;
         Ok((connection, addr))
     }

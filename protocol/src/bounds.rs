@@ -68,6 +68,7 @@ pub enum HitField {
     WindowMs,
     Cost,
     Burst,
+    Lease,
 }
 
 impl HitField {
@@ -79,6 +80,7 @@ impl HitField {
             HitField::WindowMs => "window_ms",
             HitField::Cost => "cost",
             HitField::Burst => "burst",
+            HitField::Lease => "lease",
         }
     }
 }
@@ -130,6 +132,19 @@ pub fn validate_hit(hit: &Hit) -> Result<(), HitError> {
         return refuse(
             HitField::Cost,
             format!("must be at most {MAX_UNITS}, got {}", hit.cost),
+        );
+    }
+    if hit.lease > MAX_UNITS {
+        return refuse(
+            HitField::Lease,
+            format!("must be at most {MAX_UNITS}, got {}", hit.lease),
+        );
+    }
+    if hit.lease > 0 && hit.shadow {
+        return refuse(
+            HitField::Lease,
+            "is not allowed on a shadow hit (it never denies, so it has nothing to lease)"
+                .to_owned(),
         );
     }
     if hit.algorithm != Algorithm::Gcra {
@@ -238,6 +253,7 @@ mod tests {
             algorithm: Algorithm::FixedWindow,
             burst: None,
             shadow: false,
+            lease: 0,
         }
     }
 

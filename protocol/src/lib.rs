@@ -81,10 +81,19 @@ pub struct Hit {
     /// its cost only if it fitted (default false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub shadow: bool,
+    /// Ask for a lease: when the check is allowed, limitd may charge up to this many units
+    /// beyond `cost` (a share of what is left, see [`HitResult::leased`]) for the caller to
+    /// admit later requests from, without asking. Default 0: no lease. Never on a shadow hit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: u64,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn default_cost() -> u64 {
@@ -204,6 +213,17 @@ pub struct HitResult {
     /// For a denied hit, milliseconds until a request of the same cost could
     /// pass; 0 for an allowed one.
     pub retry_after_ms: u64,
+    /// Units charged beyond the hit's cost as a lease (at most the hit's `lease`; 0 when none
+    /// was asked, none is left, or the check was denied). They are counted already: the caller
+    /// may admit that many requests of cost 1 itself.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leased: u64,
+    /// How long, from the moment the check ran, the leased units may be spent: until the current
+    /// window ends (window algorithms), or `window_ms` for `gcra`, which the caller shortens to
+    /// its own lease lifetime. The caller counts it from when it sent the check, so latency and
+    /// clock skew can only shorten it. 0 when nothing was leased.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ms: u64,
 }
 
 #[cfg(test)]
@@ -231,6 +251,7 @@ mod tests {
             algorithm: Algorithm::SlidingWindow,
             burst: None,
             shadow: false,
+            lease: 0,
         };
         let text = serde_json::to_string(&hit).unwrap();
         assert_eq!(
@@ -303,6 +324,8 @@ mod tests {
                 remaining: 0,
                 reset_ms: 1500,
                 retry_after_ms: 1500,
+                leased: 0,
+                lease_ms: 0,
             }],
         });
         let text = serde_json::to_string(&denied).unwrap();

@@ -148,6 +148,8 @@ fn every_matching_rule_is_one_hit_of_the_same_check() {
                 remaining: 50,
                 reset_ms: 30_000,
                 retry_after_ms: 0,
+                leased: 0,
+                lease_ms: 0,
             },
             HitResult {
                 allowed: false,
@@ -155,6 +157,8 @@ fn every_matching_rule_is_one_hit_of_the_same_check() {
                 remaining: 0,
                 reset_ms: 7_000,
                 retry_after_ms: 6_500,
+                leased: 0,
+                lease_ms: 0,
             },
         ],
     }]);
@@ -323,6 +327,8 @@ fn a_shadow_rule_is_counted_but_never_denies() {
             remaining: 0,
             reset_ms: 800,
             retry_after_ms: 800,
+            leased: 0,
+            lease_ms: 0,
         }],
     }]);
     vm.respond_to_call(call.token, &[(":status", "200")], &body)

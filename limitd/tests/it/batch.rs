@@ -135,7 +135,7 @@ async fn fields_a_reader_does_not_know_are_ignored_at_every_level() {
     let redis = RedisProcess::server(&[]);
     let (app, _) = app_for_redis(redis.port).await;
     let body = r#"{"checks":[{"hits":[{"key":"batch:new","limit":3,"window_ms":60000,
-        "lease":{"max":5}}],"priority":1}],"timeout_ms":1000,"trace_id":"abc"}"#;
+        "reserve":{"max":5}}],"priority":1}],"timeout_ms":1000,"trace_id":"abc"}"#;
     let results = post_v2(&app, body).await;
     assert_eq!(kinds(&results), ["allowed"]);
 }

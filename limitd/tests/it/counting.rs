@@ -142,6 +142,7 @@ async fn long_keys_are_stored_hashed_and_expire() {
         algorithm: protocol::Algorithm::FixedWindow,
         burst: None,
         shadow: false,
+        lease: 0,
     };
     assert_eq!(stored, limitd::keys::counter_key(&hit));
     assert!(

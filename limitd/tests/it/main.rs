@@ -10,6 +10,7 @@ mod counting;
 mod discovery;
 mod exactness;
 mod hostile;
+mod leases;
 mod metrics;
 mod model;
 mod sentinel;

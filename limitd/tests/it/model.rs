@@ -209,6 +209,8 @@ impl Model {
                     remaining,
                     reset_ms,
                     retry_after_ms,
+                    leased: 0,
+                    lease_ms: 0,
                 }
             })
             .collect();
@@ -233,6 +235,7 @@ pub fn hit(key: &str, algorithm: Algorithm, limit: u64, window_ms: u64, cost: u6
         algorithm,
         burst: None,
         shadow: false,
+        lease: 0,
     }
 }
 

@@ -63,6 +63,8 @@ pub fn result(allowed: bool, remaining: u64, retry_after_ms: u64) -> CheckRespon
             remaining,
             reset_ms: 41_234,
             retry_after_ms,
+            leased: 0,
+            lease_ms: 0,
         }],
     }
 }
