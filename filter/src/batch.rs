@@ -14,6 +14,10 @@ use serde::Serialize;
 
 use crate::verdict::{CalloutError, Check, Headers};
 
+/// The context id of a lease refill's entry: no request waits for it (HTTP contexts have
+/// non-zero ids), and its answer only fills a lease block.
+pub const REFILL: u32 = 0;
+
 /// A request's check, waiting for or riding in a callout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -50,7 +54,8 @@ impl Batcher {
             waiting: VecDeque::new(),
             in_flight: HashMap::new(),
             direct: HashSet::new(),
-            live: HashSet::new(),
+            // Refills are always live: their answer is wanted whoever asked.
+            live: HashSet::from([REFILL]),
             woken: false,
             headers: HashMap::new(),
         }

@@ -16,6 +16,7 @@ use crate::duration::parse_duration_ms;
 use crate::fallback::Fallback;
 use crate::json_path;
 use crate::key::KeyPart;
+use crate::lease::{LeaseRule, DEFAULT_GCRA_LIFETIME_MS, DEFAULT_MAX_UNITS};
 use crate::reply::HeaderStyle;
 use crate::request::{HeaderCondition, HeaderMatch, Matcher, PathMatch};
 
@@ -92,6 +93,17 @@ struct RawRule {
     failure_mode: Option<FailureMode>,
     #[serde(default)]
     fallback: Option<RawFallback>,
+    #[serde(default)]
+    lease: Option<RawLease>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    #[serde(default)]
+    max_units: Option<u64>,
+    #[serde(default)]
+    lifetime: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +279,9 @@ pub struct Rule {
     /// A local limit each Envoy enforces while limitd cannot answer, in place
     /// of the failure mode.
     pub fallback: Option<Fallback>,
+    /// Admit from blocks of quota reserved in advance (see [`crate::lease`]);
+    /// `None`: every request is checked by limitd.
+    pub lease: Option<LeaseRule>,
 }
 
 impl Rule {
@@ -533,6 +548,7 @@ fn compile_rule(
         algorithm: limit.algorithm,
         burst: limit.burst,
         shadow: raw.shadow,
+        lease: 0,
     };
     if let Err(refused) = validate_hit(&template) {
         let field = match refused.field {
@@ -541,6 +557,7 @@ fn compile_rule(
             HitField::WindowMs => "limit.window",
             HitField::Cost => "limit.cost",
             HitField::Burst => "limit.burst",
+            HitField::Lease => "lease",
         };
         return Err(error(
             at(field),
@@ -576,6 +593,43 @@ fn compile_rule(
             })
         }
     };
+    let lease = match raw.lease {
+        None => None,
+        Some(_) if raw.shadow => {
+            return Err(error(
+                at("lease"),
+                "a shadow rule never denies, so it has nothing to lease: remove one of the two",
+            ))
+        }
+        Some(l) => {
+            let max_units = l.max_units.unwrap_or(DEFAULT_MAX_UNITS);
+            if !(1..=MAX_AMOUNT).contains(&max_units) {
+                return Err(error(
+                    at("lease.max_units"),
+                    format!("must be between 1 and {MAX_AMOUNT}"),
+                ));
+            }
+            let lifetime_ms = match l.lifetime {
+                Some(text) => {
+                    let ms =
+                        parse_duration_ms(&text).map_err(|e| error(at("lease.lifetime"), e))?;
+                    if !(1..=MAX_WINDOW_MS).contains(&ms) {
+                        return Err(error(
+                            at("lease.lifetime"),
+                            "must be longer than 0 and at most 366d",
+                        ));
+                    }
+                    Some(ms)
+                }
+                None if limit.algorithm == Algorithm::Gcra => Some(DEFAULT_GCRA_LIFETIME_MS),
+                None => None,
+            };
+            Some(LeaseRule {
+                max_units,
+                lifetime_ms,
+            })
+        }
+    };
     Ok(Rule {
         name: raw.name,
         matcher,
@@ -589,6 +643,7 @@ fn compile_rule(
         shadow: raw.shadow,
         failure_mode: raw.failure_mode.unwrap_or(default_failure_mode),
         fallback,
+        lease,
     })
 }
 
@@ -897,6 +952,53 @@ mod tests {
         assert_eq!(
             err(&rule(r#""limit":{"requests":1,"window":"367d"}"#)),
             "rules[0].limit.window: must be at most 366d"
+        );
+    }
+
+    #[test]
+    fn a_lease_has_defaults_per_algorithm_and_clear_errors() {
+        let p = parse(&rule(&format!(r#"{LIMIT},"lease":{{}}"#))).unwrap();
+        assert_eq!(
+            p.rules[0].lease,
+            Some(LeaseRule {
+                max_units: DEFAULT_MAX_UNITS,
+                lifetime_ms: None
+            })
+        );
+        let p = parse(&rule(
+            r#""limit":{"requests":10,"window":"1s","algorithm":"gcra"},"lease":{"max_units":5}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.rules[0].lease,
+            Some(LeaseRule {
+                max_units: 5,
+                lifetime_ms: Some(DEFAULT_GCRA_LIFETIME_MS)
+            })
+        );
+        let p = parse(&rule(&format!(
+            r#"{LIMIT},"lease":{{"max_units":7,"lifetime":"250ms"}}"#
+        )))
+        .unwrap();
+        assert_eq!(p.rules[0].lease.and_then(|l| l.lifetime_ms), Some(250));
+        assert_eq!(parse(&rule(LIMIT)).unwrap().rules[0].lease, None);
+
+        assert_eq!(
+            err(&rule(&format!(r#"{LIMIT},"lease":{{"max_units":0}}"#))),
+            "rules[0].lease.max_units: must be between 1 and 1000000000000000"
+        );
+        assert!(
+            err(&rule(&format!(r#"{LIMIT},"lease":{{"lifetime":"soon"}}"#)))
+                .starts_with("rules[0].lease.lifetime: ")
+        );
+        let e = err(&rule(&format!(r#"{LIMIT},"lease":{{"units":3}}"#)));
+        assert!(
+            e.starts_with("rules[0].lease") && e.contains("unknown field `units`"),
+            "{e}"
+        );
+        assert!(
+            err(&rule(&format!(r#"{LIMIT},"shadow":true,"lease":{{}}"#)))
+                .starts_with("rules[0].lease: a shadow rule never denies")
         );
     }
 

@@ -20,6 +20,7 @@ pub mod duration;
 pub mod fallback;
 mod json_path;
 pub mod key;
+pub mod lease;
 pub mod log_limit;
 pub mod reply;
 pub mod request;

@@ -23,6 +23,12 @@ pub(super) struct Metrics {
     pub(super) callout_errors: Option<u32>,
     pub(super) callouts: Option<u32>,
     pub(super) callout_retries: Option<u32>,
+    /// Requests admitted from a lease block, without a callout.
+    pub(super) lease_admitted: Option<u32>,
+    /// Units limitd leased to this Envoy.
+    pub(super) lease_units: Option<u32>,
+    /// Background refills of lease blocks sent.
+    pub(super) lease_refills: Option<u32>,
     /// Histogram of callout round trips, in microseconds.
     pub(super) callout_latency_us: Option<u32>,
 }
@@ -43,6 +49,9 @@ impl Metrics {
             callout_errors: counter("ratelimit.callout_errors"),
             callouts: counter("ratelimit.callouts"),
             callout_retries: counter("ratelimit.callout_retries"),
+            lease_admitted: counter("ratelimit.lease_admitted"),
+            lease_units: counter("ratelimit.lease_units"),
+            lease_refills: counter("ratelimit.lease_refills"),
             callout_latency_us: hostcalls::define_metric(
                 MetricType::Histogram,
                 "ratelimit.callout_latency_us",

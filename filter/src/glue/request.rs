@@ -15,12 +15,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
 
-use crate::batch::{encode_batch, remaining_ms, Entry};
+use crate::batch::{encode_batch, remaining_ms, Entry, REFILL};
+use crate::lease::{self, Spend};
 use crate::request::RequestView;
 use crate::verdict::{CalloutError, Check, Headers, Verdict};
 
 use super::metrics::Metrics;
-use super::vm::Vm;
+use super::vm::{SharedCounters, Vm};
 use super::{log, now, now_ms};
 
 /// One HTTP request going through the filter.
@@ -59,6 +60,66 @@ impl RequestView for HostRequest {
 }
 
 impl Request {
+    /// Admits the request from its rules' lease blocks if every one has a unit for it, and
+    /// has the blocks that run low refilled in the background. Otherwise the check goes to
+    /// limitd, asking for leases where blocks are empty.
+    fn spend_leases(&mut self, check: &mut Check) -> Option<Action> {
+        let leases = self.vm.leases(check);
+        if leases.iter().all(Option::is_none) {
+            return None;
+        }
+        let stale_ms = self.vm.policy.timeout_ms.saturating_mul(2);
+        match lease::spend(&SharedCounters, &check.hits, &leases, stale_ms) {
+            Spend::Admitted { results, refills } => {
+                Metrics::bump(self.vm.metrics.lease_admitted);
+                if !refills.is_empty() {
+                    let (rules, hits) = refills
+                        .into_iter()
+                        .filter_map(|(i, hit)| Some((*check.rules.get(i)?, hit)))
+                        .unzip();
+                    self.queue_refill(Check { hits, rules });
+                }
+                let answer = protocol::CheckResponse {
+                    allowed: true,
+                    hits: results,
+                };
+                let decision = self.vm.policy.decide(check, &answer);
+                let (action, headers) = self.vm.carry_out(decision, false);
+                self.response_headers = headers;
+                Some(action)
+            }
+            Spend::Check { hits } => {
+                check.hits = hits;
+                None
+            }
+        }
+    }
+
+    /// Has the root send a refill of lease blocks (a check of cost 0 asking for leases); this
+    /// request does not wait for it. Without a root to send it (batching off) nothing is
+    /// refilled early: the request that finds a block empty asks for the lease.
+    fn queue_refill(&self, refill: Check) {
+        let sent = match self.queue {
+            Some(queue) => {
+                let wake = self
+                    .vm
+                    .batcher
+                    .borrow_mut()
+                    .push(REFILL, refill.clone(), now_ms());
+                !wake || hostcalls::enqueue_shared_queue(queue, Some(b"w")).is_ok()
+            }
+            None => false,
+        };
+        if sent {
+            Metrics::bump(self.vm.metrics.lease_refills);
+        } else {
+            if self.queue.is_some() {
+                let _ = self.vm.batcher.borrow_mut().unpush();
+            }
+            self.vm.leases_settled(&refill, None, None);
+        }
+    }
+
     /// Queues the check for the root's next batch and wakes the root if needed.
     pub(super) fn queue_check(&mut self, queue: u32, check: Check) -> Action {
         let wake = self
@@ -196,12 +257,15 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.vm.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
-            Verdict::Check(check) => {
+            Verdict::Check(mut check) => {
                 self.checked = true;
                 self.vm.batcher.borrow_mut().created(self.context_id);
                 if let Some(denial) = self.vm.cached_denial(&check) {
                     Metrics::bump(self.vm.metrics.deny_cache_hits);
                     let (action, _) = self.vm.carry_out(denial, false);
+                    return action;
+                }
+                if let Some(action) = self.spend_leases(&mut check) {
                     return action;
                 }
                 Metrics::bump(self.vm.metrics.checks);

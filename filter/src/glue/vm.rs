@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry};
+use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, REFILL};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
+use crate::lease::{self, LeaseRule};
 use crate::log_limit::{more_like_this, LogLimit};
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
 
@@ -94,6 +95,9 @@ impl Vm {
     /// counted per check and logged once.
     pub(super) fn failed_batch(&self, checks: &[Check], error: &CalloutError) -> Vec<Decision> {
         Metrics::add(self.metrics.callout_errors, checks.len());
+        for check in checks {
+            self.leases_settled(check, None, None);
+        }
         let now_ms = now().and_then(epoch_ms).unwrap_or(0);
         if let Some(suppressed) = self.failure_log.borrow_mut().admit(now_ms) {
             log(
@@ -120,6 +124,14 @@ impl Vm {
         let (ids, checks): (Vec<u32>, Vec<Check>) = batch
             .into_iter()
             .filter(|entry| self.batcher.borrow().is_live(entry.context_id))
+            .filter(|entry| {
+                // A refill that failed: its block carries on until it runs out.
+                let refill = entry.context_id == REFILL;
+                if refill {
+                    self.leases_settled(&entry.check, None, None);
+                }
+                !refill
+            })
             .map(|entry| (entry.context_id, entry.check))
             .unzip();
         if checks.is_empty() {
@@ -176,9 +188,14 @@ impl Vm {
         let mut first_error = None;
         for (entry, answer) in batch.into_iter().zip(answers) {
             if !self.batcher.borrow().is_live(entry.context_id) {
+                // Its client left; what limitd leased with it is still good.
+                self.leases_settled(&entry.check, answer.as_ref().ok(), sent);
                 continue;
             }
             match answer {
+                Ok(answer) if entry.context_id == REFILL => {
+                    self.leases_settled(&entry.check, Some(&answer), sent);
+                }
                 Ok(answer) => {
                     decisions.push((entry.context_id, self.decided(&entry.check, &answer, sent)))
                 }
@@ -202,6 +219,7 @@ impl Vm {
         answer: &protocol::CheckResponse,
         sent: Option<SystemTime>,
     ) -> Decision {
+        self.leases_settled(check, Some(answer), sent);
         Metrics::add(
             self.metrics.shadow_denied,
             self.policy.shadow_denials(check, answer),
@@ -220,6 +238,43 @@ impl Vm {
             }
         }
         self.policy.decide(check, answer)
+    }
+
+    /// The lease settings of each hit's rule.
+    pub(super) fn leases(&self, check: &Check) -> Vec<Option<LeaseRule>> {
+        check
+            .rules
+            .iter()
+            .map(|&i| self.policy.rules.get(i).and_then(|rule| rule.lease))
+            .collect()
+    }
+
+    /// Ends the lease asks of a check that was answered (`answer`) or not (`None`): the
+    /// units limitd leased go to their blocks, and the blocks' refills are over.
+    pub(super) fn leases_settled(
+        &self,
+        check: &Check,
+        answer: Option<&protocol::CheckResponse>,
+        sent: Option<SystemTime>,
+    ) {
+        if check.hits.iter().all(|hit| hit.lease == 0) {
+            return;
+        }
+        let sent_ms = sent.and_then(epoch_ms).unwrap_or(0);
+        let leases = self.leases(check);
+        for (i, (hit, rule)) in check.hits.iter().zip(&leases).enumerate() {
+            let Some(rule) = rule.filter(|_| hit.lease > 0) else {
+                continue;
+            };
+            let result = answer.filter(|a| a.allowed).and_then(|a| a.hits.get(i));
+            if let Some(result) = result {
+                Metrics::add(
+                    self.metrics.lease_units,
+                    usize::try_from(result.leased).unwrap_or(usize::MAX),
+                );
+            }
+            lease::settled(&SharedCounters, hit, &rule, result, sent_ms);
+        }
     }
 
     /// A denial from the deny cache, if one of the check's keys is in it.

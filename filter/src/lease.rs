@@ -1,0 +1,653 @@
+//! Quota leases, free of host calls: requests admitted from blocks of quota that limitd has
+//! already counted in Redis, so that the allowed path of a rule in lease mode needs no callout.
+//!
+//! A rule with `"lease"` asks limitd, with each check it sends, to charge a few more units than
+//! the request costs ([`protocol::Hit::lease`]). limitd grants a share of what is left (see
+//! `check.lua`), counted in Redis at once; the filter keeps the units in a *block* and admits
+//! later requests from it without asking. Every admitted request was counted before it was
+//! admitted, so the fleet never admits more than the limit; what a block holds and nobody spends
+//! before it expires is under-admission.
+//!
+//! - **One block per key per Envoy.** Blocks live in proxy-wasm shared data, one process-wide map
+//!   for all workers, and are spent with compare-and-swap, so two workers never spend one unit.
+//!   Keys hash into [`SLOTS`] entries (shared data has no deletion); a slot whose block belongs
+//!   to another key and still holds units leaves this key to per-request checks meanwhile.
+//! - **Conservative expiry.** A block may be spent until `sent + min(lease_ms, lifetime)`, where
+//!   `sent` is when the check left this proxy and `lease_ms` is what limitd computed from Redis
+//!   time (the window's end): latency and clock skew only shorten it. Units granted while a block
+//!   still holds some join it and take the earlier expiry.
+//! - **Refilled early.** When a block falls below half of its last size, the request that sees
+//!   it marks the block as refilling and has a refill (a check of cost 0 asking for a lease) sent
+//!   in the background; requests keep spending the rest meanwhile. Only a request that finds the
+//!   block empty waits for a callout, and it asks for the lease itself if no refill is out.
+//! - **All or nothing across rules.** A request takes a unit from the block of every rule it
+//!   matches; if one is empty (or the request has a rule without leases), the units taken are put
+//!   back and the whole request is checked by limitd as before.
+
+use std::fmt::Write as _;
+
+use protocol::{Algorithm, Hit, HitResult};
+
+use crate::fallback::LocalCounters;
+
+/// How many shared-data entries hold blocks. Every leased key hashes to one; this bounds what
+/// blocks can ever take, however many keys come and go.
+pub const SLOTS: u64 = 4096;
+
+/// Compare-and-swap attempts before giving up (then the request is checked by limitd).
+const ATTEMPTS: usize = 16;
+
+/// A rule's lease settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRule {
+    /// The most units one Envoy holds for one key.
+    pub max_units: u64,
+    /// How long after its check was sent a block may be spent, at most; `None`: until the window
+    /// ends (the window algorithms' natural bound). Always set for gcra.
+    pub lifetime_ms: Option<u64>,
+}
+
+/// The lifetime of a gcra lease when the rule does not set one.
+pub const DEFAULT_GCRA_LIFETIME_MS: u64 = 1000;
+
+/// The largest block of a rule when the rule does not say.
+pub const DEFAULT_MAX_UNITS: u64 = 100;
+
+/// One key's block, as stored in its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Block {
+    /// Which key (and rule parameters) the block is for: see [`block_id`].
+    id: u64,
+    /// Units left to spend.
+    units: u64,
+    /// When they may no longer be spent (proxy clock, ms).
+    expires_ms: u64,
+    /// limitd's `remaining` with the last grant (the units of other proxies and of Redis).
+    remaining: u64,
+    /// The block's size after its last grant: refills start below half of it.
+    size: u64,
+    /// When a refill was sent (0: none out).
+    refill_ms: u64,
+}
+
+const BLOCK_BYTES: usize = 48;
+
+impl Block {
+    fn decode(bytes: Option<&[u8]>) -> Option<Block> {
+        let bytes: &[u8; BLOCK_BYTES] = bytes?.try_into().ok()?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(Block {
+            id: word(0),
+            units: word(1),
+            expires_ms: word(2),
+            remaining: word(3),
+            size: word(4),
+            refill_ms: word(5),
+        })
+    }
+
+    fn encode(&self) -> [u8; BLOCK_BYTES] {
+        let mut bytes = [0u8; BLOCK_BYTES];
+        let words = [
+            self.id,
+            self.units,
+            self.expires_ms,
+            self.remaining,
+            self.size,
+            self.refill_ms,
+        ];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Units that may still be spent at `now`.
+    fn live_units(&self, now_ms: u64) -> u64 {
+        if self.expires_ms > now_ms {
+            self.units
+        } else {
+            0
+        }
+    }
+
+    fn refilling(&self, now_ms: u64, stale_ms: u64) -> bool {
+        self.refill_ms != 0 && self.refill_ms.saturating_add(stale_ms) > now_ms
+    }
+}
+
+/// A leased hit's identity: its key and every parameter that decides what a unit is, so that a
+/// rule changed by a reconfiguration never spends a block granted under the old one.
+pub fn block_id(hit: &Hit) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(hit.key.as_bytes());
+    feed(&[0xff]);
+    feed(&hit.limit.to_le_bytes());
+    feed(&hit.window_ms.to_le_bytes());
+    feed(&hit.burst.unwrap_or(0).to_le_bytes());
+    feed(&[match hit.algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => 1,
+        Algorithm::Gcra => 2,
+    }]);
+    h
+}
+
+fn slot_key(id: u64) -> String {
+    let mut key = String::with_capacity(24);
+    let _ = write!(key, "ratelimit.lease.{}", id % SLOTS);
+    key
+}
+
+/// Reads a slot, applies `change` to the block for `id` (a fresh one if the slot is empty, holds
+/// an expired block, or one of another key that is spent), and writes it back with
+/// compare-and-swap, again on a conflict. `change` returns what to report and whether to write.
+/// `None` when the slot belongs to another key's live block, or the writes kept conflicting.
+fn update<T>(
+    store: &impl LocalCounters,
+    id: u64,
+    now_ms: u64,
+    mut change: impl FnMut(&mut Block) -> (T, bool),
+) -> Option<T> {
+    let key = slot_key(id);
+    for _ in 0..ATTEMPTS {
+        let (value, cas) = store.load(&key);
+        let mut block = match Block::decode(value.as_deref()) {
+            Some(block) if block.id == id => block,
+            Some(block) if block.live_units(now_ms) > 0 => return None,
+            _ => Block {
+                id,
+                ..Block::default()
+            },
+        };
+        let (result, write) = change(&mut block);
+        if !write || store.store(&key, &block.encode(), cas) {
+            return Some(result);
+        }
+    }
+    None
+}
+
+/// What a request gets from the blocks of its leased rules.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spend {
+    /// Every hit took its cost from its rule's block: admit the request now. `results` describe
+    /// each hit as a limitd answer would (for the rate-limit headers; `remaining` is an
+    /// estimate); `refills` are the hits (with their index) to refill in the background.
+    Admitted {
+        results: Vec<HitResult>,
+        refills: Vec<(usize, Hit)>,
+    },
+    /// The request must be checked by limitd; its hits carry the leases to ask for. Nothing was
+    /// taken (what had been is back in its blocks).
+    Check { hits: Vec<Hit> },
+}
+
+/// Takes each hit's cost from its block, all or nothing. `leases[i]` is hit i's rule's lease
+/// settings (`None`: the rule checks every request). `stale_ms`: a refill out longer than this
+/// is taken as lost.
+pub fn spend(
+    store: &impl LocalCounters,
+    hits: &[Hit],
+    leases: &[Option<LeaseRule>],
+    stale_ms: u64,
+) -> Spend {
+    let now_ms = store.now_ms();
+    let mut taken: Vec<usize> = Vec::new();
+    let mut results = Vec::with_capacity(hits.len());
+    let mut refills = Vec::new();
+    let mut short = false;
+    for (i, (hit, lease)) in hits.iter().zip(leases).enumerate() {
+        let Some(lease) = lease else {
+            short = true;
+            break;
+        };
+        let id = block_id(hit);
+        let took = update(store, id, now_ms, |block| {
+            let units = block.live_units(now_ms);
+            if units < hit.cost {
+                return (None, false);
+            }
+            block.units = units - hit.cost;
+            let refill = block.units < block.size.div_ceil(2)
+                && !block.refilling(now_ms, stale_ms)
+                && block.units < lease.max_units;
+            if refill {
+                block.refill_ms = now_ms.max(1);
+            }
+            let result = HitResult {
+                allowed: true,
+                limit: hit.limit,
+                remaining: block.remaining.saturating_add(block.units),
+                reset_ms: block.expires_ms.saturating_sub(now_ms),
+                retry_after_ms: 0,
+                leased: 0,
+                lease_ms: 0,
+            };
+            let ask = refill.then(|| lease.max_units - block.units);
+            (Some((result, ask)), true)
+        });
+        match took.flatten() {
+            Some((result, ask)) => {
+                taken.push(i);
+                results.push(result);
+                if let Some(ask) = ask {
+                    refills.push((
+                        i,
+                        Hit {
+                            cost: 0,
+                            lease: ask,
+                            ..hit.clone()
+                        },
+                    ));
+                }
+            }
+            None => {
+                short = true;
+                break;
+            }
+        }
+    }
+    if !short {
+        return Spend::Admitted { results, refills };
+    }
+    for &i in &taken {
+        put_back(store, &hits[i], hits[i].cost);
+    }
+    // Refills marked above will not be sent: clear their marks.
+    for (_, refill) in &refills {
+        update(store, block_id(refill), now_ms, |block| {
+            block.refill_ms = 0;
+            ((), true)
+        });
+    }
+    // Ask for a lease on each leased hit whose block is short and has no refill out.
+    let hits = hits
+        .iter()
+        .zip(leases)
+        .map(|(hit, lease)| {
+            let ask = lease.and_then(|lease| {
+                update(store, block_id(hit), now_ms, |block| {
+                    if block.refilling(now_ms, stale_ms) {
+                        return (0, false);
+                    }
+                    block.refill_ms = now_ms.max(1);
+                    (
+                        lease.max_units.saturating_sub(block.live_units(now_ms)),
+                        true,
+                    )
+                })
+            });
+            Hit {
+                lease: ask.unwrap_or(0),
+                ..hit.clone()
+            }
+        })
+        .collect();
+    Spend::Check { hits }
+}
+
+/// Returns `units` to a hit's block, if the block is still live (an expired one's units are
+/// lost: they belong to a window that is over).
+pub fn put_back(store: &impl LocalCounters, hit: &Hit, units: u64) {
+    let now_ms = store.now_ms();
+    update(store, block_id(hit), now_ms, |block| {
+        if block.live_units(now_ms) == 0 {
+            return ((), false);
+        }
+        block.units += units;
+        ((), true)
+    });
+}
+
+/// The answer to a check that asked for a lease on `hit` (sent at `sent_ms`, proxy clock), or
+/// `None` if it was not answered: adds what limitd leased to the block and ends the refill.
+pub fn settled(
+    store: &impl LocalCounters,
+    hit: &Hit,
+    lease: &LeaseRule,
+    result: Option<&HitResult>,
+    sent_ms: u64,
+) {
+    let now_ms = store.now_ms();
+    update(store, block_id(hit), now_ms, |block| {
+        block.refill_ms = 0;
+        if let Some(result) = result.filter(|r| r.allowed && r.leased > 0) {
+            let valid_ms = lease
+                .lifetime_ms
+                .map_or(result.lease_ms, |l| l.min(result.lease_ms));
+            let expires_ms = sent_ms.saturating_add(valid_ms);
+            if expires_ms > now_ms {
+                if block.live_units(now_ms) > 0 {
+                    // Units of the earlier grant must not outlive it.
+                    block.units = block.units.saturating_add(result.leased);
+                    block.expires_ms = block.expires_ms.min(expires_ms);
+                } else {
+                    block.units = result.leased;
+                    block.expires_ms = expires_ms;
+                }
+                block.remaining = result.remaining;
+                block.size = block.units;
+            }
+        }
+        ((), true)
+    });
+}
+
+/// Units a key's block holds at `now` (for tests and the module's users' metrics).
+pub fn units(store: &impl LocalCounters, hit: &Hit) -> u64 {
+    let (value, _) = store.load(&slot_key(block_id(hit)));
+    Block::decode(value.as_deref())
+        .filter(|b| b.id == block_id(hit))
+        .map_or(0, |b| b.live_units(store.now_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::fallback::tests::FakeCounters;
+
+    const WINDOWED: LeaseRule = LeaseRule {
+        max_units: 40,
+        lifetime_ms: None,
+    };
+
+    fn hit(key: &str) -> Hit {
+        Hit {
+            key: key.into(),
+            limit: 1000,
+            window_ms: 60_000,
+            cost: 1,
+            algorithm: Algorithm::FixedWindow,
+            burst: None,
+            shadow: false,
+            lease: 0,
+        }
+    }
+
+    fn asking(h: &Hit, lease: u64) -> Hit {
+        Hit { lease, ..h.clone() }
+    }
+
+    fn granted(leased: u64, lease_ms: u64, remaining: u64) -> HitResult {
+        HitResult {
+            allowed: true,
+            limit: 1000,
+            remaining,
+            reset_ms: lease_ms,
+            retry_after_ms: 0,
+            leased,
+            lease_ms,
+        }
+    }
+
+    fn store_at(now: u64) -> FakeCounters {
+        let store = FakeCounters::default();
+        store.now.set(now);
+        store
+    }
+
+    fn spend_one(store: &impl LocalCounters, h: &Hit) -> Spend {
+        spend(store, std::slice::from_ref(h), &[Some(WINDOWED)], 400)
+    }
+
+    /// The hits of a check the request must send, or a panic.
+    fn must_check(spend: Spend) -> Vec<Hit> {
+        match spend {
+            Spend::Check { hits } => hits,
+            other => panic!("expected a check, got {other:?}"),
+        }
+    }
+
+    fn admitted(spend: Spend) -> (Vec<HitResult>, Vec<(usize, Hit)>) {
+        match spend {
+            Spend::Admitted { results, refills } => (results, refills),
+            other => panic!("expected an admission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_block_asks_for_a_lease_once_and_a_grant_is_spent_unit_by_unit() {
+        let store = store_at(10_000);
+        let h = hit("r:a");
+        let asked = must_check(spend_one(&store, &h));
+        assert_eq!(asked[0].lease, 40);
+        // A second request meanwhile is checked without asking again.
+        assert_eq!(must_check(spend_one(&store, &h))[0].lease, 0);
+
+        let grant = granted(10, 50_000, 900);
+        settled(&store, &asked[0], &WINDOWED, Some(&grant), 9_990);
+        assert_eq!(units(&store, &h), 10);
+        for i in 0..10u64 {
+            let (results, _) = admitted(spend_one(&store, &h));
+            // remaining: limitd's figure plus what this Envoy still holds.
+            assert_eq!(results[0].remaining, 900 + 9 - i);
+            assert!(results[0].allowed);
+        }
+        assert_eq!(units(&store, &h), 0);
+        assert!(matches!(spend_one(&store, &h), Spend::Check { .. }));
+    }
+
+    #[test]
+    fn a_block_expires_at_the_send_time_plus_its_validity_and_the_lifetime_shortens_it() {
+        let store = store_at(10_000);
+        let h = hit("r:exp");
+        settled(
+            &store,
+            &asking(&h, 5),
+            &WINDOWED,
+            Some(&granted(5, 300, 0)),
+            9_900,
+        );
+        assert_eq!(units(&store, &h), 5);
+        store.now.set(10_199);
+        assert_eq!(units(&store, &h), 5);
+        store.now.set(10_200); // 9_900 + 300: the window is over.
+        assert_eq!(units(&store, &h), 0);
+        assert!(matches!(spend_one(&store, &h), Spend::Check { .. }));
+
+        let short = LeaseRule {
+            max_units: 40,
+            lifetime_ms: Some(100),
+        };
+        let g = hit("r:gcra");
+        let grant = granted(5, 60_000, 0);
+        settled(&store, &asking(&g, 5), &short, Some(&grant), 10_150);
+        store.now.set(10_249);
+        assert_eq!(units(&store, &g), 5);
+        store.now.set(10_250);
+        assert_eq!(units(&store, &g), 0);
+        // A grant already expired on arrival adds nothing.
+        settled(&store, &asking(&g, 5), &short, Some(&grant), 10_000);
+        assert_eq!(units(&store, &g), 0);
+    }
+
+    #[test]
+    fn a_grant_joining_a_live_block_keeps_the_earlier_expiry() {
+        let store = store_at(1_000);
+        let h = hit("r:join");
+        let ask = asking(&h, 9);
+        settled(&store, &ask, &WINDOWED, Some(&granted(4, 500, 0)), 1_000);
+        settled(&store, &ask, &WINDOWED, Some(&granted(3, 5_000, 0)), 1_100);
+        assert_eq!(units(&store, &h), 7);
+        store.now.set(1_500);
+        assert_eq!(
+            units(&store, &h),
+            0,
+            "the joined units expire with the first grant"
+        );
+    }
+
+    #[test]
+    fn a_refill_is_asked_once_when_half_is_spent_and_again_only_when_it_is_stale() {
+        let store = store_at(1_000);
+        let h = hit("r:refill");
+        let grant = granted(10, 50_000, 500);
+        settled(&store, &asking(&h, 40), &WINDOWED, Some(&grant), 1_000);
+        let asked: Vec<Vec<(usize, Hit)>> =
+            (0..8).map(|_| admitted(spend_one(&store, &h)).1).collect();
+        // 10 units: spending the 6th leaves 4 < 5, which asks for a refill; not again after.
+        let counts: Vec<usize> = asked.iter().map(Vec::len).collect();
+        assert_eq!(counts, [0, 0, 0, 0, 0, 1, 0, 0]);
+        let refill = &asked[5][0].1;
+        assert_eq!((refill.cost, refill.lease), (0, 40 - 4));
+        // The refill's answer is lost; once it is stale, the next spend asks again.
+        store.now.set(1_000 + 400);
+        let (_, again) = admitted(spend_one(&store, &h));
+        assert_eq!(again.len(), 1);
+        // It is answered: the block grows.
+        let grant = granted(30, 50_000, 400);
+        settled(&store, &again[0].1, &WINDOWED, Some(&grant), 1_400);
+        assert_eq!(units(&store, &h), 31);
+    }
+
+    #[test]
+    fn a_request_with_one_empty_block_puts_back_what_it_took_from_the_others() {
+        let store = store_at(1_000);
+        let (a, b) = (hit("r:a"), hit("r:b"));
+        settled(
+            &store,
+            &asking(&a, 5),
+            &WINDOWED,
+            Some(&granted(5, 50_000, 0)),
+            1_000,
+        );
+        let both = [a.clone(), b.clone()];
+        let hits = must_check(spend(&store, &both, &[Some(WINDOWED); 2], 400));
+        assert_eq!(units(&store, &a), 5, "the unit taken from a is back");
+        // b has no block: the check asks for one; a's block asks for the rest of its size.
+        assert_eq!((hits[0].lease, hits[1].lease), (35, 40));
+        // A rule that checks every request sends the whole request to limitd too.
+        let mixed = [hit("r:c"), b];
+        let hits = must_check(spend(&store, &mixed, &[Some(WINDOWED), None], 400));
+        assert_eq!(hits[1].lease, 0);
+    }
+
+    #[test]
+    fn a_slot_held_by_another_live_key_leaves_this_key_to_per_request_checks() {
+        let store = store_at(1_000);
+        let a = hit("r:a");
+        settled(
+            &store,
+            &asking(&a, 5),
+            &WINDOWED,
+            Some(&granted(5, 50_000, 0)),
+            1_000,
+        );
+        let other = (0..1_000_000)
+            .map(|i| hit(&format!("r:{i}")))
+            .find(|h| block_id(h) % SLOTS == block_id(&a) % SLOTS && block_id(h) != block_id(&a))
+            .expect("a key in the same slot");
+        assert_eq!(must_check(spend_one(&store, &other))[0].lease, 0);
+        settled(
+            &store,
+            &asking(&other, 5),
+            &WINDOWED,
+            Some(&granted(5, 50_000, 0)),
+            1_000,
+        );
+        assert_eq!((units(&store, &a), units(&store, &other)), (5, 0));
+        // Once a's block is spent, the slot is free for the other key.
+        for _ in 0..5 {
+            admitted(spend_one(&store, &a));
+        }
+        assert_eq!(must_check(spend_one(&store, &other))[0].lease, 40);
+    }
+
+    #[test]
+    fn a_changed_rule_never_spends_the_old_rules_block() {
+        let store = store_at(1_000);
+        let old = hit("r:a");
+        settled(
+            &store,
+            &asking(&old, 5),
+            &WINDOWED,
+            Some(&granted(5, 50_000, 0)),
+            1_000,
+        );
+        let new = Hit {
+            limit: 10,
+            ..old.clone()
+        };
+        assert_ne!(block_id(&old), block_id(&new));
+        assert_eq!(units(&store, &new), 0);
+    }
+
+    /// Shared data where another worker spends from the same block between this worker's read
+    /// and its write, `conflicts` times.
+    struct Racing {
+        inner: FakeCounters,
+        conflicts: Cell<usize>,
+        racer: Hit,
+    }
+
+    impl LocalCounters for Racing {
+        fn now_ms(&self) -> u64 {
+            self.inner.now_ms()
+        }
+        fn load(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.inner.load(key)
+        }
+        fn store(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            if self.conflicts.get() > 0 {
+                self.conflicts.set(self.conflicts.get() - 1);
+                // The other worker's spend lands first.
+                let _ = spend_one(&self.inner, &self.racer);
+            }
+            self.inner.store(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn two_workers_racing_for_the_last_units_never_spend_one_twice() {
+        let h = hit("r:race");
+        for conflicts in [1usize, 2, 3] {
+            let racing = Racing {
+                inner: store_at(1_000),
+                conflicts: Cell::new(conflicts),
+                racer: h.clone(),
+            };
+            let grant = granted(3, 50_000, 0);
+            settled(
+                &racing.inner,
+                &asking(&h, 3),
+                &WINDOWED,
+                Some(&grant),
+                1_000,
+            );
+            // This worker wants one unit; the other spends `conflicts` meanwhile.
+            let mine = spend_one(&racing, &h);
+            let left = units(&racing.inner, &h);
+            match mine {
+                Spend::Admitted { .. } => assert_eq!(left + conflicts as u64 + 1, 3),
+                Spend::Check { .. } => assert_eq!((left, conflicts), (0, 3)),
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_garbage_reads_as_no_block() {
+        let block = Block {
+            id: 7,
+            units: 1,
+            expires_ms: 2,
+            remaining: 3,
+            size: 4,
+            refill_ms: 5,
+        };
+        assert_eq!(Block::decode(Some(&block.encode())), Some(block));
+        assert_eq!(Block::decode(Some(b"short")), None);
+        assert_eq!(Block::decode(None), None);
+    }
+}
