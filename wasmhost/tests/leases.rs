@@ -1,0 +1,94 @@
+//! Quota leases in the built `ratelimit.wasm`: the workers (VMs) of one Envoy spend one shared
+//! block per key, without callouts, never more units than limitd leased; the block is refilled
+//! in the background before it runs out, and the request after the last unit goes to limitd.
+
+mod common;
+
+use common::filter::{batch_of, get_from, metric};
+use common::host;
+use protocol::{BatchResponse, CheckResult, HitResult};
+use wasmhost::Vm;
+
+const CONFIG: &str = r#"{
+    "limitd_cluster": "limitd",
+    "timeout": "250ms",
+    "rules": [{
+        "name": "hot",
+        "match": { "path": { "prefix": "/hot" } },
+        "key": [ { "constant": "all" } ],
+        "limit": { "requests": 1000, "window": "60s" },
+        "lease": { "max_units": 10 }
+    }]
+}"#;
+
+/// An allowed answer to a one-check batch, leasing `leased` units.
+fn leased(leased: u64, remaining: u64) -> Vec<u8> {
+    let hit = HitResult {
+        allowed: true,
+        limit: 1000,
+        remaining,
+        reset_ms: 30_000,
+        retry_after_ms: 0,
+        leased,
+        lease_ms: 30_000,
+    };
+    serde_json::to_vec(&BatchResponse {
+        results: vec![CheckResult::Allowed { hits: vec![hit] }],
+    })
+    .unwrap()
+}
+
+/// Every callout not yet answered, on either worker.
+fn pending(vms: &[&Vm]) -> usize {
+    vms.iter().map(|vm| vm.pending_calls().len()).sum()
+}
+
+#[test]
+fn two_workers_spend_one_block_and_never_more_than_was_leased() {
+    let host = host();
+    let mut a = host.start(CONFIG).unwrap();
+    let mut b = host.start(CONFIG).unwrap();
+
+    // The first request finds no block: it is checked, asking for a lease of the rule's size.
+    let first = get_from(&mut a, "/hot", "10.0.0.1");
+    let call = a.pending_calls().pop().expect("a check");
+    let batch = batch_of(&call);
+    assert_eq!(batch.checks[0].hits[0].lease, 10);
+    assert_eq!(batch.checks[0].hits[0].cost, 1);
+    a.respond_to_call(call.token, &[(":status", "200")], &leased(6, 993))
+        .unwrap();
+    assert!(a.request_forwarded(first));
+
+    // Six units, spent by both workers alternately, with no callout of their own.
+    for i in 0..6 {
+        let vm = if i % 2 == 0 { &mut b } else { &mut a };
+        let request = get_from(vm, "/hot", "10.0.0.1");
+        assert!(vm.request_forwarded(request), "request {i} from the block");
+    }
+    assert_eq!(metric(&a, "lease_admitted"), 6);
+    assert_eq!(metric(&a, "lease_units"), 6);
+
+    // Below half of the block (6 -> 2 left after the 4th), one refill went out in the
+    // background: a check of cost 0 asking to top the block up.
+    assert_eq!(metric(&a, "lease_refills"), 1);
+    let (refill_vm, refill) = if let Some(call) = a.pending_calls().pop() {
+        (&mut a, call)
+    } else {
+        let call = b.pending_calls().pop().expect("the refill");
+        (&mut b, call)
+    };
+    let hit = batch_of(&refill).checks[0].hits[0].clone();
+    assert_eq!((hit.cost, hit.lease), (0, 8));
+    // limitd has nothing more to lease.
+    refill_vm
+        .respond_to_call(refill.token, &[(":status", "200")], &leased(0, 993))
+        .unwrap();
+    assert_eq!(pending(&[&a, &b]), 0);
+
+    // The block is empty: the next request waits for limitd, and asks for a lease again.
+    let seventh = get_from(&mut b, "/hot", "10.0.0.1");
+    assert!(!b.request_forwarded(seventh));
+    let call = b.pending_calls().pop().expect("a check");
+    assert_eq!(batch_of(&call).checks[0].hits[0].lease, 10);
+    assert_eq!(metric(&a, "lease_admitted"), 6);
+}
