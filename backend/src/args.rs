@@ -1,14 +1,12 @@
-//! Command-line and environment configuration of the backend, parsed by hand to keep the build light.
+//! Command-line and environment configuration of the backend, parsed by clap.
 //!
 //! Each setting comes from its flag (`--name`, `--port`, `--host`, also as `--flag=value`), else
 //! from its environment variable (`BACKEND_NAME`, `BACKEND_PORT`, `BACKEND_HOST`), else from the
-//! default: flags win so one container image can be started with different names.
+//! default: flags win so one container image can be started with different names. An empty
+//! variable is a value like any other, and is refused like an empty flag.
 
-use thiserror::Error;
-
-/// One line that says how to start the backend, printed with every argument error.
-pub const USAGE: &str = "usage: backend [--name NAME] [--port PORT] [--host HOST]  \
-(env: BACKEND_NAME, BACKEND_PORT, BACKEND_HOST; defaults: backend, 8001, 0.0.0.0)";
+use clap::builder::NonEmptyStringValueParser;
+use clap::Parser;
 
 /// Instance name used when neither `--name` nor `BACKEND_NAME` is given.
 pub const DEFAULT_NAME: &str = "backend";
@@ -17,139 +15,89 @@ pub const DEFAULT_PORT: u16 = 8001;
 /// Bind address used when neither `--host` nor `BACKEND_HOST` is given.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 
-/// What the command line asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Command {
-    /// Serve with this configuration.
-    Run(Config),
-    /// Print [`USAGE`] and exit successfully (`-h`, `--help`).
-    Help,
-}
-
-/// A validated backend configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated backend configuration: the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "backend",
+    version,
+    about = "Demo upstream behind Envoy: answers with its instance name so load balancing is visible."
+)]
 pub struct Config {
-    /// The instance name, echoed in every body and in `x-backend-instance`.
+    /// The instance name, echoed in every body and in the x-backend-instance header
+    #[arg(long, env = "BACKEND_NAME", default_value = DEFAULT_NAME, value_parser = instance_name)]
     pub name: String,
-    /// The address or host name to bind.
+    /// The address or host name to bind
+    #[arg(long, env = "BACKEND_HOST", default_value = DEFAULT_HOST, value_parser = NonEmptyStringValueParser::new())]
     pub host: String,
-    /// The TCP port to bind; `0` asks the OS for a free one.
+    /// The TCP port to bind; 0 asks the OS for a free one
+    #[arg(long, env = "BACKEND_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
-}
-
-/// Why the arguments or the environment were rejected.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ArgsError {
-    #[error("unknown argument `{0}`")]
-    UnknownArgument(String),
-    #[error("`{0}` needs a value")]
-    MissingValue(&'static str),
-    #[error("bad port `{value}` from {source_name}: expected a number from 0 to 65535")]
-    BadPort { value: String, source_name: String },
-    #[error("bad instance name `{value}` from {source_name}: it must be non-empty visible ASCII")]
-    BadName { value: String, source_name: String },
-    #[error("empty host from {0}")]
-    EmptyHost(String),
-}
-
-/// Parses `args` (without the program name), falling back to `env` for settings not given as flags.
-///
-/// `env` is a lookup function rather than `std::env::var` so tests need not touch the process
-/// environment.
-pub fn parse<I, E>(args: I, env: E) -> Result<Command, ArgsError>
-where
-    I: IntoIterator<Item = String>,
-    E: Fn(&str) -> Option<String>,
-{
-    let mut name = None;
-    let mut port = None;
-    let mut host = None;
-
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let (slot, flag_name) = match flag.as_str() {
-            "-h" | "--help" if inline_value.is_none() => return Ok(Command::Help),
-            "--name" => (&mut name, "--name"),
-            "--port" => (&mut port, "--port"),
-            "--host" => (&mut host, "--host"),
-            _ => return Err(ArgsError::UnknownArgument(flag)),
-        };
-        let value = match inline_value {
-            Some(value) => value,
-            None => args.next().ok_or(ArgsError::MissingValue(flag_name))?,
-        };
-        *slot = Some((value, flag_name.to_owned()));
-    }
-
-    let from_env = |var: &str| env(var).map(|value| (value, format!("${var}")));
-    let name = name.or_else(|| from_env("BACKEND_NAME"));
-    let port = port.or_else(|| from_env("BACKEND_PORT"));
-    let host = host.or_else(|| from_env("BACKEND_HOST"));
-
-    Ok(Command::Run(Config {
-        name: match name {
-            Some((value, source_name)) => check_name(value, source_name)?,
-            None => DEFAULT_NAME.to_owned(),
-        },
-        port: match port {
-            Some((value, source_name)) => parse_port(value, source_name)?,
-            None => DEFAULT_PORT,
-        },
-        host: match host {
-            Some((value, source_name)) if value.is_empty() => {
-                return Err(ArgsError::EmptyHost(source_name))
-            }
-            Some((value, _)) => value,
-            None => DEFAULT_HOST.to_owned(),
-        },
-    }))
 }
 
 /// The name goes into a response header, so it must be a valid header value; requiring visible
 /// ASCII (no spaces) also keeps it readable in logs.
-fn check_name(value: String, source_name: String) -> Result<String, ArgsError> {
+fn instance_name(value: &str) -> Result<String, String> {
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(value)
+        Ok(value.to_owned())
     } else {
-        Err(ArgsError::BadName { value, source_name })
+        Err("it must be non-empty visible ASCII (it is sent as a header value)".to_owned())
     }
-}
-
-fn parse_port(value: String, source_name: String) -> Result<u16, ArgsError> {
-    value
-        .parse()
-        .map_err(|_| ArgsError::BadPort { value, source_name })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, FromArgMatches};
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    /// Parses `list` as the command line, with the process environment ignored (the variables
+    /// are checked by [`every_setting_has_its_variable_and_default`]).
+    fn parse(list: &[&str]) -> Result<Config, clap::Error> {
+        let matches = Config::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("backend").chain(list.iter().copied()))?;
+        Config::from_arg_matches(&matches)
     }
 
-    fn no_env(_: &str) -> Option<String> {
-        None
+    fn run(list: &[&str]) -> Config {
+        parse(list).unwrap_or_else(|error| panic!("expected a config, got {error}"))
     }
 
-    fn run(list: &[&str], env: impl Fn(&str) -> Option<String>) -> Config {
-        match parse(args(list), env) {
-            Ok(Command::Run(config)) => config,
-            other => panic!("expected a config, got {other:?}"),
-        }
+    #[test]
+    fn the_command_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_its_variable_and_default() {
+        let command = Config::command();
+        let settings: Vec<(String, String, String)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_string_lossy().into_owned();
+                let default = arg.get_default_values().first()?;
+                Some((
+                    format!("--{}", arg.get_long()?),
+                    env,
+                    default.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        let expected = [
+            ("--name", "BACKEND_NAME", "backend"),
+            ("--host", "BACKEND_HOST", "0.0.0.0"),
+            ("--port", "BACKEND_PORT", "8001"),
+        ];
+        assert_eq!(
+            settings,
+            expected.map(|(f, e, d)| (f.to_owned(), e.to_owned(), d.to_owned()))
+        );
     }
 
     #[test]
     fn defaults_apply_without_flags_or_env() {
         assert_eq!(
-            run(&[], no_env),
+            run(&[]),
             Config {
                 name: "backend".into(),
                 host: "0.0.0.0".into(),
@@ -161,17 +109,14 @@ mod tests {
     #[test]
     fn flags_set_every_field() {
         assert_eq!(
-            run(
-                &[
-                    "--name",
-                    "backend-2",
-                    "--port",
-                    "8002",
-                    "--host",
-                    "127.0.0.1"
-                ],
-                no_env
-            ),
+            run(&[
+                "--name",
+                "backend-2",
+                "--port",
+                "8002",
+                "--host",
+                "127.0.0.1"
+            ]),
             Config {
                 name: "backend-2".into(),
                 host: "127.0.0.1".into(),
@@ -182,116 +127,65 @@ mod tests {
 
     #[test]
     fn flags_accept_the_equals_form() {
-        let config = run(&["--name=backend-1", "--port=0"], no_env);
+        let config = run(&["--name=backend-1", "--port=0"]);
         assert_eq!(config.name, "backend-1");
         assert_eq!(config.port, 0);
     }
 
     #[test]
-    fn env_fills_what_flags_leave_out() {
-        let env = |var: &str| match var {
-            "BACKEND_NAME" => Some("from-env".to_owned()),
-            "BACKEND_PORT" => Some("9000".to_owned()),
-            "BACKEND_HOST" => Some("::1".to_owned()),
-            _ => None,
-        };
+    fn help_and_version_are_their_own_answers() {
+        for flag in ["--help", "-h"] {
+            assert_eq!(
+                parse(&[flag]).map_err(|e| e.kind()),
+                Err(ErrorKind::DisplayHelp)
+            );
+        }
         assert_eq!(
-            run(&[], env),
-            Config {
-                name: "from-env".into(),
-                host: "::1".into(),
-                port: 9000
-            }
+            parse(&["--version"]).map_err(|e| e.kind()),
+            Err(ErrorKind::DisplayVersion)
         );
     }
 
     #[test]
-    fn flags_win_over_env() {
-        let env = |var: &str| match var {
-            "BACKEND_NAME" => Some("from-env".to_owned()),
-            "BACKEND_PORT" => Some("not-a-port".to_owned()),
-            _ => None,
-        };
-        let config = run(&["--name", "from-flag", "--port", "8003"], env);
-        assert_eq!(config.name, "from-flag");
-        assert_eq!(config.port, 8003);
-    }
-
-    #[test]
-    fn help_is_its_own_command() {
-        assert_eq!(parse(args(&["--help"]), no_env), Ok(Command::Help));
-        assert_eq!(parse(args(&["-h"]), no_env), Ok(Command::Help));
-    }
-
-    #[test]
-    fn unknown_flag_is_rejected() {
+    fn unknown_arguments_are_rejected() {
         assert_eq!(
-            parse(args(&["--nmae", "x"]), no_env),
-            Err(ArgsError::UnknownArgument("--nmae".into()))
+            parse(&["--nmae", "x"]).map_err(|e| e.kind()),
+            Err(ErrorKind::UnknownArgument)
         );
         assert_eq!(
-            parse(args(&["backend-1"]), no_env),
-            Err(ArgsError::UnknownArgument("backend-1".into()))
+            parse(&["backend-1"]).map_err(|e| e.kind()),
+            Err(ErrorKind::UnknownArgument)
         );
     }
 
     #[test]
     fn flag_without_value_is_rejected() {
-        assert_eq!(
-            parse(args(&["--port"]), no_env),
-            Err(ArgsError::MissingValue("--port"))
-        );
+        let error = parse(&["--port"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidValue);
+        assert!(error.to_string().contains("--port"), "{error}");
     }
 
     #[test]
-    fn bad_ports_are_rejected_naming_their_source() {
+    fn bad_ports_are_rejected_naming_their_flag() {
         for bad in ["abc", "65536", "-1", ""] {
-            assert_eq!(
-                parse(args(&["--port", bad]), no_env),
-                Err(ArgsError::BadPort {
-                    value: bad.into(),
-                    source_name: "--port".into()
-                }),
-                "port {bad:?}"
-            );
+            let error = parse(&[&format!("--port={bad}")]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "port {bad:?}");
+            assert!(error.to_string().contains("--port <PORT>"), "{error}");
         }
-        let env = |var: &str| (var == "BACKEND_PORT").then(|| "80x".to_owned());
-        assert_eq!(
-            parse(args(&[]), env),
-            Err(ArgsError::BadPort {
-                value: "80x".into(),
-                source_name: "$BACKEND_PORT".into()
-            })
-        );
     }
 
     #[test]
     fn names_that_cannot_be_a_header_value_are_rejected() {
         for bad in ["", "two words", "tab\there", "caf\u{e9}"] {
-            assert!(
-                matches!(
-                    parse(args(&["--name", bad]), no_env),
-                    Err(ArgsError::BadName { .. })
-                ),
-                "name {bad:?} was accepted"
-            );
+            let error = parse(&["--name", bad]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "name {bad:?}");
+            assert!(error.to_string().contains("--name <NAME>"), "{error}");
         }
     }
 
     #[test]
     fn empty_host_is_rejected() {
-        assert_eq!(
-            parse(args(&["--host", ""]), no_env),
-            Err(ArgsError::EmptyHost("--host".into()))
-        );
-    }
-
-    #[test]
-    fn errors_read_well() {
-        let error = parse(args(&["--port", "x"]), no_env).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "bad port `x` from --port: expected a number from 0 to 65535"
-        );
+        let error = parse(&["--host", ""]).unwrap_err();
+        assert!(error.to_string().contains("--host <HOST>"), "{error}");
     }
 }

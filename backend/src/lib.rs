@@ -145,7 +145,7 @@ fn json_response(body: Bytes) -> Response {
         .into_response()
 }
 
-/// The `x-backend-instance` value for `name`. [`args::parse`] only accepts names that are valid
+/// The `x-backend-instance` value for `name`. [`args::Config`] only accepts names that are valid
 /// header values; a caller of [`app`] that passes another one gets a placeholder and a warning
 /// rather than a panic.
 fn instance_header_value(name: &str) -> HeaderValue {

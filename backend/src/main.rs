@@ -4,28 +4,16 @@ use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backend::args::{self, Command, Config};
+use backend::args::Config;
+use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-/// Exit status for a command line or environment that cannot be used (as in `sysexits`' usage
-/// error convention shared by most Unix tools).
-const EXIT_USAGE: u8 = 2;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = args::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
-    let config = match command {
-        Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            println!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            eprintln!("backend: {error}\n{}", args::USAGE);
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    // `--help` and `--version` exit 0; a command line or environment that cannot be used exits 2
+    // with the flag at fault named.
+    let config = Config::parse();
 
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,33 +1,24 @@
-//! limitd's configuration: read from environment variables, validated once at start-up.
+//! limitd's configuration: the settings of [`Args`] (flags and environment variables), checked
+//! together once at start-up into the types the service runs with.
 //!
-//! [`Config::from_lookup`] takes the variable lookup as a function so the parsing is tested
-//! without touching the process environment; [`Config::from_env`] is the real thing.
+//! clap checks each setting on its own; what is left here is what only limitd knows: exactly one
+//! Redis target, a token before listening beyond loopback, a sentinel password alongside a data
+//! password, and the token and URL checks whose errors must not echo the value.
+//! [`Config::from_lookup`] takes the variables as a function, so tests need not touch the
+//! process environment.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue};
 use redis::IntoConnectionInfo;
 
-/// The validated configuration of one limitd process.
-///
-/// Each field comes from one environment variable. An empty variable counts as unset.
-///
-/// | variable | meaning | default |
-/// | --- | --- | --- |
-/// | `LIMITD_LISTEN` | the HTTP listen address, `ip:port`; beyond loopback only with `LIMITD_TOKEN` | `127.0.0.1:8081` |
-/// | `LIMITD_TOKEN` | the shared secret callers send as `Authorization: Bearer <token>` (16 to 256 printable ASCII characters); unset, anyone who reaches limitd may check | none |
-/// | `SENTINEL_HOSTS` | comma-separated `host:port` of the Redis Sentinels (`[v6]:port` for IPv6) | — |
-/// | `REDIS_MASTER` | the master name the sentinels monitor | `mymaster` |
-/// | `REDIS_URL` | one plain Redis without Sentinel, e.g. `redis://127.0.0.1:6379` | — |
-/// | `REDIS_PASSWORD` | password of the Redis data nodes (master and replicas) | none |
-/// | `SENTINEL_PASSWORD` | password of the sentinels (their `requirepass`), only with `SENTINEL_HOSTS` | none |
-/// | `REDIS_CONNECT_TIMEOUT_MS` | timeout of one connection attempt to Redis | `500` |
-/// | `REDIS_RESPONSE_TIMEOUT_MS` | timeout of one Redis command (the check script, `PING`) | `250` |
-/// | `LIMITD_MASTER_POLL_MS` | with Sentinel, how often the sentinels are asked for the master, besides listening for `+switch-master` (100 to 3600000) | `1000` |
-/// | `LIMITD_MAX_BODY_BYTES` | the largest accepted check body; larger ones get `413` | `65536` |
-/// | `LIMITD_SHUTDOWN_GRACE_MS` | how long in-flight requests may drain after a shutdown signal | `5000` |
-/// | `LIMITD_HEADER_READ_TIMEOUT_MS` | how long a client may take to send a request's headers before its connection is closed | `5000` |
-/// | `LIMITD_MAX_CONNECTIONS` | the most client connections open at once; more are closed on accept | `1024` |
+use crate::args::{
+    Args, DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHUTDOWN_GRACE_MS,
+};
+
+/// The validated configuration of one limitd process (see `limitd --help` for each setting).
 ///
 /// Exactly one of `SENTINEL_HOSTS` and `REDIS_URL` must be set. `REDIS_MASTER` applies only
 /// with `SENTINEL_HOSTS`, and so does `SENTINEL_PASSWORD` (ignored with `REDIS_URL`). A password
@@ -42,7 +33,6 @@ pub struct Config {
     /// HTTP limits.
     pub http: HttpConfig,
 }
-
 /// How limitd reaches Redis.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -147,13 +137,14 @@ impl Token {
     /// The longest token accepted (it travels in a header).
     pub const MAX_CHARS: usize = 256;
 
-    fn new(text: String) -> Result<Self, ConfigError> {
+    /// Checks `text` (trimmed); the error does not repeat it.
+    fn new(text: &str) -> Result<Self, ConfigError> {
         let text = text.trim().to_owned();
         if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&text.len())
             || !text.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(ConfigError::new(
-                "LIMITD_TOKEN",
+            return Err(ConfigError::about(
+                &["token"],
                 format!(
                     "must be {} to {} printable ASCII characters without spaces (e.g. from \
                      `openssl rand -hex 32`)",
@@ -183,174 +174,123 @@ impl Default for HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
-            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             token: None,
         }
     }
 }
 
-const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
-const DEFAULT_MASTER: &str = "mymaster";
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
-const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
-const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
-const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 250;
-const DEFAULT_MASTER_POLL_MS: u64 = 1_000;
-/// Upper bound of the master poll: beyond an hour the poll is effectively off.
-const MAX_MASTER_POLL_MS: u64 = 3_600_000;
-const DEFAULT_MAX_BODY_BYTES: usize = 65536;
-const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
-/// Upper bound of the Redis timeouts: beyond a minute a "timeout" is a hang.
-const MAX_REDIS_TIMEOUT_MS: u64 = 60_000;
-/// Upper bound of the body limit (a full check of [`protocol::MAX_HITS`] hits is a few KiB).
-const MAX_BODY_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
-/// Upper bound of the drain deadline.
-const MAX_SHUTDOWN_GRACE_MS: u64 = 600_000;
-
-/// A configuration variable with a bad value, or a bad combination of variables.
+/// A configuration setting with a bad value, or a bad combination of settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}: {reason}")]
+#[error("{flag} ({var}): {reason}")]
 pub struct ConfigError {
-    /// The variable at fault (for combinations, the names involved).
-    pub var: &'static str,
+    /// The flag at fault, e.g. `--token` (for combinations, the flags involved, `/`-separated).
+    pub flag: String,
+    /// Its environment variable, e.g. `LIMITD_TOKEN` (likewise).
+    pub var: String,
     /// What is wrong with it.
     pub reason: String,
 }
 
 impl ConfigError {
-    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+    /// An error about the settings whose [`Args`] fields are `ids`.
+    fn about(ids: &[&str], reason: impl Into<String>) -> Self {
+        let (flags, vars): (Vec<String>, Vec<String>) =
+            ids.iter().map(|id| Args::names(id)).unzip();
         Self {
-            var,
+            flag: flags.join("/"),
+            var: vars.join("/"),
             reason: reason.into(),
+        }
+    }
+
+    /// A value clap refused, named by the setting clap names.
+    fn from_clap(error: &clap::Error) -> Self {
+        let arg = match error.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg.as_str(),
+            _ => "",
+        };
+        // `--max-body-bytes <BYTES>`: the flag is the first word.
+        let flag = arg.split_whitespace().next().unwrap_or_default();
+        let id = flag.trim_start_matches('-').replace('-', "_");
+        let (flag, var) = Args::names(&id);
+        let message = error.to_string();
+        let reason = message.lines().next().unwrap_or_default();
+        Self {
+            flag,
+            var,
+            reason: reason.trim_start_matches("error: ").to_owned(),
         }
     }
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
-    ///
-    /// A variable that is set but not valid UTF-8 is an error, not "unset".
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut bad = None;
-        let config = Self::from_lookup(|name| match std::env::var(name) {
-            Ok(value) => Some(value),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                bad.get_or_insert(name);
-                None
-            }
-        });
-        match bad {
-            Some(name) => Err(ConfigError::new(name, "value is not valid UTF-8")),
-            None => config,
-        }
+    /// Builds the configuration from the variables `lookup` gives by name (`None`: unset), as
+    /// if they were the environment; no command-line arguments, no process environment.
+    pub fn from_lookup(lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let args = Args::from_lookup(lookup).map_err(|error| ConfigError::from_clap(&error))?;
+        Self::try_from(args)
     }
+}
 
-    /// Builds the configuration from `lookup`, which returns a variable's value or `None`.
-    pub fn from_lookup(
-        mut lookup: impl FnMut(&'static str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let mut get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
 
-        let listen_text = get("LIMITD_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|e| {
-            ConfigError::new(
-                "LIMITD_LISTEN",
-                format!("'{listen_text}' is not an ip:port address ({e})"),
-            )
-        })?;
-        let token = get("LIMITD_TOKEN").map(Token::new).transpose()?;
-        if token.is_none() && !listen.ip().is_loopback() {
-            return Err(ConfigError::new(
-                "LIMITD_LISTEN",
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        // An all-blank value counts as unset (for variables, clap never sees one).
+        let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        let token = given(args.token).as_deref().map(Token::new).transpose()?;
+        if token.is_none() && !args.listen.ip().is_loopback() {
+            return Err(ConfigError::about(
+                &["listen"],
                 format!(
-                    "{listen} is reachable beyond this host, so callers must authenticate: set \
-                     LIMITD_TOKEN (and the filter's limitd_token), or listen on 127.0.0.1"
+                    "{} is reachable beyond this host, so callers must authenticate: set \
+                     LIMITD_TOKEN (and the filter's limitd_token), or listen on 127.0.0.1",
+                    args.listen
                 ),
             ));
         }
 
-        // Passwords are taken as given: spaces may be part of one (only an all-blank value
-        // counts as unset).
-        let password = get("REDIS_PASSWORD");
-        let sentinel_password = get("SENTINEL_PASSWORD");
-        let target = match (get("SENTINEL_HOSTS"), get("REDIS_URL")) {
+        // Passwords are taken as given: spaces may be part of one.
+        let password = given(args.redis_password);
+        let sentinel_password = given(args.sentinel_password);
+        let target = match (args.sentinel_hosts, given(args.redis_url)) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "SENTINEL_HOSTS/REDIS_URL",
+                return Err(ConfigError::about(
+                    &["sentinel_hosts", "redis_url"],
                     "both are set; set exactly one (SENTINEL_HOSTS for Sentinel, REDIS_URL for a single Redis)",
                 ))
             }
             (None, None) => {
-                return Err(ConfigError::new(
-                    "SENTINEL_HOSTS/REDIS_URL",
+                return Err(ConfigError::about(
+                    &["sentinel_hosts", "redis_url"],
                     "neither is set; set SENTINEL_HOSTS (e.g. 127.0.0.1:26379) or REDIS_URL (e.g. redis://127.0.0.1:6379)",
                 ))
             }
             (Some(hosts), None) => RedisTarget::Sentinel {
-                sentinels: parse_sentinel_hosts(&hosts)?,
-                master: get("REDIS_MASTER").map_or_else(|| DEFAULT_MASTER.into(), |m| m.trim().to_owned()),
+                sentinels: hosts.0,
+                master: args.redis_master,
             },
             (None, Some(url)) => {
                 let url = url.trim().to_owned();
                 match url.as_str().into_connection_info() {
                     Ok(info) if matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) => {}
-                    Ok(_) => return Err(ConfigError::new("REDIS_URL", "only redis:// (plain TCP) URLs are supported")),
-                    Err(e) => return Err(ConfigError::new("REDIS_URL", format!("not a Redis URL ({e})"))),
+                    Ok(_) => {
+                        return Err(ConfigError::about(
+                            &["redis_url"],
+                            "only redis:// (plain TCP) URLs are supported",
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::about(
+                            &["redis_url"],
+                            format!("not a Redis URL ({e})"),
+                        ))
+                    }
                 }
                 RedisTarget::Single { url }
             }
         };
-
-        let connect_timeout = millis(
-            "REDIS_CONNECT_TIMEOUT_MS",
-            get("REDIS_CONNECT_TIMEOUT_MS"),
-            DEFAULT_CONNECT_TIMEOUT_MS,
-            1,
-            MAX_REDIS_TIMEOUT_MS,
-        )?;
-        let response_timeout = millis(
-            "REDIS_RESPONSE_TIMEOUT_MS",
-            get("REDIS_RESPONSE_TIMEOUT_MS"),
-            DEFAULT_RESPONSE_TIMEOUT_MS,
-            1,
-            MAX_REDIS_TIMEOUT_MS,
-        )?;
-        let master_poll = millis(
-            "LIMITD_MASTER_POLL_MS",
-            get("LIMITD_MASTER_POLL_MS"),
-            DEFAULT_MASTER_POLL_MS,
-            100,
-            MAX_MASTER_POLL_MS,
-        )?;
-        let max_body_bytes = number(
-            "LIMITD_MAX_BODY_BYTES",
-            get("LIMITD_MAX_BODY_BYTES"),
-            DEFAULT_MAX_BODY_BYTES as u64,
-            64,
-            MAX_BODY_BYTES_LIMIT,
-        )?;
-        let shutdown_grace = millis(
-            "LIMITD_SHUTDOWN_GRACE_MS",
-            get("LIMITD_SHUTDOWN_GRACE_MS"),
-            DEFAULT_SHUTDOWN_GRACE_MS,
-            0,
-            MAX_SHUTDOWN_GRACE_MS,
-        )?;
-        let header_read_timeout = millis(
-            "LIMITD_HEADER_READ_TIMEOUT_MS",
-            get("LIMITD_HEADER_READ_TIMEOUT_MS"),
-            DEFAULT_HEADER_READ_TIMEOUT_MS,
-            10,
-            60_000,
-        )?;
-        let max_connections = number(
-            "LIMITD_MAX_CONNECTIONS",
-            get("LIMITD_MAX_CONNECTIONS"),
-            DEFAULT_MAX_CONNECTIONS,
-            1,
-            1_000_000,
-        )?;
 
         // limitd sends REDIS_PASSWORD to whatever master the sentinels name: behind open
         // sentinels, anyone who reaches one could name their own server and collect it.
@@ -358,8 +298,8 @@ impl Config {
             && sentinel_password.is_none()
             && matches!(target, RedisTarget::Sentinel { .. })
         {
-            return Err(ConfigError::new(
-                "SENTINEL_PASSWORD",
+            return Err(ConfigError::about(
+                &["sentinel_password"],
                 "must be set when REDIS_PASSWORD is: limitd sends the data nodes' password to \
                  whatever master the sentinels name, so open sentinels would let anyone who \
                  reaches one redirect limitd and receive it (set the sentinels' requirepass)",
@@ -367,93 +307,58 @@ impl Config {
         }
 
         Ok(Self {
-            listen,
+            listen: args.listen,
             redis: RedisConfig {
                 target,
                 password,
                 sentinel_password,
-                connect_timeout,
-                response_timeout,
-                master_poll,
+                connect_timeout: Duration::from_millis(args.redis_connect_timeout_ms),
+                response_timeout: Duration::from_millis(args.redis_response_timeout_ms),
+                master_poll: Duration::from_millis(args.master_poll_ms),
             },
             http: HttpConfig {
-                // The bound above keeps this far below usize::MAX on any target.
-                max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
-                shutdown_grace,
-                header_read_timeout,
-                // At most a million: fits a usize on any target.
-                max_connections: usize::try_from(max_connections).unwrap_or(1_000_000),
+                max_body_bytes: args.max_body_bytes,
+                shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+                max_connections: args.max_connections,
                 token,
             },
         })
     }
 }
 
-/// Parses `host:port[,host:port…]`; blank entries (a trailing comma) are skipped.
-fn parse_sentinel_hosts(text: &str) -> Result<Vec<(String, u16)>, ConfigError> {
-    const VAR: &str = "SENTINEL_HOSTS";
-    let mut hosts = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (host, port) = entry
-            .rsplit_once(':')
-            .ok_or_else(|| ConfigError::new(VAR, format!("'{entry}' is not host:port")))?;
-        // `[::1]:26379`: the brackets only delimit the address.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() || host.contains(['/', ' ']) {
-            return Err(ConfigError::new(
-                VAR,
-                format!("'{entry}' has no valid host"),
-            ));
+/// `host:port` of each sentinel, in the configured order (`SENTINEL_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelHosts(pub Vec<(String, u16)>);
+
+impl SentinelHosts {
+    /// Parses `host:port[,host:port…]`; blank entries (a trailing comma) are skipped.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut hosts = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (host, port) = entry
+                .rsplit_once(':')
+                .ok_or_else(|| format!("'{entry}' is not host:port"))?;
+            // `[::1]:26379`: the brackets only delimit the address.
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            if host.is_empty() || host.contains(['/', ' ']) {
+                return Err(format!("'{entry}' has no valid host"));
+            }
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("'{entry}' has no valid port (1-65535)"))?;
+            hosts.push((host.to_owned(), port));
         }
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                ConfigError::new(VAR, format!("'{entry}' has no valid port (1-65535)"))
-            })?;
-        hosts.push((host.to_owned(), port));
+        if hosts.is_empty() {
+            return Err("no host:port given".to_owned());
+        }
+        Ok(Self(hosts))
     }
-    if hosts.is_empty() {
-        return Err(ConfigError::new(VAR, "no host:port given"));
-    }
-    Ok(hosts)
-}
-
-fn number(
-    var: &'static str,
-    value: Option<String>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, ConfigError> {
-    let Some(text) = value else {
-        return Ok(default);
-    };
-    let n = text
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| ConfigError::new(var, format!("'{text}' is not a whole number")))?;
-    if !(min..=max).contains(&n) {
-        return Err(ConfigError::new(
-            var,
-            format!("{n} is out of range {min}..={max}"),
-        ));
-    }
-    Ok(n)
-}
-
-fn millis(
-    var: &'static str,
-    value: Option<String>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
-    number(var, value, default, min, max).map(Duration::from_millis)
 }
 
 #[cfg(test)]
@@ -602,7 +507,87 @@ mod tests {
         for (var, value) in cases {
             let err = parse(&[url, (var, value)]).unwrap_err();
             assert_eq!(err.var, *var, "{var}={value}: {err}");
-            assert!(err.to_string().starts_with(var), "{err}");
+            assert!(err.to_string().contains(var), "{err}");
+            assert!(err.flag.starts_with("--"), "{err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_the_variable() {
+        let err = parse(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("LIMITD_MAX_BODY_BYTES", "1.5"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            (err.flag.as_str(), err.var.as_str()),
+            ("--max-body-bytes", "LIMITD_MAX_BODY_BYTES")
+        );
+        assert!(
+            err.to_string()
+                .starts_with("--max-body-bytes (LIMITD_MAX_BODY_BYTES): invalid value '1.5'"),
+            "{err}"
+        );
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.flag, "--sentinel-hosts/--redis-url", "{err}");
+    }
+
+    #[test]
+    fn the_token_is_not_repeated_in_its_error() {
+        let secret = "a secret with spaces in it";
+        let err = parse(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("LIMITD_TOKEN", secret),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "LIMITD_TOKEN");
+        assert!(!err.to_string().contains(secret), "{err}");
+    }
+
+    #[test]
+    fn blank_values_count_as_unset_and_values_are_trimmed() {
+        let config = parse(&[
+            ("REDIS_URL", " redis://127.0.0.1:6379 "),
+            ("SENTINEL_HOSTS", "  "),
+            ("LIMITD_LISTEN", " 127.0.0.1:9000 "),
+            ("LIMITD_MAX_BODY_BYTES", " 1024 "),
+            ("LIMITD_MAX_CONNECTIONS", "   "),
+            ("LIMITD_TOKEN", "  "),
+            ("REDIS_PASSWORD", " pass word "),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.redis.target,
+            RedisTarget::Single {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.http.max_body_bytes, 1024);
+        assert_eq!(config.http.max_connections, 1024);
+        assert_eq!(config.http.token, None);
+        assert_eq!(config.redis.password.as_deref(), Some(" pass word "));
+    }
+
+    #[test]
+    fn every_range_bound_is_inclusive() {
+        let url = ("REDIS_URL", "redis://127.0.0.1:6379");
+        for (var, low, high) in [
+            ("REDIS_CONNECT_TIMEOUT_MS", 1u64, 60_000),
+            ("REDIS_RESPONSE_TIMEOUT_MS", 1, 60_000),
+            ("LIMITD_MASTER_POLL_MS", 100, 3_600_000),
+            ("LIMITD_MAX_BODY_BYTES", 64, 16 * 1024 * 1024),
+            ("LIMITD_SHUTDOWN_GRACE_MS", 0, 600_000),
+            ("LIMITD_HEADER_READ_TIMEOUT_MS", 10, 60_000),
+            ("LIMITD_MAX_CONNECTIONS", 1, 1_000_000),
+        ] {
+            for ok in [low, high] {
+                assert!(parse(&[url, (var, &ok.to_string())]).is_ok(), "{var}={ok}");
+            }
+            for bad in [low.checked_sub(1), Some(high + 1)].into_iter().flatten() {
+                let err = parse(&[url, (var, &bad.to_string())]).unwrap_err();
+                assert_eq!(err.var, var, "{var}={bad}: {err}");
+            }
         }
     }
 

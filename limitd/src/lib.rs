@@ -7,7 +7,7 @@
 //! Sentinel failover by itself (see [`store`]). The contract is in `docs/protocol.md`.
 //!
 //! The library exposes [`app`] (the router, for in-process tests) and [`serve`] (the server with
-//! a bounded graceful shutdown); `main.rs` only reads [`Config`], sets up logging and calls them.
+//! a bounded graceful shutdown); `main.rs` only reads [`Config`] (from [`args::Args`]), sets up logging and calls them.
 //!
 //! Endpoints:
 //! - `POST /v2/checks`: `200` with one result per check (`allowed`, `denied`, or `error` with a
@@ -38,6 +38,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub mod args;
 mod auth;
 pub mod config;
 mod connector;

@@ -1,14 +1,25 @@
-//! The limitd binary: reads the configuration from the environment, sets up logging, binds,
-//! and serves until SIGTERM or SIGINT, then drains and exits 0.
+//! The limitd binary: reads the configuration from its flags and the environment, sets up
+//! logging, binds, and serves until SIGTERM or SIGINT, then drains and exits 0.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
+use clap::CommandFactory;
+use limitd::args::Args;
 use limitd::{AppState, Config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--help` and `--version` exit 0 here; a bad value exits 2 naming its flag.
+    let config = match Config::try_from(Args::from_process()) {
+        Ok(config) => config,
+        Err(err) => Args::command()
+            .error(ErrorKind::ValueValidation, err)
+            .exit(),
+    };
+
     tracing_subscriber::fmt()
         // Colours only on a terminal, not in container logs.
         .with_ansi(std::io::stdout().is_terminal())
@@ -17,18 +28,11 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("limitd: bad configuration: {err}");
-            return ExitCode::from(2);
-        }
-    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!(
-                "limitd: cannot listen on {} (LIMITD_LISTEN): {err}",
+                "limitd: cannot listen on {} (--listen, LIMITD_LISTEN): {err}",
                 config.listen
             );
             return ExitCode::FAILURE;

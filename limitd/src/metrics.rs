@@ -1,9 +1,10 @@
-//! limitd's Prometheus metrics: plain atomics, rendered by hand in the text exposition format
-//! 0.0.4 on `GET /metrics`.
+//! limitd's Prometheus metrics, kept and rendered by `prometheus-client` (the official Rust
+//! client) in the text exposition format 0.0.4 on `GET /metrics`.
 //!
-//! Hand-written rather than the `prometheus` crate: a dozen series do not justify its build
-//! time, and every update here is one relaxed atomic add on the request path. One [`Metrics`]
-//! belongs to one store (and so to one app), so in-process tests each read their own numbers.
+//! Every series with a fixed label set is created up front, so a fresh process shows them at 0,
+//! and the hot path holds a handle to each: an update is one relaxed atomic add (a histogram
+//! observation takes the histogram's short lock). One [`Metrics`] belongs to one store (and so to
+//! one app), so in-process tests each read their own numbers.
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
@@ -23,28 +24,27 @@
 //! | `limitd_unauthorized_total` | counter | check requests refused (`401`) for a missing or wrong `LIMITD_TOKEN` |
 //! | `limitd_v1_requests_total` | counter | requests to the deprecated `/v1/check` and `/v1/checks` (when 0 for long, every filter is on v2) |
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Upper bounds of the check-duration buckets, in nanoseconds, with their `le` labels: from
-/// half a millisecond (a local Redis) to one second (far past any sane response timeout).
-const DURATION_BUCKETS: [(u64, &str); 11] = [
-    (500_000, "0.0005"),
-    (1_000_000, "0.001"),
-    (2_500_000, "0.0025"),
-    (5_000_000, "0.005"),
-    (10_000_000, "0.01"),
-    (25_000_000, "0.025"),
-    (50_000_000, "0.05"),
-    (100_000_000, "0.1"),
-    (250_000_000, "0.25"),
-    (500_000_000, "0.5"),
-    (1_000_000_000, "1"),
+/// The content type of the text exposition format.
+pub use prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the check-duration buckets, in seconds: from half a millisecond (a local
+/// Redis) to one second (four times the default response timeout; slower is a fault).
+const DURATION_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// A label set of one fixed pair, e.g. `result="allowed"`.
+type Label = [(&'static str, &'static str); 1];
 
 /// How a validated check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,30 +111,16 @@ pub enum BadRequest {
     TooLarge,
 }
 
-/// Every counter limitd exports. All updates are relaxed atomic adds: the numbers are
-/// independent, and a scrape that sees one a moment before another is fine.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    checks_allowed: AtomicU64,
-    checks_denied: AtomicU64,
-    checks_error: AtomicU64,
-    hits_allowed: AtomicU64,
-    hits_denied: AtomicU64,
-    /// Non-cumulative counts per bucket; the last one is `+Inf`.
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    duration_sum_nanos: AtomicU64,
-    redis_errors: [AtomicU64; RedisErrorKind::ALL.len()],
-    reconnects: AtomicU64,
-    failovers: AtomicU64,
-    bad_requests_400: AtomicU64,
-    bad_requests_413: AtomicU64,
-    in_flight: AtomicI64,
-    invalid_checks: AtomicU64,
-    give_backs: [AtomicU64; 4],
-    give_backs_in_flight: AtomicI64,
-    v1_requests: AtomicU64,
-    refused_connections: AtomicU64,
-    unauthorized: AtomicU64,
+impl CheckOutcome {
+    const ALL: [Self; 3] = [Self::Allowed, Self::Denied, Self::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// What a give-back found, as the `outcome` label of `limitd_give_backs_total`.
@@ -168,7 +154,186 @@ impl GiveBackOutcome {
     }
 }
 
+/// Every metric limitd exports, registered in one [`Registry`], with a handle on each series.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// By [`CheckOutcome`], in [`CheckOutcome::ALL`] order.
+    checks: [Counter; 3],
+    hits_allowed: Counter,
+    hits_denied: Counter,
+    check_duration: Histogram,
+    in_flight: Gauge,
+    /// By [`RedisErrorKind`], in [`RedisErrorKind::ALL`] order.
+    redis_errors: [Counter; RedisErrorKind::ALL.len()],
+    /// One series, `addr` of the Redis in use, set when rendering.
+    redis_master: Family<[(&'static str, String); 1], Gauge>,
+    reconnects: Counter,
+    failovers: Counter,
+    bad_requests_400: Counter,
+    bad_requests_413: Counter,
+    invalid_checks: Counter,
+    /// By [`GiveBackOutcome`], in [`GiveBackOutcome::ALL`] order.
+    give_backs: [Counter; GiveBackOutcome::ALL.len()],
+    give_backs_in_flight: Gauge,
+    v1_requests: Counter,
+    refused_connections: Counter,
+    unauthorized: Counter,
+    /// Held while a render sets the master's series and encodes, so two scrapes at once cannot
+    /// show each other's master. A std mutex: never held across an await.
+    rendering: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A family of counters with one label, every value of it created (so shown at 0).
+fn counters<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<Label, Counter>::default();
+    let counters = values.map(|value| family.get_or_create(&[(label, value)]).clone());
+    registry.register(name, help, family);
+    counters
+}
+
+/// A counter without labels.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+/// A gauge without labels.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
 impl Metrics {
+    /// Registers every metric, each series at 0. Counters are registered without their
+    /// `_total`, which the encoder appends.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        let checks = counters(
+            r,
+            "limitd_checks",
+            "Validated checks by outcome (error: Redis could not answer)",
+            "result",
+            CheckOutcome::ALL.map(CheckOutcome::label),
+        );
+        let [hits_allowed, hits_denied] = counters(
+            r,
+            "limitd_hits",
+            "Hits of answered checks by their own result",
+            "result",
+            ["allowed", "denied"],
+        );
+        let check_duration = Histogram::new(DURATION_BUCKETS);
+        r.register(
+            "limitd_check_duration_seconds",
+            "Time from a validated check to its answer",
+            check_duration.clone(),
+        );
+        let in_flight = gauge(
+            r,
+            "limitd_checks_in_flight",
+            "Validated checks waiting for Redis",
+        );
+        let redis_errors = counters(
+            r,
+            "limitd_redis_errors",
+            "Failed Redis commands, connection attempts and master resolutions, by kind",
+            "kind",
+            RedisErrorKind::ALL.map(RedisErrorKind::label),
+        );
+        let redis_master = Family::default();
+        r.register(
+            "limitd_redis_master",
+            "1 for the address of the Redis in use; absent while disconnected",
+            redis_master.clone(),
+        );
+        let reconnects = counter(
+            r,
+            "limitd_reconnects",
+            "Redis connections rebuilt after the first one",
+        );
+        let failovers = counter(
+            r,
+            "limitd_failovers",
+            "Connection rebuilds that landed on a different master address",
+        );
+        let [bad_requests_400, bad_requests_413] = counters(
+            r,
+            "limitd_bad_requests",
+            "Refused check bodies by status",
+            "status",
+            ["400", "413"],
+        );
+        let invalid_checks = counter(
+            r,
+            "limitd_invalid_checks",
+            "Checks of a well-formed batch refused as invalid",
+        );
+        let give_backs = counters(
+            r,
+            "limitd_give_backs",
+            "Checks reported as errors after their script may have run, by what the give-back found",
+            "outcome",
+            GiveBackOutcome::ALL.map(GiveBackOutcome::label),
+        );
+        let give_backs_in_flight = gauge(
+            r,
+            "limitd_give_backs_in_flight",
+            "Give-backs still trying to reach Redis",
+        );
+        let v1_requests = counter(
+            r,
+            "limitd_v1_requests",
+            "Requests to the deprecated /v1/check and /v1/checks endpoints",
+        );
+        let refused_connections = counter(
+            r,
+            "limitd_refused_connections",
+            "Connections closed on accept because the most allowed were open",
+        );
+        let unauthorized = counter(
+            r,
+            "limitd_unauthorized",
+            "Check requests refused for a missing or wrong token",
+        );
+        Self {
+            registry,
+            checks,
+            hits_allowed,
+            hits_denied,
+            check_duration,
+            in_flight,
+            redis_errors,
+            redis_master,
+            reconnects,
+            failovers,
+            bad_requests_400,
+            bad_requests_413,
+            invalid_checks,
+            give_backs,
+            give_backs_in_flight,
+            v1_requests,
+            refused_connections,
+            unauthorized,
+            rendering: Mutex::new(()),
+        }
+    }
+
     /// Records a finished check: its outcome, its hits' results and how long it took.
     pub fn check_finished(
         &self,
@@ -177,27 +342,20 @@ impl Metrics {
         hits_denied: u64,
         elapsed: Duration,
     ) {
-        let counter = match outcome {
-            CheckOutcome::Allowed => &self.checks_allowed,
-            CheckOutcome::Denied => &self.checks_denied,
-            CheckOutcome::Error => &self.checks_error,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.hits_allowed.fetch_add(hits_allowed, Ordering::Relaxed);
-        self.hits_denied.fetch_add(hits_denied, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = DURATION_BUCKETS
+        let index = CheckOutcome::ALL
             .iter()
-            .position(|(bound, _)| nanos <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+            .position(|o| *o == outcome)
+            .unwrap_or(CheckOutcome::ALL.len() - 1);
+        self.checks[index].inc();
+        self.hits_allowed.inc_by(hits_allowed);
+        self.hits_denied.inc_by(hits_denied);
+        self.check_duration.observe(elapsed.as_secs_f64());
     }
 
     /// Marks a check as waiting for Redis until the returned guard is dropped (also when the
     /// request is cancelled).
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(&self.in_flight)
     }
 
@@ -207,298 +365,93 @@ impl Metrics {
             .iter()
             .position(|k| *k == kind)
             .unwrap_or(RedisErrorKind::ALL.len() - 1);
-        self.redis_errors[index].fetch_add(1, Ordering::Relaxed);
+        self.redis_errors[index].inc();
     }
 
     /// Counts a rebuilt connection; `moved` when it reached a different address than before.
     pub fn reconnected(&self, moved: bool) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects.inc();
         if moved {
-            self.failovers.fetch_add(1, Ordering::Relaxed);
+            self.failovers.inc();
         }
     }
 
     /// Counts a refused check body.
     pub fn bad_request(&self, kind: BadRequest) {
-        let counter = match kind {
-            BadRequest::Malformed => &self.bad_requests_400,
-            BadRequest::TooLarge => &self.bad_requests_413,
+        match kind {
+            BadRequest::Malformed => self.bad_requests_400.inc(),
+            BadRequest::TooLarge => self.bad_requests_413.inc(),
         };
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a check refused as `error: invalid` inside a well-formed batch.
     pub fn invalid_check(&self) {
-        self.invalid_checks.fetch_add(1, Ordering::Relaxed);
+        self.invalid_checks.inc();
     }
 
     /// How many give-backs are running.
     pub fn give_backs_in_flight(&self) -> i64 {
-        self.give_backs_in_flight.load(Ordering::Relaxed)
+        self.give_backs_in_flight.get()
     }
 
     /// Counts a give-back as running, until [`Metrics::give_back`] counts how it ended.
     pub fn give_back_started(&self) {
-        self.give_backs_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.give_backs_in_flight.inc();
     }
 
     /// Counts a finished give-back by what it found.
     pub fn give_back(&self, outcome: GiveBackOutcome) {
-        self.give_backs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.give_backs_in_flight.dec();
         let index = GiveBackOutcome::ALL
             .iter()
             .position(|o| *o == outcome)
             .unwrap_or(0);
-        self.give_backs[index].fetch_add(1, Ordering::Relaxed);
+        self.give_backs[index].inc();
     }
 
     /// Counts a connection closed on accept because the most allowed were open.
     pub fn refused_connection(&self) {
-        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+        self.refused_connections.inc();
     }
 
     /// Counts a check request refused for a missing or wrong token.
     pub fn unauthorized(&self) {
-        self.unauthorized.fetch_add(1, Ordering::Relaxed);
+        self.unauthorized.inc();
     }
 
     /// Counts a request to a deprecated v1 endpoint.
     pub fn v1_request(&self) {
-        self.v1_requests.fetch_add(1, Ordering::Relaxed);
+        self.v1_requests.inc();
     }
 
     /// The text exposition of every metric; `master` is the address of the Redis in use.
     pub fn render(&self, master: Option<&str>) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-
-        header(
-            &mut out,
-            "limitd_checks_total",
-            "counter",
-            "Validated checks by outcome (error: Redis could not answer).",
-        );
-        for (result, counter) in [
-            ("allowed", &self.checks_allowed),
-            ("denied", &self.checks_denied),
-            ("error", &self.checks_error),
-        ] {
-            let _ = writeln!(
-                out,
-                "limitd_checks_total{{result=\"{result}\"}} {}",
-                get(counter)
-            );
-        }
-
-        header(
-            &mut out,
-            "limitd_hits_total",
-            "counter",
-            "Hits of answered checks by their own result.",
-        );
-        for (result, counter) in [
-            ("allowed", &self.hits_allowed),
-            ("denied", &self.hits_denied),
-        ] {
-            let _ = writeln!(
-                out,
-                "limitd_hits_total{{result=\"{result}\"}} {}",
-                get(counter)
-            );
-        }
-
-        header(
-            &mut out,
-            "limitd_check_duration_seconds",
-            "histogram",
-            "Time from a validated check to its answer.",
-        );
-        let mut cumulative = 0u64;
-        for (i, (_, le)) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += get(&self.duration_buckets[i]);
-            let _ = writeln!(
-                out,
-                "limitd_check_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        cumulative += get(&self.duration_buckets[DURATION_BUCKETS.len()]);
-        let _ = writeln!(
-            out,
-            "limitd_check_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        );
-        // Precision: f64 holds nanosecond sums exactly up to ~104 days of check time.
-        #[allow(clippy::cast_precision_loss)]
-        let sum_seconds = get(&self.duration_sum_nanos) as f64 / 1e9;
-        let _ = writeln!(out, "limitd_check_duration_seconds_sum {sum_seconds}");
-        let _ = writeln!(out, "limitd_check_duration_seconds_count {cumulative}");
-
-        header(
-            &mut out,
-            "limitd_checks_in_flight",
-            "gauge",
-            "Validated checks waiting for Redis.",
-        );
-        let _ = writeln!(
-            out,
-            "limitd_checks_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed).max(0)
-        );
-
-        header(
-            &mut out,
-            "limitd_redis_errors_total",
-            "counter",
-            "Failed Redis commands, connection attempts and master resolutions, by kind.",
-        );
-        for (kind, counter) in RedisErrorKind::ALL.iter().zip(&self.redis_errors) {
-            let _ = writeln!(
-                out,
-                "limitd_redis_errors_total{{kind=\"{}\"}} {}",
-                kind.label(),
-                get(counter)
-            );
-        }
-
-        header(
-            &mut out,
-            "limitd_redis_master",
-            "gauge",
-            "1 for the address of the Redis in use; absent while disconnected.",
-        );
+        // A poisoned lock only means another render panicked; the guard protects no data.
+        let _rendering = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.redis_master.clear();
         if let Some(addr) = master {
-            let _ = writeln!(out, "limitd_redis_master{{addr=\"{}\"}} 1", escape(addr));
+            self.redis_master
+                .get_or_create(&[("addr", addr.to_owned())])
+                .set(1);
         }
-
-        header(
-            &mut out,
-            "limitd_reconnects_total",
-            "counter",
-            "Redis connections rebuilt after the first one.",
-        );
-        let _ = writeln!(out, "limitd_reconnects_total {}", get(&self.reconnects));
-
-        header(
-            &mut out,
-            "limitd_failovers_total",
-            "counter",
-            "Connection rebuilds that landed on a different master address.",
-        );
-        let _ = writeln!(out, "limitd_failovers_total {}", get(&self.failovers));
-
-        header(
-            &mut out,
-            "limitd_bad_requests_total",
-            "counter",
-            "Refused check bodies by status.",
-        );
-        for (status, counter) in [
-            ("400", &self.bad_requests_400),
-            ("413", &self.bad_requests_413),
-        ] {
-            let _ = writeln!(
-                out,
-                "limitd_bad_requests_total{{status=\"{status}\"}} {}",
-                get(counter)
-            );
-        }
-
-        header(
-            &mut out,
-            "limitd_invalid_checks_total",
-            "counter",
-            "Checks of a well-formed batch refused as invalid.",
-        );
-        let _ = writeln!(
-            out,
-            "limitd_invalid_checks_total {}",
-            get(&self.invalid_checks)
-        );
-
-        header(
-            &mut out,
-            "limitd_give_backs_total",
-            "counter",
-            "Checks reported as errors after their script may have run, by what the give-back found.",
-        );
-        for (outcome, counter) in GiveBackOutcome::ALL.iter().zip(&self.give_backs) {
-            let _ = writeln!(
-                out,
-                "limitd_give_backs_total{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                get(counter)
-            );
-        }
-
-        header(
-            &mut out,
-            "limitd_give_backs_in_flight",
-            "gauge",
-            "Give-backs still trying to reach Redis.",
-        );
-        let _ = writeln!(
-            out,
-            "limitd_give_backs_in_flight {}",
-            self.give_backs_in_flight.load(Ordering::Relaxed).max(0)
-        );
-
-        header(
-            &mut out,
-            "limitd_v1_requests_total",
-            "counter",
-            "Requests to the deprecated /v1/check and /v1/checks endpoints.",
-        );
-        let _ = writeln!(out, "limitd_v1_requests_total {}", get(&self.v1_requests));
-
-        header(
-            &mut out,
-            "limitd_refused_connections_total",
-            "counter",
-            "Connections closed on accept because the most allowed were open.",
-        );
-        let _ = writeln!(
-            out,
-            "limitd_refused_connections_total {}",
-            get(&self.refused_connections)
-        );
-
-        header(
-            &mut out,
-            "limitd_unauthorized_total",
-            "counter",
-            "Check requests refused for a missing or wrong token.",
-        );
-        let _ = writeln!(out, "limitd_unauthorized_total {}", get(&self.unauthorized));
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
 
 /// Keeps `limitd_checks_in_flight` raised while alive.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a AtomicI64);
+pub struct InFlight<'a>(&'a Gauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Escapes a label value: backslash, double quote and line feed, as the format requires.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -538,15 +491,15 @@ mod tests {
             r#"limitd_bad_requests_total{status="400"}"#,
             r#"limitd_bad_requests_total{status="413"}"#,
         ] {
+            // The sum is a float ("0.0"); the counts are integers ("0").
             assert_eq!(
-                sample(&text, series).as_deref(),
-                Some("0"),
+                sample(&text, series).and_then(|v| v.parse::<f64>().ok()),
+                Some(0.0),
                 "{series}\n{text}"
             );
         }
-        // No master, no series (but the family is still declared).
-        assert!(text.contains("# TYPE limitd_redis_master gauge"));
-        assert!(!text.contains("limitd_redis_master{"), "{text}");
+        // No master, no series; the encoder then leaves out the family's HELP and TYPE too.
+        assert!(!text.contains("limitd_redis_master"), "{text}");
     }
 
     #[test]
@@ -614,7 +567,8 @@ mod tests {
             "3"
         );
         assert_eq!(get("limitd_check_duration_seconds_count"), "3");
-        assert_eq!(get("limitd_check_duration_seconds_sum"), "2.0033");
+        let sum: f64 = get("limitd_check_duration_seconds_sum").parse().unwrap();
+        assert!((sum - 2.0033).abs() < 1e-9, "{sum}");
     }
 
     #[test]
@@ -681,12 +635,167 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("a\nb"), r"a\nb");
-        let text = Metrics::default().render(Some("we\"ird"));
+        let text = Metrics::default().render(Some("we\"i\\r\nd"));
         assert!(
-            text.contains(r#"limitd_redis_master{addr="we\"ird"} 1"#),
+            text.contains(r#"limitd_redis_master{addr="we\"i\\r\nd"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_master_series_follows_each_render() {
+        let metrics = Metrics::default();
+        let text = metrics.render(Some("10.0.0.1:6379"));
+        assert_eq!(
+            sample(&text, r#"limitd_redis_master{addr="10.0.0.1:6379"}"#).as_deref(),
+            Some("1")
+        );
+        let text = metrics.render(Some("10.0.0.2:6379"));
+        assert_eq!(text.matches("limitd_redis_master{").count(), 1, "{text}");
+        assert!(!metrics.render(None).contains("limitd_redis_master{"));
+    }
+
+    /// Every metric limitd has ever exported, with its type and every series a fresh process
+    /// shows: dashboards and alerts depend on these names, so none may change by accident.
+    #[test]
+    fn every_metric_keeps_its_name_type_and_labels() {
+        let expected: &[(&str, &str, &[&str])] = &[
+            (
+                "limitd_checks_total",
+                "counter",
+                &[
+                    r#"limitd_checks_total{result="allowed"}"#,
+                    r#"limitd_checks_total{result="denied"}"#,
+                    r#"limitd_checks_total{result="error"}"#,
+                ],
+            ),
+            (
+                "limitd_hits_total",
+                "counter",
+                &[
+                    r#"limitd_hits_total{result="allowed"}"#,
+                    r#"limitd_hits_total{result="denied"}"#,
+                ],
+            ),
+            (
+                "limitd_check_duration_seconds",
+                "histogram",
+                &[
+                    r#"limitd_check_duration_seconds_bucket{le="0.0005"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.001"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.0025"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.005"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.01"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.025"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.05"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.1"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.25"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="0.5"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="1"}"#,
+                    r#"limitd_check_duration_seconds_bucket{le="+Inf"}"#,
+                    "limitd_check_duration_seconds_sum",
+                    "limitd_check_duration_seconds_count",
+                ],
+            ),
+            (
+                "limitd_checks_in_flight",
+                "gauge",
+                &["limitd_checks_in_flight"],
+            ),
+            (
+                "limitd_redis_errors_total",
+                "counter",
+                &[
+                    r#"limitd_redis_errors_total{kind="timeout"}"#,
+                    r#"limitd_redis_errors_total{kind="io"}"#,
+                    r#"limitd_redis_errors_total{kind="readonly"}"#,
+                    r#"limitd_redis_errors_total{kind="noreplicas"}"#,
+                    r#"limitd_redis_errors_total{kind="noscript"}"#,
+                    r#"limitd_redis_errors_total{kind="auth"}"#,
+                    r#"limitd_redis_errors_total{kind="other"}"#,
+                ],
+            ),
+            (
+                "limitd_redis_master",
+                "gauge",
+                &[r#"limitd_redis_master{addr="127.0.0.1:6379"}"#],
+            ),
+            (
+                "limitd_reconnects_total",
+                "counter",
+                &["limitd_reconnects_total"],
+            ),
+            (
+                "limitd_failovers_total",
+                "counter",
+                &["limitd_failovers_total"],
+            ),
+            (
+                "limitd_bad_requests_total",
+                "counter",
+                &[
+                    r#"limitd_bad_requests_total{status="400"}"#,
+                    r#"limitd_bad_requests_total{status="413"}"#,
+                ],
+            ),
+            (
+                "limitd_invalid_checks_total",
+                "counter",
+                &["limitd_invalid_checks_total"],
+            ),
+            (
+                "limitd_give_backs_total",
+                "counter",
+                &[
+                    r#"limitd_give_backs_total{outcome="returned"}"#,
+                    r#"limitd_give_backs_total{outcome="voided"}"#,
+                    r#"limitd_give_backs_total{outcome="settled"}"#,
+                    r#"limitd_give_backs_total{outcome="failed"}"#,
+                ],
+            ),
+            (
+                "limitd_give_backs_in_flight",
+                "gauge",
+                &["limitd_give_backs_in_flight"],
+            ),
+            (
+                "limitd_v1_requests_total",
+                "counter",
+                &["limitd_v1_requests_total"],
+            ),
+            (
+                "limitd_refused_connections_total",
+                "counter",
+                &["limitd_refused_connections_total"],
+            ),
+            (
+                "limitd_unauthorized_total",
+                "counter",
+                &["limitd_unauthorized_total"],
+            ),
+        ];
+        let text = Metrics::default().render(Some("127.0.0.1:6379"));
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .collect();
+        let wanted: Vec<String> = expected
+            .iter()
+            .map(|(name, kind, _)| format!("{name} {kind}"))
+            .collect();
+        assert_eq!(declared, wanted, "{text}");
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' ').map(|(series, _)| series))
+            .collect();
+        let mut listed: Vec<&str> = expected
+            .iter()
+            .flat_map(|(_, _, s)| s.iter().copied())
+            .collect();
+        let mut shown = series.clone();
+        listed.sort_unstable();
+        shown.sort_unstable();
+        assert_eq!(shown, listed, "{text}");
     }
 }

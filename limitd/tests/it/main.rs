@@ -6,6 +6,7 @@
 mod algorithms;
 mod auth;
 mod batch;
+mod cli;
 mod counting;
 mod discovery;
 mod exactness;

@@ -30,6 +30,7 @@
 //! the baseline only. 32 connections keep that one worker busy.
 
 mod cpu;
+mod json;
 mod open_loop;
 mod report;
 mod scenarios;

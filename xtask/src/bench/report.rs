@@ -1,5 +1,5 @@
 //! The benchmark's results: medians over rounds, ratios to the baseline, and
-//! their JSON and Markdown renderings.
+//! their Markdown rendering (the JSON one is in `json.rs`).
 
 use std::fmt::Write as _;
 
@@ -244,137 +244,6 @@ impl Results {
         }
         md
     }
-
-    pub fn to_json(&self) -> String {
-        let mut j = String::from("{\n");
-        let _ = writeln!(j, "  \"date\": {},", text(&self.date));
-        let _ = writeln!(j, "  \"machine\": {},", text(&self.machine));
-        let _ = writeln!(j, "  \"settings\": {},", text(&self.settings));
-        let _ = writeln!(j, "  \"duration_s\": {:.1},", self.seconds);
-        j.push_str("  \"scenarios\": [\n");
-        let summaries = self.summaries();
-        for (i, s) in summaries.iter().enumerate() {
-            let rounds = &self.scenarios[i].1;
-            let _ = write!(
-                j,
-                "    {{\"id\": {}, \"what\": {}, \"rps\": {:.1}, \"rps_ratio\": {:.4}, \
-                 \"p50_ms\": {:.4}, \"p50_ratio\": {:.4}, \"p99_ms\": {:.4}, \"p99_ratio\": {:.4}, \
-                 \"added_p50_ms\": {:.4}, \"added_p99_ms\": {:.4}, \"envoy_cpu_us_per_request\": {:.2}, \
-                 \"envoy_cpu_ratio\": {:.4}, \"unexpected\": {}, \"rounds\": [",
-                text(s.id),
-                text(s.what),
-                s.rps,
-                s.rps_ratio,
-                s.p50_ms,
-                s.p50_ratio,
-                s.p99_ms,
-                s.p99_ratio,
-                s.added_p50_ms,
-                s.added_p99_ms,
-                s.cpu_us,
-                s.cpu_ratio,
-                s.unexpected
-            );
-            let rounds: Vec<String> = rounds
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{{\"rps\": {:.1}, \"requests\": {}, \"non_2xx\": {}, \"socket_errors\": {}, \
-                         \"closed_p50_ms\": {:.4}, \"closed_p99_ms\": {:.4}, \"open_ok\": {}, \
-                         \"open_errors\": {}, \"open_p50_ms\": {:.4}, \"open_p99_ms\": {:.4}, \"open_max_ms\": {:.4}, \
-                         \"envoy_cpu_us_per_request\": {:.2}}}",
-                        r.wrk.requests_per_sec,
-                        r.wrk.requests,
-                        r.wrk.non_2xx,
-                        r.wrk.socket_errors,
-                        r.wrk.p50_ms,
-                        r.wrk.p99_ms,
-                        r.open.ok,
-                        r.open.errors,
-                        r.open.p50_ms,
-                        r.open.p99_ms,
-                        r.open.max_ms,
-                        r.cpu_us_per_request
-                    )
-                })
-                .collect();
-            let comma = if i + 1 < summaries.len() { "," } else { "" };
-            let _ = writeln!(j, "{}]}}{comma}", rounds.join(", "));
-        }
-        j.push_str("  ],\n");
-        let (limitd, redis, r) = self.limitd_summary();
-        let rounds: Vec<String> = self
-            .limitd
-            .iter()
-            .map(|r| {
-                format!(
-                    "{{\"limitd_rps\": {:.1}, \"limitd_non_2xx\": {}, \"limitd_socket_errors\": {}, \"redis_rps\": {:.1}}}",
-                    r.limitd.requests_per_sec, r.limitd.non_2xx, r.limitd.socket_errors, r.redis_rps
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            j,
-            "  \"limitd_alone\": {{\"limitd_rps\": {limitd:.1}, \"redis_evalsha_rps\": {redis:.1}, \"ratio\": {r:.4}, \"rounds\": [{}]}},",
-            rounds.join(", ")
-        );
-        let _ = writeln!(j, "  \"wasm_bytes\": {},", self.wasm_bytes);
-        let _ = writeln!(
-            j,
-            "  \"limitd_peak_rss_kib\": [{}],",
-            self.limitd_hwm_kib
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let load: Vec<String> = self
-            .load
-            .iter()
-            .map(|(when, l)| format!("{{\"when\": {}, \"loadavg\": {}}}", text(when), text(l)))
-            .collect();
-        let _ = writeln!(j, "  \"load\": [{}],", load.join(", "));
-        let cpu: Vec<String> = self
-            .cpu
-            .iter()
-            .map(|c| {
-                format!(
-                    "{{\"ours\": {:.3}, \"others\": {:.3}, \"steal\": {:.3}}}",
-                    c.ours, c.others, c.steal
-                )
-            })
-            .collect();
-        let _ = writeln!(j, "  \"cpu_per_round\": [{}],", cpu.join(", "));
-        let counters: Vec<String> = self
-            .counters
-            .iter()
-            .map(|(k, v)| format!("{}: {v}", text(k)))
-            .collect();
-        let _ = writeln!(j, "  \"counters\": {{{}}},", counters.join(", "));
-        let warnings: Vec<String> = self.warnings.iter().map(|w| text(w)).collect();
-        let _ = writeln!(j, "  \"warnings\": [{}]", warnings.join(", "));
-        j.push_str("}\n");
-        j
-    }
-}
-
-/// A JSON string literal.
-fn text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -386,10 +255,5 @@ mod tests {
         assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median([]), 0.0);
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(text("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
     }
 }
