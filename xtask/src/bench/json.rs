@@ -41,6 +41,7 @@ struct ScenarioJson<'a> {
     added_p99_ms: f64,
     envoy_cpu_us_per_request: f64,
     envoy_cpu_ratio: f64,
+    callouts_per_request: f64,
     unexpected: u64,
     rounds: Vec<EnvoyRoundJson>,
 }
@@ -120,6 +121,7 @@ impl Results {
                 added_p99_ms: round(s.added_p99_ms, 4),
                 envoy_cpu_us_per_request: round(s.cpu_us, 2),
                 envoy_cpu_ratio: round(s.cpu_ratio, 4),
+                callouts_per_request: round(s.callouts_per_request, 4),
                 unexpected: s.unexpected,
                 rounds: rounds
                     .iter()
@@ -220,6 +222,7 @@ mod tests {
                 max_ms: 9.0,
             },
             cpu_us_per_request: 12.345_678,
+            callouts: 10,
         };
         Results {
             date: "2026-01-02".into(),

@@ -49,7 +49,7 @@ use self::scenarios::{Scenario, SCENARIOS};
 use super::{apt_install, is_root_with_apt, on_path, output, step};
 
 /// The stack's processes, whose CPU time is the benchmark's own.
-const STACK_PROCESSES: [&str; 15] = [
+const STACK_PROCESSES: [&str; 17] = [
     "redis-master",
     "redis-replica-1",
     "redis-replica-2",
@@ -65,10 +65,12 @@ const STACK_PROCESSES: [&str; 15] = [
     "envoy-3",
     "envoy-4",
     "envoy-5",
+    "envoy-6",
+    "envoy-7",
 ];
 
 /// How many Envoys the stack runs (see [`scenarios`]).
-const ENVOYS: usize = 5;
+const ENVOYS: usize = 7;
 /// wrk's threads (see the module's comment).
 const WRK_THREADS: u32 = 1;
 /// Connections of the open-loop generator: at 1000 req/s, one request every
@@ -156,7 +158,7 @@ pub fn run() -> Result<(), String> {
     let mut load = vec![("start".to_owned(), loadavg())];
     let mut warnings = Vec::new();
 
-    step("starting Redis, sentinels, 2 limitd, 2 backends and 5 Envoys (ours, none, local_ratelimit, ours per request, shipped rules)");
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 7 Envoys (ours, none, local_ratelimit, ours per request, shipped rules, leases, local_ratelimit denying)");
     let c = settings.concurrency;
     let mut stack = Stack::start(StackOptions {
         envoy: scenarios::ours(c),
@@ -167,6 +169,16 @@ pub fn run() -> Result<(), String> {
     stack.start_envoy(free_port(), free_port(), &scenarios::local_ratelimit(c))?;
     stack.start_envoy(free_port(), free_port(), &scenarios::ours_per_request(c))?;
     stack.start_envoy(free_port(), free_port(), &scenarios::shipped(c))?;
+    stack.start_envoy(
+        free_port(),
+        free_port(),
+        &scenarios::leases(c, settings.rate),
+    )?;
+    stack.start_envoy(
+        free_port(),
+        free_port(),
+        &scenarios::local_ratelimit_denying(c),
+    )?;
     let measured: Vec<usize> = (0..SCENARIOS.len())
         .filter(|&i| settings.measures(SCENARIOS[i].id))
         .collect();
@@ -193,15 +205,29 @@ pub fn run() -> Result<(), String> {
     let token = e2e::envoy_config::limitd_token(&shipped)?;
     std::fs::write(&lua, scenarios::limitd_wrk_script(&token)).map_err(|e| e.to_string())?;
     let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
+    // The many-keys scenarios' wrk script, per scenario.
+    let scripts: Vec<Option<std::path::PathBuf>> = SCENARIOS
+        .iter()
+        .map(|s| {
+            (s.keys > 0).then(|| {
+                let path = out.join(format!("{}.lua", s.id));
+                std::fs::write(&path, scenarios::keys_wrk_script(s.path, s.keys))
+                    .map(|()| path)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .map(Option::transpose)
+        .collect::<Result<_, _>>()?;
+    let callouts = |s: &Scenario| stack.envoy_stat(s.envoy, "wasmcustom.ratelimit.callouts");
 
     step(&format!("warming up ({WARM_UP_SECONDS} s each)"));
-    for s in measured.iter().map(|&i| &SCENARIOS[i]) {
+    for &i in &measured {
         wrk::run(
-            &url(s),
+            &url(&SCENARIOS[i]),
             WRK_THREADS,
             settings.connections,
             WARM_UP_SECONDS,
-            None,
+            scripts[i].as_deref(),
         )?;
     }
     let mut cpu_rounds = Vec::new();
@@ -232,13 +258,15 @@ pub fn run() -> Result<(), String> {
             let envoy_pid = envoy_pids.get(s.envoy).copied().flatten();
             let envoy_cpu = || envoy_pid.and_then(cpu::process_cpu_us);
             let cpu_before = envoy_cpu();
+            let callouts_before = callouts(s);
             let closed = wrk::run(
                 &url(s),
                 WRK_THREADS,
                 settings.connections,
                 settings.seconds,
-                None,
+                scripts[measured[m]].as_deref(),
             )?;
+            let callouts = callouts(s).saturating_sub(callouts_before);
             let cpu_us_per_request = match (cpu_before, envoy_cpu()) {
                 (Some(before), Some(after)) if closed.requests > 0 => {
                     (after - before) / closed.requests as f64
@@ -247,20 +275,21 @@ pub fn run() -> Result<(), String> {
             };
             let open = open_loop::run(
                 stack.envoy(s.envoy),
-                s.path,
+                s,
                 settings.rate,
                 OPEN_LOOP_CONNECTIONS,
                 Duration::from_secs(settings.seconds),
-                s.status,
             )?;
+            let callouts_per_request = callouts as f64 / closed.requests.max(1) as f64;
             eprintln!(
-                "    {:<19} {:>8.0} req/s  {:>5.1} µs Envoy CPU/req   open loop p50 {:.3} ms  p99 {:.3} ms  ({} ok, {} other)",
-                s.id, closed.requests_per_sec, cpu_us_per_request, open.p50_ms, open.p99_ms, open.ok, open.errors
+                "    {:<22} {:>8.0} req/s  {:>5.1} µs Envoy CPU/req  {:.3} callouts/req   open loop p50 {:.3} ms  p99 {:.3} ms  ({} ok, {} other)",
+                s.id, closed.requests_per_sec, cpu_us_per_request, callouts_per_request, open.p50_ms, open.p99_ms, open.ok, open.errors
             );
             envoy_rounds[m].push(EnvoyRound {
                 wrk: closed,
                 open,
                 cpu_us_per_request,
+                callouts,
             });
         }
         if limitd_alone {
@@ -420,16 +449,16 @@ fn check_scenarios(
     warnings: &mut Vec<String>,
 ) -> Result<(), String> {
     let get = |s: &Scenario| {
-        http_get(stack.envoy(s.envoy), s.path, None)
+        http_get(stack.envoy(s.envoy), &s.path_of(0), None)
             .map_err(|e| format!("{} ({}): {e}", s.id, s.path))
     };
     for s in measured.iter().map(|&i| &SCENARIOS[i]) {
-        // The denied path's first request spends its one-per-hour quota.
+        // The denied paths' first request spends their one-per-hour quota.
         let mut response = get(s)?;
-        if s.status == 429 && response.status == 200 {
+        if s.status == 429 && response.status == 200 && !s.mixed {
             response = get(s)?;
         }
-        if response.status != s.status {
+        if !s.expects(response.status) {
             return Err(format!(
                 "{}: GET {} answered {}, expected {}: {}",
                 s.id, s.path, response.status, s.status, response.body
@@ -443,6 +472,17 @@ fn check_scenarios(
             "allowed" | "allowed_per_request" if !policy.contains("bench_allowed") => {
                 return Err(format!(
                     "allowed: no bench_allowed RateLimit-Policy ({policy:?})"
+                ))
+            }
+            "leased" if !policy.contains("bench_leased") => {
+                return Err(format!(
+                    "leased: no bench_leased RateLimit-Policy ({policy:?})"
+                ))
+            }
+            "many_keys" | "many_keys_per_request" if !policy.contains("bench_many") => {
+                return Err(format!(
+                    "{}: no bench_many RateLimit-Policy ({policy:?})",
+                    s.id
                 ))
             }
             "local_ratelimit" if response.header("x-ratelimit-limit").is_none() => warnings.push(

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use e2e::HttpConnection;
 
+use super::scenarios::Scenario;
+
 /// What one open-loop run saw.
 #[derive(Debug, Clone, Default)]
 pub struct OpenLoopResult {
@@ -28,11 +30,10 @@ pub struct OpenLoopResult {
 /// Sends `GET path` to `to` at `rate` requests/s for `duration`.
 pub fn run(
     to: SocketAddr,
-    path: &str,
+    scenario: &Scenario,
     rate: u32,
     connections: u32,
     duration: Duration,
-    expect_status: u16,
 ) -> Result<OpenLoopResult, String> {
     let interval = Duration::from_secs_f64(f64::from(connections) / f64::from(rate.max(1)));
     // Connect everything first; the schedule starts once all are open.
@@ -40,10 +41,10 @@ pub fn run(
     let end = start + duration;
     let threads: Vec<_> = (0..connections)
         .map(|k| {
-            let path = path.to_owned();
+            let scenario = *scenario;
             let first = start + interval * k / connections;
             std::thread::spawn(move || {
-                send_on_schedule(to, &path, first, interval, end, expect_status)
+                send_on_schedule(to, &scenario, u64::from(k), first, interval, end)
             })
         })
         .collect();
@@ -65,26 +66,31 @@ pub fn run(
 }
 
 /// One connection's share: returns (latencies in ms, ok, errors).
+/// Connection `k` sends requests `k`, `k + 1`, ... of the scenario in turn (their paths differ
+/// when the scenario spreads over keys).
 fn send_on_schedule(
     to: SocketAddr,
-    path: &str,
+    scenario: &Scenario,
+    k: u64,
     first: Instant,
     interval: Duration,
     end: Instant,
-    expect_status: u16,
 ) -> Result<(Vec<f64>, u64, u64), String> {
     let open = || HttpConnection::open(to, None).map_err(|e| format!("connect {to}: {e}"));
     let mut connection = open()?;
     let (mut latencies, mut ok, mut errors) = (Vec::new(), 0, 0);
     let mut scheduled = first;
+    let mut n = k;
     while scheduled < end {
+        let path = scenario.path_of(n);
+        n += 1;
         if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        match connection.get(path) {
+        match connection.get(&path) {
             Ok(response) => {
                 latencies.push(scheduled.elapsed().as_secs_f64() * 1000.0);
-                if response.status == expect_status {
+                if scenario.expects(response.status) {
                     ok += 1;
                 } else {
                     errors += 1;

@@ -16,6 +16,8 @@ pub struct EnvoyRound {
     /// The scenario's Envoy's CPU time over the closed-loop run ÷ its
     /// requests, in microseconds (0 when it could not be read).
     pub cpu_us_per_request: f64,
+    /// Callouts the scenario's Envoy made over the closed-loop run.
+    pub callouts: u64,
 }
 
 /// One round of limitd alone against Redis alone.
@@ -67,6 +69,8 @@ pub struct Summary {
     pub added_cpu_us: f64,
     /// Answers that were not the expected status, or failed, over all rounds.
     pub unexpected: u64,
+    /// Callouts ÷ requests over the closed-loop runs of every round.
+    pub callouts_per_request: f64,
 }
 
 pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -102,7 +106,9 @@ impl Results {
                 let unexpected = rounds
                     .iter()
                     .map(|r| {
-                        let wrong = if scenario.status < 300 {
+                        let wrong = if scenario.mixed {
+                            0
+                        } else if scenario.status < 300 {
                             r.wrk.non_2xx
                         } else {
                             r.wrk.requests - r.wrk.non_2xx.min(r.wrk.requests)
@@ -120,6 +126,10 @@ impl Results {
                     p99_ms: median(rounds.iter().map(|r| r.open.p99_ms)),
                     cpu_us: median(rounds.iter().map(|r| r.cpu_us_per_request)),
                     unexpected,
+                    callouts_per_request: ratio(
+                        rounds.iter().map(|r| r.callouts as f64).sum(),
+                        rounds.iter().map(|r| r.wrk.requests as f64).sum(),
+                    ),
                     // Set below, against the baseline.
                     rps_ratio: 0.0,
                     p50_ratio: 0.0,
@@ -161,16 +171,17 @@ impl Results {
             self.date, self.machine, self.settings
         );
         md.push_str(
-            "| scenario | req/s (closed loop) | ÷ baseline | Envoy CPU µs/req | added µs | p50 ms (open loop) | ÷ baseline | p99 ms (open loop) | ÷ baseline | added p50 / p99 ms |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| scenario | req/s (closed loop) | ÷ baseline | callouts ÷ requests | Envoy CPU µs/req | added µs | p50 ms (open loop) | ÷ baseline | p99 ms (open loop) | ÷ baseline | added p50 / p99 ms |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for s in self.summaries() {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.1} | {:+.1} | {:.3} | {:.2} | {:.3} | {:.2} | {:+.3} / {:+.3} |",
+                "| {} | {:.0} | {:.2} | {:.3} | {:.1} | {:+.1} | {:.3} | {:.2} | {:.3} | {:.2} | {:+.3} / {:+.3} |",
                 s.id,
                 s.rps,
                 s.rps_ratio,
+                s.callouts_per_request,
                 s.cpu_us,
                 s.added_cpu_us,
                 s.p50_ms,

@@ -10,7 +10,12 @@
 //! - `ours_per_request`: the same without group commit (one callout per
 //!   request), so the gain of batching is measured side by side;
 //! - `shipped`: our filter with the shipped rules unchanged, none of which
-//!   matches `GET /`: what the filter costs before it decides anything.
+//!   matches `GET /`: what the filter costs before it decides anything;
+//! - `leases`: our filter with rules in lease mode: the allowed path's rule
+//!   (`GET /`), one whose limit the open loop's rate exceeds by 1.2×, and
+//!   1,000 keys (one per path) with and without leases;
+//! - `local_ratelimit_denying`: Envoy's own token bucket, empty: the
+//!   in-process denial our denied path is compared with.
 //!
 //! The baseline, the reference, the idle filter and the allowed path all
 //! request `GET /`, so the backends do the same work in each.
@@ -33,16 +38,42 @@ pub struct Scenario {
     pub envoy: usize,
     pub path: &'static str,
     pub status: u16,
+    /// 0: every request asks for `path`; n: for `path` followed by one of n numbers in turn
+    /// (n keys of a rule keyed by path).
+    pub keys: u32,
+    /// Answers may be `200` as well as `status` (a rule near its limit).
+    pub mixed: bool,
 }
 
+impl Scenario {
+    /// The path of the scenario's `i`-th request.
+    pub fn path_of(&self, i: u64) -> String {
+        if self.keys == 0 {
+            self.path.to_owned()
+        } else {
+            format!("{}{}", self.path, i % u64::from(self.keys))
+        }
+    }
+
+    /// Whether an answer's status is one the scenario expects.
+    pub fn expects(&self, status: u16) -> bool {
+        status == self.status || (self.mixed && status == 200)
+    }
+}
+
+/// How many keys the many-keys scenarios spread over.
+pub const MANY_KEYS: u32 = 1000;
+
 /// The Envoy scenarios, baseline first.
-pub const SCENARIOS: [Scenario; 7] = [
+pub const SCENARIOS: [Scenario; 12] = [
     Scenario {
         id: "baseline",
         what: "Envoy without any limiter (wasm filter removed)",
         envoy: 1,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "local_ratelimit",
@@ -50,6 +81,8 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 2,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "filter_idle",
@@ -57,6 +90,8 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 4,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "allowed",
@@ -64,6 +99,8 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 0,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "denied",
@@ -71,6 +108,8 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 0,
         path: DENIED_PATH,
         status: 429,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "allowed_per_request",
@@ -78,6 +117,8 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 3,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
     },
     Scenario {
         id: "denied_per_request",
@@ -85,8 +126,84 @@ pub const SCENARIOS: [Scenario; 7] = [
         envoy: 3,
         path: DENIED_PATH,
         status: 429,
+        keys: 0,
+        mixed: false,
+    },
+    Scenario {
+        id: "leased",
+        what: "our filter, lease mode, one hot key far from its limit: admitted from blocks",
+        envoy: 5,
+        path: ALLOWED_PATH,
+        status: 200,
+        keys: 0,
+        mixed: false,
+    },
+    Scenario {
+        id: "leased_near_limit",
+        what: "lease mode, a limit the open loop's rate exceeds by 1.2×: blocks shrink, denials mix in",
+        envoy: 5,
+        path: NEAR_PATH,
+        status: 429,
+        keys: 0,
+        mixed: true,
+    },
+    Scenario {
+        id: "many_keys",
+        what: "lease mode, 1,000 keys in turn: each key's first request of a window reaches Redis",
+        envoy: 5,
+        path: LEASED_KEYS_PATH,
+        status: 200,
+        keys: MANY_KEYS,
+        mixed: false,
+    },
+    Scenario {
+        id: "many_keys_per_request",
+        what: "as many_keys, every request checked by limitd (no lease)",
+        envoy: 5,
+        path: CHECKED_KEYS_PATH,
+        status: 200,
+        keys: MANY_KEYS,
+        mixed: false,
+    },
+    Scenario {
+        id: "local_ratelimit_denied",
+        what: "Envoy's own local_ratelimit, bucket empty: every request denied 429 in-process",
+        envoy: 6,
+        path: ALLOWED_PATH,
+        status: 429,
+        keys: 0,
+        mixed: false,
     },
 ];
+
+/// The near-limit rule's path (lease mode).
+pub const NEAR_PATH: &str = "/api/bench/near";
+/// The many-keys paths, one key per number appended: in lease mode, and checked per request.
+pub const LEASED_KEYS_PATH: &str = "/api/bench/leased/";
+pub const CHECKED_KEYS_PATH: &str = "/api/bench/checked/";
+
+/// Our filter with rules in lease mode (index 5). `rate` is the open loop's request rate: the
+/// near-limit rule admits `rate / 1.2` per second. The shipped shadow rule on `/api/` (which
+/// checks every request) is moved out of the way, so only the bench rules match their paths.
+pub fn leases(concurrency: u32, rate: u32) -> EnvoyOptions {
+    let near = (u64::from(rate) * 10 / 12).max(1);
+    let rules = format!(
+        r#""rules": [ {{ "name": "bench_leased", "match": {{ "path": {{ "exact": "/" }} }}, "key": [ "client_ip" ], "limit": {{ "requests": 1000000000000, "window": "1h" }}, "lease": {{ "max_units": 1000 }} }}, {{ "name": "bench_near", "match": {{ "path": {{ "exact": "{NEAR_PATH}" }} }}, "key": [ {{ "constant": "near" }} ], "limit": {{ "requests": {near}, "window": "1s" }}, "lease": {{ "max_units": 1000 }} }}, {{ "name": "bench_many_leased", "match": {{ "path": {{ "prefix": "{LEASED_KEYS_PATH}" }} }}, "key": [ "path" ], "limit": {{ "requests": 1000000, "window": "1s" }}, "lease": {{}} }}, {{ "name": "bench_many_checked", "match": {{ "path": {{ "prefix": "{CHECKED_KEYS_PATH}" }} }}, "key": [ "path" ], "limit": {{ "requests": 1000000, "window": "1s" }} }},"#
+    );
+    EnvoyOptions::default()
+        .replace(r#""rules": ["#, &rules)
+        .replace(
+            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/\" } },",
+            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/shadow-only/\" } },",
+        )
+        .concurrency(concurrency)
+}
+
+/// Envoy's `local_ratelimit` with an empty bucket (index 6): one token an hour, so every
+/// request but the first is denied in-process.
+pub fn local_ratelimit_denying(concurrency: u32) -> EnvoyOptions {
+    local_ratelimit_with(concurrency, 1, 1, "3600s")
+}
 
 /// Our filter with the bench rules; the stack's first Envoy (index 0).
 pub fn ours(concurrency: u32) -> EnvoyOptions {
@@ -133,15 +250,24 @@ pub const LOCAL_STAT_PREFIX: &str = "bench_local";
 /// `filter_enforced` default to 0 %: without them the filter does nothing.
 /// It adds `x-ratelimit-*` headers, as ours adds `RateLimit` headers.
 pub fn local_ratelimit(concurrency: u32) -> EnvoyOptions {
+    local_ratelimit_with(concurrency, 1_000_000_000, 1_000_000_000, "1s")
+}
+
+fn local_ratelimit_with(
+    concurrency: u32,
+    max_tokens: u64,
+    tokens_per_fill: u64,
+    fill_interval: &str,
+) -> EnvoyOptions {
     let filter = format!(
         r#"- name: envoy.filters.http.local_ratelimit
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
     stat_prefix: {LOCAL_STAT_PREFIX}
     token_bucket:
-      max_tokens: 1000000000
-      tokens_per_fill: 1000000000
-      fill_interval: 1s
+      max_tokens: {max_tokens}
+      tokens_per_fill: {tokens_per_fill}
+      fill_interval: {fill_interval}
     filter_enabled:
       runtime_key: local_rate_limit_enabled
       default_value: {{ numerator: 100, denominator: HUNDRED }}
@@ -166,6 +292,18 @@ pub const LIMITD_WINDOW_MS: u64 = 3_600_000;
 pub fn limitd_body() -> String {
     format!(
         r#"{{"timeout_ms":250,"checks":[{{"hits":[{{"key":"{LIMITD_KEY}","limit":{LIMITD_LIMIT},"window_ms":{LIMITD_WINDOW_MS},"cost":1,"algorithm":"fixed_window"}}]}}]}}"#
+    )
+}
+
+/// The wrk script that requests `path` followed by one of `keys` numbers in turn.
+pub fn keys_wrk_script(path: &str, keys: u32) -> String {
+    format!(
+        "-- GET {path}<n> for n in 0..{keys} in turn (written by cargo xtask bench)\n\
+         local n = 0\n\
+         request = function()\n\
+           n = (n + 1) % {keys}\n\
+           return wrk.format(\"GET\", \"{path}\" .. n)\n\
+         end\n"
     )
 }
 
