@@ -536,3 +536,76 @@ fn all_of_redis_stopped_each_rule_keeps_its_failure_mode_and_recovery_is_automat
         report.statuses()
     );
 }
+
+/// A rule in lease mode on `/api/leased`, keyed by client IP, with a window so long that the run
+/// never crosses its end (its Redis count is then the whole run's).
+const LEASED_RULE: &str = r#"{ "name": "leased", "match": { "path": { "prefix": "/api/leased" } }, "limit": { "requests": 1000000000, "window": "366d" }, "lease": { "max_units": 200 } },"#;
+
+#[test]
+fn every_limitd_killed_while_leases_are_held_no_request_fails_and_none_is_admitted_uncounted() {
+    let _serial = serial();
+    // The shipped shadow rule on `/api/` checks every request it matches: out of the way.
+    let envoy = EnvoyOptions::default()
+        .replace(r#""rules": ["#, &format!(r#""rules": [ {LEASED_RULE}"#))
+        .replace(
+            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/\" } },",
+            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/shadow-only/\" } },",
+        );
+    let mut stack = Stack::for_test(envoy);
+    let load = load(&stack, &["/api/leased"], CONNECTIONS);
+    load.wait_for_global(300, RECOVERY_BOUND).unwrap();
+    eventually(RECOVERY_BOUND, || match stat(&stack, "lease_admitted") {
+        0 => Err("no request admitted from a lease yet".to_owned()),
+        _ => Ok(()),
+    })
+    .unwrap();
+
+    // Every limitd goes: the Envoy keeps admitting from the block it holds, then its rule's
+    // failure mode (allow) takes over.
+    stack.kill("limitd-1");
+    stack.kill("limitd-2");
+    let leased_at_kill = stat(&stack, "lease_admitted");
+    let local_at_kill = load.local();
+    eventually(RECOVERY_BOUND, || {
+        if load.local() > local_at_kill + 50 {
+            Ok(())
+        } else {
+            Err(format!("{} fell back so far", load.local() - local_at_kill))
+        }
+    })
+    .unwrap();
+    let report = load.stop();
+    assert_no_failures(&report);
+
+    let leased = stat(&stack, "lease_admitted");
+    let units = stat(&stack, "lease_units");
+    let allowed = stat(&stack, "allowed");
+    let counted = match redis_command(
+        stack.ports.redis[0],
+        &["HGET", "rl:v2:{leased:127.0.0.1}:w31622400000", "c"],
+    ) {
+        Ok(Resp::Bulk(Some(count))) => count.parse::<u64>().expect("a count"),
+        other => panic!("no count in Redis: {other:?}"),
+    };
+    eprintln!(
+        "faults: every limitd SIGKILL with leases held: {} requests admitted from the block \
+         after the kill, then {} by the failure mode; over the run {allowed} admitted by the \
+         global limit ({leased} from {units} leased units), {counted} counted in Redis ({})",
+        leased - leased_at_kill,
+        report.local().count(),
+        report.statuses()
+    );
+    assert!(
+        leased > leased_at_kill,
+        "the block held at the kill was not spent"
+    );
+    // No request was admitted from units Redis did not count.
+    assert!(
+        leased <= units,
+        "{leased} admitted from {units} leased units"
+    );
+    assert!(
+        counted >= allowed,
+        "{allowed} admitted by the global limit, only {counted} counted in Redis"
+    );
+}

@@ -260,12 +260,16 @@ impl HttpContext for Request {
             Verdict::Check(mut check) => {
                 self.checked = true;
                 self.vm.batcher.borrow_mut().created(self.context_id);
-                if let Some(denial) = self.vm.cached_denial(&check) {
-                    Metrics::bump(self.vm.metrics.deny_cache_hits);
-                    let (action, _) = self.vm.carry_out(denial, false);
+                // Units in a lease block are counted already: they are spent before the deny
+                // cache is asked, or a worker that saw a denial would strand its Envoy's block.
+                if let Some(action) = self.spend_leases(&mut check) {
                     return action;
                 }
-                if let Some(action) = self.spend_leases(&mut check) {
+                if let Some(denial) = self.vm.cached_denial(&check) {
+                    Metrics::bump(self.vm.metrics.deny_cache_hits);
+                    // The leases this check would have asked for are not asked after all.
+                    self.vm.leases_settled(&check, None, None);
+                    let (action, _) = self.vm.carry_out(denial, false);
                     return action;
                 }
                 Metrics::bump(self.vm.metrics.checks);
