@@ -63,6 +63,12 @@ pub struct Args {
           value_parser = Trimmed(NonEmptyStringValueParser::new()))]
     pub redis_master: String,
 
+    /// With --sentinel-hosts: the only host:port limitd accepts as the master, comma-separated;
+    /// unset, any master a majority of the sentinels names
+    #[arg(long, env = "REDIS_MASTER_ALLOWLIST", value_name = "HOST:PORT,...",
+          value_parser = SentinelHosts::parse)]
+    pub redis_master_allowlist: Option<SentinelHosts>,
+
     /// One plain Redis without Sentinel, e.g. redis://127.0.0.1:6379; a password in it wins over
     /// --redis-password
     #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]

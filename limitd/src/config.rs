@@ -49,6 +49,9 @@ pub struct RedisConfig {
     /// With Sentinel, how often the sentinels are asked for the master
     /// (`LIMITD_MASTER_POLL_MS`), besides listening for `+switch-master`.
     pub master_poll: Duration,
+    /// With Sentinel, the only addresses accepted as the master (`REDIS_MASTER_ALLOWLIST`);
+    /// `None`: any that a majority of the sentinels names.
+    pub master_allowlist: Option<Vec<(String, u16)>>,
 }
 
 // Hand-written so the password never reaches a log line.
@@ -64,6 +67,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("master_poll", &self.master_poll)
+            .field("master_allowlist", &self.master_allowlist)
             .finish()
     }
 }
@@ -292,6 +296,14 @@ impl TryFrom<Args> for Config {
             }
         };
 
+        let master_allowlist = args.redis_master_allowlist.map(|hosts| hosts.0);
+        if master_allowlist.is_some() && !matches!(target, RedisTarget::Sentinel { .. }) {
+            return Err(ConfigError::about(
+                &["redis_master_allowlist"],
+                "applies only with SENTINEL_HOSTS (REDIS_URL names its one Redis itself)",
+            ));
+        }
+
         // limitd sends REDIS_PASSWORD to whatever master the sentinels name: behind open
         // sentinels, anyone who reaches one could name their own server and collect it.
         if password.is_some()
@@ -315,6 +327,7 @@ impl TryFrom<Args> for Config {
                 connect_timeout: Duration::from_millis(args.redis_connect_timeout_ms),
                 response_timeout: Duration::from_millis(args.redis_response_timeout_ms),
                 master_poll: Duration::from_millis(args.master_poll_ms),
+                master_allowlist,
             },
             http: HttpConfig {
                 max_body_bytes: args.max_body_bytes,

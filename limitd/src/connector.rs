@@ -11,19 +11,36 @@
 //! without any password configured"), so one password for both broke the common set-up of
 //! protected data nodes behind unauthenticated sentinels.
 //!
-//! Timeouts: every connection limitd opens to a data node carries the configured connect and
-//! response timeouts. redis-rs' sentinel connections, and its `ROLE` check of the master, use
-//! redis-rs' defaults (1 s connect, 500 ms response), which it does not let us change; the
-//! whole resolution is therefore bounded by `resolve_timeout` as well.
+//! Which master: every configured sentinel is asked at once, and limitd follows a master only
+//! when a strict majority of the *configured* sentinels name the same address, so one sentinel
+//! an attacker controls (or one that missed a failover) cannot redirect limitd and receive
+//! `REDIS_PASSWORD`. `REDIS_MASTER_ALLOWLIST`, if set, bounds the addresses further. The master
+//! named must then answer `ROLE` as a master. (redis-rs' `SentinelClient` takes the first
+//! sentinel that answers, hence this resolution of our own, on redis-rs connections.)
+//!
+//! Timeouts: every connection limitd opens, to a sentinel or a data node, carries the
+//! configured connect and response timeouts, and the whole resolution is bounded by
+//! `resolve_timeout` as well.
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
-use tokio::sync::Mutex;
 
 use crate::config::{RedisConfig, RedisTarget};
+
+/// The address named by a strict majority of the configured sentinels (`named` has one entry
+/// per configured sentinel: what it named, or `None` if it named nothing or did not answer).
+fn majority(named: &[Option<(String, u16)>]) -> Option<(String, u16)> {
+    named.iter().flatten().find_map(|candidate| {
+        let votes = named
+            .iter()
+            .filter(|n| n.as_ref() == Some(candidate))
+            .count();
+        (votes * 2 > named.len()).then(|| candidate.clone())
+    })
+}
 
 /// Makes connections to the current Redis master.
 pub struct Connector {
@@ -37,14 +54,24 @@ pub struct Connector {
     connection: AsyncConnectionConfig,
     /// Bound on one master resolution through the sentinels (several round trips).
     resolve_timeout: Duration,
+    /// Bound on one connection and one command.
+    connect_and_command: Duration,
 }
 
 enum Target {
     Single(Client),
-    /// `SentinelClient`'s methods take `&mut self` (it caches sentinel connections), hence
-    /// the lock. A tokio mutex because the resolution awaits while holding it; only the one
-    /// rebuild in flight and the master watch take it, never a request.
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel(Sentinels),
+}
+
+/// The configured sentinels, asked together for the master.
+struct Sentinels {
+    /// One client per configured sentinel, with `SENTINEL_PASSWORD`.
+    clients: Vec<Client>,
+    master_name: String,
+    /// `REDIS_PASSWORD`, for the master.
+    password: Option<String>,
+    /// `REDIS_MASTER_ALLOWLIST`.
+    allowlist: Option<Vec<(String, u16)>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -76,6 +103,7 @@ impl Connector {
                 Target::Single(Client::open(info)?)
             }
             RedisTarget::Sentinel { sentinels, master } => {
+                let mut clients = Vec::new();
                 for (host, port) in sentinels {
                     let mut info =
                         ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
@@ -83,31 +111,25 @@ impl Connector {
                         let settings = info.redis_settings().clone().set_password(password);
                         info = info.set_redis_settings(settings);
                     }
-                    announcers.push(info);
+                    announcers.push(info.clone());
+                    clients.push(Client::open(info)?);
                 }
                 master_name.clone_from(master);
-                let addrs = sentinels
-                    .iter()
-                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
-                let mut builder =
-                    SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?;
-                if let Some(password) = &config.password {
-                    builder = builder.set_client_to_redis_password(password);
-                }
-                if let Some(password) = &config.sentinel_password {
-                    builder = builder.set_client_to_sentinel_password(password);
-                }
-                Target::Sentinel(Mutex::new(builder.build()?))
+                Target::Sentinel(Sentinels {
+                    clients,
+                    master_name: master.clone(),
+                    password: config.password.clone(),
+                    allowlist: config.master_allowlist.clone(),
+                })
             }
         };
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
-        // The sentinels are asked concurrently (redis-rs asks a few at once), then the master
-        // named is connected to and asked `ROLE`: a few round trips, each bounded by the
-        // timeouts (redis-rs' own defaults, 1 s / 500 ms, for its sentinel connections).
-        let resolve_timeout =
-            Duration::from_secs(2) + 2 * (config.connect_timeout + config.response_timeout);
+        // The sentinels are asked concurrently, then the master named is connected to and
+        // asked `ROLE`: two rounds of a connection and a command, each bounded by the timeouts.
+        let connect_and_command = config.connect_timeout + config.response_timeout;
+        let resolve_timeout = 2 * connect_and_command;
         Ok(Self {
             target,
             announcers,
@@ -115,20 +137,18 @@ impl Connector {
             master_poll: config.master_poll,
             connection,
             resolve_timeout,
+            connect_and_command,
         })
     }
 
-    /// The address of the master as the sentinels report it now (after checking it answers
-    /// `ROLE master`), or of the single Redis.
+    /// The master a majority of the sentinels name now (after checking it is allowed and answers
+    /// `ROLE master`), or the single Redis.
     pub async fn master(&self) -> Result<Client, RedisError> {
         match &self.target {
             Target::Single(client) => Ok(client.clone()),
-            Target::Sentinel(sentinel) => {
-                let resolve = async { sentinel.lock().await.async_get_client().await };
-                match tokio::time::timeout(self.resolve_timeout, resolve).await {
+            Target::Sentinel(sentinels) => {
+                match tokio::time::timeout(self.resolve_timeout, self.resolve(sentinels)).await {
                     Ok(result) => result,
-                    // Dropping the resolution is safe: redis-rs caches only sentinel
-                    // connections it has verified.
                     // An I/O `TimedOut`, so it is classified as a timeout like any other.
                     Err(_) => Err(RedisError::from(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -137,6 +157,86 @@ impl Connector {
                 }
             }
         }
+    }
+
+    async fn resolve(&self, sentinels: &Sentinels) -> Result<Client, RedisError> {
+        let answers = join_all(
+            sentinels
+                .clients
+                .iter()
+                .map(|client| self.ask_sentinel(client, &sentinels.master_name)),
+        )
+        .await;
+        let named: Vec<Option<(String, u16)>> = answers
+            .iter()
+            .map(|a| a.as_ref().ok().cloned().flatten())
+            .collect();
+        let Some((host, port)) = majority(&named) else {
+            let seen: Vec<String> = sentinels
+                .clients
+                .iter()
+                .zip(&answers)
+                .map(|(client, answer)| {
+                    let said = match answer {
+                        Ok(Some((host, port))) => format!("{host}:{port}"),
+                        Ok(None) => "no such master".to_owned(),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    format!("{} says {said}", client.get_connection_info().addr())
+                })
+                .collect();
+            return Err(RedisError::from(std::io::Error::other(format!(
+                "no majority of the {} configured sentinels names one master for {:?} ({})",
+                sentinels.clients.len(),
+                sentinels.master_name,
+                seen.join("; ")
+            ))));
+        };
+        if let Some(allowed) = &sentinels.allowlist {
+            if !allowed.iter().any(|(h, p)| *h == host && *p == port) {
+                return Err(RedisError::from(std::io::Error::other(format!(
+                    "the sentinels name {host}:{port} as master, which REDIS_MASTER_ALLOWLIST \
+                     does not list: not connecting to it"
+                ))));
+            }
+        }
+        let mut info = ConnectionAddr::Tcp(host.clone(), port).into_connection_info()?;
+        if let Some(password) = &sentinels.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info)?;
+        // A sentinel's view can lag a failover: only a master that says so is followed.
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await?;
+        let role: redis::Value = redis::cmd("ROLE").query_async(&mut connection).await?;
+        match role {
+            redis::Value::Array(items)
+                if items.first() == Some(&redis::Value::BulkString(b"master".to_vec())) =>
+            {
+                Ok(client)
+            }
+            other => Err(RedisError::from(std::io::Error::other(format!(
+                "the sentinels name {host}:{port} as master, but it is not one (ROLE {other:?})"
+            )))),
+        }
+    }
+
+    /// What one sentinel names as the master (`None`: it does not know the name).
+    async fn ask_sentinel(
+        &self,
+        client: &Client,
+        master_name: &str,
+    ) -> Result<Option<(String, u16)>, RedisError> {
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master_name)
+            .query_async(&mut connection)
+            .await
     }
 
     /// Resolves the master and opens a multiplexed connection to it, with the configured
@@ -159,9 +259,10 @@ impl Connector {
         self.master_poll
     }
 
-    /// How long connecting to a sentinel and subscribing may take.
+    /// How long connecting to a sentinel and subscribing may take: one connection and one
+    /// command.
     pub fn connection_config_timeout(&self) -> Duration {
-        self.resolve_timeout
+        self.connect_and_command
     }
 
     /// Which settings to check when Redis refuses authentication.
@@ -177,5 +278,52 @@ impl Connector {
     /// Whether the master can move (Sentinel), so it is worth watching.
     pub fn follows_failover(&self) -> bool {
         matches!(self.target, Target::Sentinel(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(port: u16) -> Option<(String, u16)> {
+        Some(("10.0.0.1".to_owned(), port))
+    }
+
+    #[test]
+    fn subscribing_is_bounded_by_one_connection_and_one_command_and_resolving_by_two() {
+        let config = RedisConfig {
+            target: RedisTarget::Sentinel {
+                sentinels: vec![("127.0.0.1".into(), 26379)],
+                master: "mymaster".into(),
+            },
+            password: None,
+            sentinel_password: None,
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(250),
+            master_poll: Duration::from_secs(1),
+            master_allowlist: None,
+        };
+        let connector = Connector::new(&config).unwrap();
+        assert_eq!(
+            connector.connection_config_timeout(),
+            Duration::from_millis(750)
+        );
+        assert_eq!(connector.resolve_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_master_needs_a_strict_majority_of_the_configured_sentinels() {
+        assert_eq!(majority(&[at(1), at(1), at(2)]), at(1));
+        assert_eq!(
+            majority(&[at(1), None, None]),
+            None,
+            "one of three is not a majority"
+        );
+        assert_eq!(majority(&[at(1), at(1), None]), at(1), "one sentinel down");
+        assert_eq!(majority(&[at(1), at(2)]), None);
+        assert_eq!(majority(&[at(1), None]), None, "half is not a majority");
+        assert_eq!(majority(&[at(1)]), at(1));
+        assert_eq!(majority(&[at(1), at(2), at(3), at(1), at(1)]), at(1));
+        assert_eq!(majority(&[]), None);
     }
 }

@@ -11,9 +11,17 @@ use crate::support::{
 #[tokio::test]
 async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
     let master = RedisProcess::server(&[]);
-    let sentinel = RedisProcess::sentinel(master.port);
-    // The first sentinel listed is down: resolution must move on to the next.
-    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), sentinel.port);
+    let sentinels = [
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+    ];
+    // The first sentinel listed is down: the other two are still a majority of three.
+    let hosts = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        sentinels[0].port,
+        sentinels[1].port
+    );
     let state = AppState::connect(&config(&[
         ("SENTINEL_HOSTS", hosts),
         ("REDIS_MASTER", "mymaster".into()),
@@ -155,4 +163,145 @@ async fn a_forced_failover_is_followed_on_the_sentinels_announcement() {
         || async { (store.master_addr().as_deref() == Some(promoted.as_str())).then_some(()) },
     )
     .await;
+}
+
+/// Three sentinels monitoring `master`, the first of which an attacker re-pointed at `rogue`.
+fn sentinels_one_turned(master: &RedisProcess, rogue: &RedisProcess) -> [RedisProcess; 3] {
+    let sentinels = [
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+    ];
+    // What an attacker who reaches an open sentinel can do.
+    let turned = sentinels[0].port;
+    assert!(resp(turned, &["SENTINEL", "REMOVE", "mymaster"]).is_some_and(|r| r.starts_with("+OK")));
+    let monitor = [
+        "SENTINEL",
+        "MONITOR",
+        "mymaster",
+        "127.0.0.1",
+        &rogue.port.to_string(),
+        "1",
+    ];
+    assert!(resp(turned, &monitor).is_some_and(|r| r.starts_with("+OK")));
+    sentinels
+}
+
+fn connections_received(redis: &RedisProcess) -> u64 {
+    resp(redis.port, &["INFO", "stats"])
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .expect("INFO stats")
+}
+
+#[tokio::test]
+async fn one_sentinel_naming_another_master_is_outvoted_and_its_server_never_contacted() {
+    let master = RedisProcess::server(&[]);
+    let rogue = RedisProcess::server(&[]);
+    let sentinels = sentinels_one_turned(&master, &rogue);
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let rogue_connections = connections_received(&rogue);
+
+    let state = AppState::connect(&config(&[
+        ("SENTINEL_HOSTS", hosts.join(",")),
+        ("REDIS_MASTER", "mymaster".into()),
+        ("LIMITD_MASTER_POLL_MS", "100".into()),
+    ]))
+    .await
+    .unwrap();
+    let app = limitd::app(state.clone());
+    let body = r#"{"hits":[{"key":"turned:k","limit":3,"window_ms":60000}]}"#;
+    until_checks_work(
+        &app,
+        body,
+        Duration::from_secs(10),
+        "checks on the real master",
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
+    // A reconnect resolves the master again: still the majority's.
+    assert!(resp(master.port, &["CLIENT", "KILL", "TYPE", "normal"]).is_some());
+    until_checks_work(
+        &app,
+        body,
+        Duration::from_secs(10),
+        "checks after a reconnect",
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
+    assert_eq!(
+        connections_received(&rogue),
+        rogue_connections + 1, // this test's own INFO
+        "limitd connected to the server one sentinel named"
+    );
+}
+
+#[tokio::test]
+async fn a_master_outside_the_allowlist_is_never_used() {
+    let master = RedisProcess::server(&[]);
+    let sentinels = [
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+    ];
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let body = r#"{"hits":[{"key":"allow:k","limit":3,"window_ms":60000}]}"#;
+
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    let state = AppState::connect(&config(&[
+        ("SENTINEL_HOSTS", hosts.join(",")),
+        ("REDIS_MASTER_ALLOWLIST", elsewhere),
+    ]))
+    .await
+    .unwrap();
+    let app = limitd::app(state.clone());
+    // Resolution fails, counted; checks are refused; nothing is connected.
+    eventually(Duration::from_secs(10), "a refused resolution", || async {
+        let (_, text) = crate::support::send(
+            &app,
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        text.lines()
+            .any(|l| l.starts_with(r#"limitd_redis_errors_total{kind="io"}"#) && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    let (status, _) = crate::support::post_check(&app, body).await;
+    assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(state.store().master_addr(), None);
+
+    let listed = format!("127.0.0.1:{}", master.port);
+    let state = AppState::connect(&config(&[
+        ("SENTINEL_HOSTS", hosts.join(",")),
+        ("REDIS_MASTER_ALLOWLIST", listed.clone()),
+    ]))
+    .await
+    .unwrap();
+    let app = limitd::app(state.clone());
+    until_checks_work(
+        &app,
+        body,
+        Duration::from_secs(10),
+        "checks on a listed master",
+    )
+    .await;
+    assert_eq!(state.store().master_addr(), Some(listed));
 }
