@@ -93,6 +93,18 @@ pub struct Args {
     )]
     pub sentinel_password: Option<String>,
 
+    /// Speak TLS to the sentinels and the data nodes (with --sentinel-hosts; a rediss:// URL
+    /// does for --redis-url)
+    #[arg(long, env = "REDIS_TLS", value_name = "BOOL", default_value = "false",
+          action = clap::ArgAction::Set,
+          value_parser = Trimmed(clap::builder::BoolishValueParser::new()))]
+    pub redis_tls: bool,
+
+    /// A PEM file of the CA(s) that sign the Redis and Sentinel TLS certificates, trusted in
+    /// place of the system's roots
+    #[arg(long, env = "REDIS_TLS_CA_FILE", value_name = "PATH")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
+
     /// Timeout of one connection attempt to Redis
     #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", value_name = "MS", default_value = "500",
           value_parser = Trimmed(RangedU64ValueParser::<u64>::new().range(1..=MAX_REDIS_TIMEOUT_MS)))]

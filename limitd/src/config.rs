@@ -52,6 +52,10 @@ pub struct RedisConfig {
     /// With Sentinel, the only addresses accepted as the master (`REDIS_MASTER_ALLOWLIST`);
     /// `None`: any that a majority of the sentinels names.
     pub master_allowlist: Option<Vec<(String, u16)>>,
+    /// TLS to the sentinels and the data nodes (`REDIS_TLS`, or a `rediss://` `REDIS_URL`).
+    pub tls: bool,
+    /// The PEM of the CAs to trust for TLS (`REDIS_TLS_CA_FILE`); `None`: the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 // Hand-written so the password never reaches a log line.
@@ -68,6 +72,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("response_timeout", &self.response_timeout)
             .field("master_poll", &self.master_poll)
             .field("master_allowlist", &self.master_allowlist)
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|pem| pem.len()))
             .finish()
     }
 }
@@ -279,10 +285,19 @@ impl TryFrom<Args> for Config {
                 let url = url.trim().to_owned();
                 match url.as_str().into_connection_info() {
                     Ok(info) if matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) => {}
+                    Ok(info)
+                        if matches!(
+                            info.addr(),
+                            redis::ConnectionAddr::TcpTls {
+                                insecure: false,
+                                ..
+                            }
+                        ) => {}
                     Ok(_) => {
                         return Err(ConfigError::about(
                             &["redis_url"],
-                            "only redis:// (plain TCP) URLs are supported",
+                            "only redis:// and rediss:// URLs are supported (TCP, TLS with a \
+                             verified certificate)",
                         ))
                     }
                     Err(e) => {
@@ -296,6 +311,42 @@ impl TryFrom<Args> for Config {
             }
         };
 
+        let tls = args.redis_tls
+            || matches!(&target, RedisTarget::Single { url } if url.starts_with("rediss://"));
+        if args.redis_tls
+            && matches!(&target, RedisTarget::Single { url } if !url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::about(
+                &["redis_tls"],
+                "with REDIS_URL, TLS is chosen by its scheme: use a rediss:// URL",
+            ));
+        }
+        let tls_ca = match args.redis_tls_ca_file {
+            None => None,
+            Some(_) if !tls => {
+                return Err(ConfigError::about(
+                    &["redis_tls_ca_file"],
+                    "applies only with TLS (REDIS_TLS=true, or a rediss:// REDIS_URL)",
+                ))
+            }
+            Some(path) => match std::fs::read(&path) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    return Err(ConfigError::about(
+                        &["redis_tls_ca_file"],
+                        format!("{} holds no PEM certificate", path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ConfigError::about(
+                        &["redis_tls_ca_file"],
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                }
+            },
+        };
         let master_allowlist = args.redis_master_allowlist.map(|hosts| hosts.0);
         if master_allowlist.is_some() && !matches!(target, RedisTarget::Sentinel { .. }) {
             return Err(ConfigError::about(
@@ -328,6 +379,8 @@ impl TryFrom<Args> for Config {
                 response_timeout: Duration::from_millis(args.redis_response_timeout_ms),
                 master_poll: Duration::from_millis(args.master_poll_ms),
                 master_allowlist,
+                tls,
+                tls_ca,
             },
             http: HttpConfig {
                 max_body_bytes: args.max_body_bytes,

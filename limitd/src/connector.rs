@@ -26,7 +26,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    TlsCertificates,
+};
 
 use crate::config::{RedisConfig, RedisTarget};
 
@@ -45,9 +48,9 @@ fn majority(named: &[Option<(String, u16)>]) -> Option<(String, u16)> {
 /// Makes connections to the current Redis master.
 pub struct Connector {
     target: Target,
-    /// With Sentinel: each sentinel's address (with its password) and the
-    /// master name, for listening to `+switch-master`.
-    announcers: Vec<redis::ConnectionInfo>,
+    /// With Sentinel: a client of each sentinel (with its password), for listening to
+    /// `+switch-master`.
+    announcers: Vec<Client>,
     master_name: String,
     /// How often the sentinels are asked for the master.
     master_poll: Duration,
@@ -72,6 +75,52 @@ struct Sentinels {
     password: Option<String>,
     /// `REDIS_MASTER_ALLOWLIST`.
     allowlist: Option<Vec<(String, u16)>>,
+    /// TLS to the master, with these CAs (`None`: the system's roots).
+    tls: Option<Option<Vec<u8>>>,
+}
+
+/// A client of `host:port` with `password`, over TLS if `tls` is set (trusting its CAs, or the
+/// system's roots).
+fn client_of(
+    host: &str,
+    port: u16,
+    password: Option<&str>,
+    tls: Option<&Option<Vec<u8>>>,
+) -> Result<Client, RedisError> {
+    let addr = match tls {
+        None => ConnectionAddr::Tcp(host.to_owned(), port),
+        Some(_) => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+    };
+    let info = with_password(addr.into_connection_info()?, password);
+    build(info, tls)
+}
+
+fn with_password(info: ConnectionInfo, password: Option<&str>) -> ConnectionInfo {
+    match password {
+        Some(password) if info.redis_settings().password().is_none() => {
+            let settings = info.redis_settings().clone().set_password(password);
+            info.set_redis_settings(settings)
+        }
+        _ => info,
+    }
+}
+
+fn build(info: ConnectionInfo, tls: Option<&Option<Vec<u8>>>) -> Result<Client, RedisError> {
+    match tls {
+        Some(Some(ca)) => Client::build_with_tls(
+            info,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        _ => Client::open(info),
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -91,43 +140,39 @@ impl Connector {
     pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
         let mut announcers = Vec::new();
         let mut master_name = String::new();
+        let tls = config.tls.then(|| config.tls_ca.clone());
         let target = match &config.target {
             RedisTarget::Single { url } => {
-                let mut info = url.as_str().into_connection_info()?;
-                if let Some(password) = &config.password {
-                    if info.redis_settings().password().is_none() {
-                        let settings = info.redis_settings().clone().set_password(password);
-                        info = info.set_redis_settings(settings);
-                    }
-                }
-                Target::Single(Client::open(info)?)
+                let info = with_password(
+                    url.as_str().into_connection_info()?,
+                    config.password.as_deref(),
+                );
+                Target::Single(build(info, tls.as_ref())?)
             }
             RedisTarget::Sentinel { sentinels, master } => {
                 let mut clients = Vec::new();
                 for (host, port) in sentinels {
-                    let mut info =
-                        ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
-                    if let Some(password) = &config.sentinel_password {
-                        let settings = info.redis_settings().clone().set_password(password);
-                        info = info.set_redis_settings(settings);
-                    }
-                    announcers.push(info.clone());
-                    clients.push(Client::open(info)?);
+                    clients.push(client_of(
+                        host,
+                        *port,
+                        config.sentinel_password.as_deref(),
+                        tls.as_ref(),
+                    )?);
                 }
+                announcers.clone_from(&clients);
                 master_name.clone_from(master);
                 Target::Sentinel(Sentinels {
                     clients,
                     master_name: master.clone(),
                     password: config.password.clone(),
                     allowlist: config.master_allowlist.clone(),
+                    tls,
                 })
             }
         };
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
-        // The sentinels are asked concurrently, then the master named is connected to and
-        // asked `ROLE`: two rounds of a connection and a command, each bounded by the timeouts.
         let connect_and_command = config.connect_timeout + config.response_timeout;
         let resolve_timeout = 2 * connect_and_command;
         Ok(Self {
@@ -200,12 +245,12 @@ impl Connector {
                 ))));
             }
         }
-        let mut info = ConnectionAddr::Tcp(host.clone(), port).into_connection_info()?;
-        if let Some(password) = &sentinels.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = Client::open(info)?;
+        let client = client_of(
+            &host,
+            port,
+            sentinels.password.as_deref(),
+            sentinels.tls.as_ref(),
+        )?;
         // A sentinel's view can lag a failover: only a master that says so is followed.
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&self.connection)
@@ -250,7 +295,7 @@ impl Connector {
         Ok((connection, addr))
     }
     /// The sentinels to listen to for `+switch-master`, and the master name.
-    pub fn announcers(&self) -> (&[redis::ConnectionInfo], &str) {
+    pub fn announcers(&self) -> (&[Client], &str) {
         (&self.announcers, &self.master_name)
     }
 
@@ -302,6 +347,8 @@ mod tests {
             response_timeout: Duration::from_millis(250),
             master_poll: Duration::from_secs(1),
             master_allowlist: None,
+            tls: false,
+            tls_ca: None,
         };
         let connector = Connector::new(&config).unwrap();
         assert_eq!(

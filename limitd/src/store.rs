@@ -576,11 +576,7 @@ pub fn switched_to(message: &str, master: &str) -> Option<String> {
 /// With Sentinel: listens on one sentinel for `+switch-master` and rebuilds at
 /// once when it names our master; reconnects (with backoff) when the sentinel
 /// goes away. The poll in [`watch_master`] covers the time it is away.
-async fn listen_switch_master(
-    shared: Weak<Shared>,
-    sentinel: redis::ConnectionInfo,
-    master: String,
-) {
+async fn listen_switch_master(shared: Weak<Shared>, sentinel: redis::Client, master: String) {
     let mut backoff = REBUILD_BACKOFF_START;
     loop {
         let Some(strong) = shared.upgrade() else {
@@ -589,9 +585,7 @@ async fn listen_switch_master(
         let timeout = strong.connector.connection_config_timeout();
         drop(strong);
         let subscribed = tokio::time::timeout(timeout, async {
-            let mut pubsub = redis::Client::open(sentinel.clone())?
-                .get_async_pubsub()
-                .await?;
+            let mut pubsub = sentinel.get_async_pubsub().await?;
             pubsub.subscribe("+switch-master").await?;
             Ok::<_, RedisError>(pubsub)
         })
@@ -615,13 +609,13 @@ async fn listen_switch_master(
                         }
                     }
                 }
-                tracing::debug!(sentinel = %sentinel.addr(), "+switch-master subscription ended; resubscribing");
+                tracing::debug!(sentinel = %sentinel.get_connection_info().addr(), "+switch-master subscription ended; resubscribing");
             }
             Ok(Err(err)) => {
-                tracing::debug!(error = %err, sentinel = %sentinel.addr(), "cannot subscribe to +switch-master")
+                tracing::debug!(error = %err, sentinel = %sentinel.get_connection_info().addr(), "cannot subscribe to +switch-master")
             }
             Err(_) => {
-                tracing::debug!(sentinel = %sentinel.addr(), "timed out subscribing to +switch-master")
+                tracing::debug!(sentinel = %sentinel.get_connection_info().addr(), "timed out subscribing to +switch-master")
             }
         }
         tokio::time::sleep(backoff).await;

@@ -18,3 +18,4 @@ mod sentinel;
 mod serving;
 mod shutdown;
 mod support;
+mod tls;

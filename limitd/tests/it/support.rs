@@ -126,11 +126,17 @@ impl RedisProcess {
 
     /// A sentinel monitoring `mymaster` at `master_port` with quorum 1.
     pub fn sentinel(master_port: u16) -> Self {
+        Self::sentinel_with(master_port, "")
+    }
+
+    /// [`RedisProcess::sentinel`] with more lines of configuration (`extra`, before the
+    /// `sentinel monitor` line).
+    pub fn sentinel_with(master_port: u16, extra: &str) -> Self {
         let dir = TempDir::new("sentinel");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n{extra}\
              sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
              sentinel down-after-milliseconds mymaster 1000\n\
              sentinel failover-timeout mymaster 5000\n",
