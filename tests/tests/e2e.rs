@@ -405,3 +405,42 @@ fn limitd_refuses_checks_without_its_token() {
     // Health and metrics stay open, for Envoy's health checks and Prometheus.
     assert_eq!(get(limitd, "/healthz", None).status, 200);
 }
+
+#[test]
+fn a_flood_of_huge_client_keys_never_lets_another_client_past_its_limit() {
+    // Once, one client sending keys limitd refused made whole batches fail open, so a fresh
+    // client got 60 × 200 on a 10-per-60 s rule. Now keys are bounded by the filter, rules
+    // limitd would refuse are refused when Envoy loads them, and a refused check fails alone.
+    let stack = start(EnvoyOptions::default());
+    let envoy = stack.envoy(0);
+    let flood = std::thread::spawn(move || {
+        for i in 0..300 {
+            let key = format!("{i:04}{}", "k".repeat(8 * 1024));
+            let response = e2e::http_request(
+                "GET",
+                envoy,
+                "/api/anything",
+                &[("x-api-key", &key)],
+                b"",
+                CLIENT_2,
+            )
+            .expect("a flood request is answered");
+            assert!(matches!(response.status, 200 | 429), "{response:?}");
+        }
+    });
+    let victim: Vec<u16> = (0..15)
+        .map(|_| get(envoy, "/limited_endpoint", CLIENT_1).status)
+        .collect();
+    flood.join().expect("the flood");
+    let mut expected = vec![200; 10];
+    expected.extend([429; 5]);
+    assert_eq!(victim, expected);
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.callout_errors"),
+        0
+    );
+    assert_eq!(
+        stack.envoy_stat(0, "wasmcustom.ratelimit.failure_mode_allowed"),
+        0
+    );
+}
