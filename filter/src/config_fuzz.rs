@@ -1,23 +1,11 @@
 //! A property test of the configuration parser: thousands of mutated
 //! configurations never panic, and each is either accepted or refused with a
-//! message that names where the problem is.
+//! message that names where the problem is. The mutations come from [`testrng`]: a failure
+//! prints its seed, and `TEST_SEED=<seed>` replays it.
+
+use testrng::Rng;
 
 use crate::config::Policy;
-
-/// A small deterministic generator (xorshift64*), so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const VALID: &str = r#"{"limitd_cluster":"limitd","timeout":"250ms","failure_mode":"allow","response_headers":"ietf",
  "batch":{"enabled":true,"max_checks":64,"max_in_flight":1},
@@ -54,16 +42,16 @@ const FRAGMENTS: &[&str] = &[
 
 fn mutate(rng: &mut Rng, text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    for _ in 0..=rng.below(3) {
-        let at = rng.below(bytes.len() + 1);
-        match rng.below(5) {
+    for _ in 0..=rng.usize(..3) {
+        let at = rng.usize(..bytes.len() + 1);
+        match rng.usize(..5) {
             0 if !bytes.is_empty() => {
-                let end = (at + 1 + rng.below(8)).min(bytes.len());
+                let end = (at + 1 + rng.usize(..8)).min(bytes.len());
                 bytes.drain(at.min(end)..end);
             }
-            1 => bytes.insert(at, b"{}[],:\"0a\\"[rng.below(10)]),
+            1 => bytes.insert(at, b"{}[],:\"0a\\"[rng.usize(..10)]),
             2 => {
-                let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())].as_bytes();
+                let fragment = FRAGMENTS[rng.usize(..FRAGMENTS.len())].as_bytes();
                 bytes.splice(at..at, fragment.iter().copied());
             }
             3 => {
@@ -74,13 +62,13 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                         .iter()
                         .position(|&b| b == b',' || b == b'}')
                         .map_or(bytes.len(), |e| start + e);
-                    let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())].as_bytes();
+                    let fragment = FRAGMENTS[rng.usize(..FRAGMENTS.len())].as_bytes();
                     bytes.splice(start..end, fragment.iter().copied());
                 }
             }
             _ => {
                 if at < bytes.len() {
-                    bytes[at] = rng.next() as u8;
+                    bytes[at] = rng.u8(..);
                 }
             }
         }
@@ -94,11 +82,7 @@ fn mutated_configurations_never_panic_and_errors_say_where() {
         Policy::from_json(VALID.as_bytes()).is_ok(),
         "the seed configuration must be valid"
     );
-    let seed = std::env::var("RATELIMIT_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_u64);
-    let mut rng = Rng(seed | 1);
+    let mut rng = testrng::rng("mutated_configurations_never_panic_and_errors_say_where");
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..5_000 {
         let text = mutate(&mut rng, VALID);

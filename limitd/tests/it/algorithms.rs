@@ -70,22 +70,6 @@ async fn script_at(
     limitd::script::decode_reply(&request, &reply).expect("a well-formed reply")
 }
 
-/// A small deterministic generator (xorshift64*), so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A time in the future of the real clock, so the keys' real expiry (PEXPIREAT at model times)
 /// never removes them during the test; the script must then read stale states as empty itself.
 fn start_ms() -> u64 {
@@ -99,47 +83,44 @@ fn start_ms() -> u64 {
 /// Runs `steps` random checks over the `rules` (hit templates, one key each) and compares every
 /// answer with the model's. Costs range over 0..=limit+1 (and powers of ten for large limits);
 /// time steps favour window boundaries.
-async fn compare_with_model(prefix: &str, rules: &[Hit], steps: usize, seed: u64) {
+async fn compare_with_model(prefix: &str, rules: &[Hit], steps: usize) {
     let redis = RedisProcess::server(&[]);
     let mut connection = connection(&redis).await;
     let script = test_clock_script();
     let mut model = Model::default();
-    let mut rng = Rng(seed);
+    let mut rng = testrng::rng(&format!("compare_with_model({prefix})"));
     let mut now = start_ms();
     for step in 0..steps {
         let mut hits = Vec::new();
-        for _ in 0..=rng.below(3) {
-            let rule = &rules[usize::try_from(rng.below(rules.len() as u64)).unwrap()];
-            let cost = match rng.below(4) {
+        for _ in 0..=rng.u64(..3) {
+            let rule = &rules[usize::try_from(rng.u64(..rules.len() as u64)).unwrap()];
+            let cost = match rng.u64(..4) {
                 0 => 0,
                 1 => 10u64
-                    .pow(u32::try_from(rng.below(16)).unwrap())
+                    .pow(u32::try_from(rng.u64(..16)).unwrap())
                     .min(rule.limit + 1),
-                _ => rng.below(rule.limit.min(4) + 2),
+                _ => rng.u64(..rule.limit.min(4) + 2),
             };
             hits.push(Hit {
                 key: format!("{prefix}:{}", rule.key),
                 cost,
-                shadow: rng.below(4) == 0,
+                shadow: rng.u64(..4) == 0,
                 ..rule.clone()
             });
         }
         let window = hits[0].window_ms;
-        now += match rng.below(6) {
+        now += match rng.u64(..6) {
             0 => 0,
             1 => 1,
             // To the next boundary of this window, or just before it.
             2 => window - now % window,
             3 => (window - now % window).saturating_sub(1),
-            4 => rng.below(window / 4 + 1),
-            _ => rng.below(window + window / 2),
+            4 => rng.u64(..window / 4 + 1),
+            _ => rng.u64(..window + window / 2),
         };
         let expected = model.check(now, &hits);
         let actual = script_at(&script, &mut connection, now, &hits).await;
-        assert_eq!(
-            actual, expected,
-            "step {step} at {now} (seed {seed}): {hits:#?}"
-        );
+        assert_eq!(actual, expected, "step {step} at {now}: {hits:#?}");
     }
 }
 
@@ -163,7 +144,7 @@ async fn the_script_matches_the_model_on_small_windows() {
         with_burst(hit("g7", Algorithm::Gcra, 7, 60, 1), 20),
         with_burst(hit("g1", Algorithm::Gcra, 1, 100, 1), 1),
     ];
-    compare_with_model("small", &rules, 2_500, 0x9e37_79b9_7f4a_7c15).await;
+    compare_with_model("small", &rules, 2_500).await;
 }
 
 #[tokio::test]
@@ -193,7 +174,7 @@ async fn the_script_matches_the_model_with_large_numbers() {
         ),
         with_burst(hit("gm", Algorithm::Gcra, 1_000_000_000_000_000, 1, 1), 7),
     ];
-    compare_with_model("large", &rules, 1_500, 0x2545_f491_4f6c_dd1d).await;
+    compare_with_model("large", &rules, 1_500).await;
 }
 
 #[tokio::test]
@@ -207,7 +188,7 @@ async fn the_script_is_exact_at_the_edge_of_large_limits() {
     let mut connection = connection(&redis).await;
     let script = test_clock_script();
     let mut model = Model::default();
-    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let mut rng = testrng::rng("the_script_is_exact_at_the_edge_of_large_limits");
     let rules = [
         hit(
             "sy",
@@ -238,19 +219,19 @@ async fn the_script_is_exact_at_the_edge_of_large_limits() {
         let w = rule.window_ms;
         let fill = Hit {
             key: key.clone(),
-            cost: 1 + rng.below(rule.limit.min(rule.burst.unwrap_or(u64::MAX))),
+            cost: 1 + rng.u64(..rule.limit.min(rule.burst.unwrap_or(u64::MAX))),
             ..rule.clone()
         };
-        now += rng.below(w);
+        now += rng.u64(..w);
         compare(now, &fill, &mut model).await;
-        now += rng.below(2 * w);
+        now += rng.u64(..2 * w);
         let read = Hit {
             cost: 0,
             ..fill.clone()
         };
         let left = compare(now, &read, &mut model).await.remaining;
         let ask = Hit {
-            cost: (left + rng.below(2)).min(protocol::bounds::MAX_UNITS),
+            cost: (left + rng.u64(..2)).min(protocol::bounds::MAX_UNITS),
             ..fill.clone()
         };
         let answer = compare(now, &ask, &mut model).await;

@@ -7,8 +7,8 @@
 //! unreachable. Its oracle is the protocol itself: a body with a JSON content type, within the
 //! size limit, that decodes as a `CheckRequest` and passes `validate` must reach the store
 //! (`503`, since Redis is down); anything else must be refused (`400`/`413`) with a one-line
-//! reason. The generator is a seeded xorshift (no proptest: build time matters); set
-//! `LIMITD_HOSTILE_SEED` to replay another sequence.
+//! reason. The cases come from a seeded generator ([`testrng`], no proptest: build time
+//! matters); a failure prints its seed, and `TEST_SEED=<seed>` replays it.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -16,6 +16,7 @@ use axum::Router;
 use limitd::AppState;
 use protocol::bounds::{validate_check as validate, MAX_UNITS, MAX_WINDOW_MS};
 use protocol::CheckRequest;
+use testrng::{Cases, Rng};
 
 use crate::metrics::{scrape, value};
 use crate::support::{config, free_port, post_check, resp, send, RedisProcess};
@@ -298,7 +299,7 @@ async fn refused_bodies_never_reach_a_real_redis() {
     // redis-rs' connection set-up itself draws errors from Redis 7.0 (`CLIENT SETINFO` is
     // 7.2+): compare with what is there before the bodies are sent.
     let errors_before = resp(redis.port, &["INFO", "errorstats"]).expect("redis answers");
-    let mut rng = Rng::new(seed() ^ 0x5eed);
+    let mut rng = testrng::rng("refused_bodies_never_reach_a_real_redis");
     let mut refused = 0;
     while refused < 300 {
         let (body, _) = broken_body(&mut rng);
@@ -319,13 +320,12 @@ async fn refused_bodies_never_reach_a_real_redis() {
 
 #[tokio::test]
 async fn thousands_of_generated_bodies_are_answered_as_the_protocol_says() {
-    let seed = seed();
     let app = app_without_redis(FUZZ_MAX_BODY).await;
-    let mut rng = Rng::new(seed);
+    let mut rng = testrng::rng("thousands_of_generated_bodies_are_answered_as_the_protocol_says");
     let mut counts = [0u64; 3]; // 400, 413, 503
     let mut by_class = [0u64; 5];
     for case in 0..FUZZ_CASES {
-        let class = rng.below(100);
+        let class = rng.u64(..100);
         let (body, intended_valid) = match class {
             0..=34 => (valid_body(&mut rng), Some(true)),
             35..=64 => {
@@ -362,7 +362,7 @@ async fn thousands_of_generated_bodies_are_answered_as_the_protocol_says() {
             assert_eq!(
                 decoded_valid,
                 intended,
-                "seed {seed} case {case}: the generator and the decoder disagree on {}",
+                "case {case}: the generator and the decoder disagree on {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             );
         }
@@ -379,7 +379,7 @@ async fn thousands_of_generated_bodies_are_answered_as_the_protocol_says() {
         let (status, text) = post_raw(&app, body, content_type).await;
         assert_eq!(
             status, expected,
-            "seed {seed} case {case} ({content_type:?}): {shown}\n-> {text}"
+            "case {case} ({content_type:?}): {shown}\n-> {text}"
         );
         let reason = reason(&text);
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -403,56 +403,13 @@ async fn thousands_of_generated_bodies_are_answered_as_the_protocol_says() {
     assert_eq!(get(r#"limitd_checks_total{result="error"}"#), counts[2]);
 }
 
-fn seed() -> u64 {
-    std::env::var("LIMITD_HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x1d2c_3b4a_5968_7786)
-}
-
-/// xorshift64*: tiny, fast and good enough to pick test cases.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform enough in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).saturating_add(1).max(1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// Mostly small numbers, sometimes the bounds, sometimes anything in range.
 fn number_in(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
-    match rng.below(6) {
+    match rng.u64(..6) {
         0 => lo,
         1 => hi,
-        2 => rng.between(lo, hi),
-        _ => rng.between(lo, lo.saturating_add(1000).min(hi)),
+        2 => rng.u64(lo..=hi),
+        _ => rng.u64(lo..=lo.saturating_add(1000).min(hi)),
     }
 }
 
@@ -460,29 +417,29 @@ fn number_in(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
 /// text, every escape form, controls, surrogate pairs, raw multi-byte characters, braces.
 fn key_text(rng: &mut Rng) -> String {
     let pieces = if rng.chance(5) {
-        rng.between(100, 600)
+        rng.u64(100..=600)
     } else {
-        rng.between(1, 12)
+        rng.u64(1..=12)
     };
     let mut out = String::new();
     for _ in 0..pieces {
-        match rng.below(10) {
+        match rng.u64(..10) {
             0 => {
                 let escape = *rng.pick(&[r#"\""#, r"\\", r"\/", r"\b", r"\f", r"\n", r"\r", r"\t"]);
                 out.push_str(escape);
             }
-            1 => out.push_str(&format!(r"\u{:04x}", rng.below(0x20))),
+            1 => out.push_str(&format!(r"\u{:04x}", rng.u64(..0x20))),
             2 => {
                 // Any BMP scalar value, escaped (surrogates excluded: they need a pair).
-                let mut c = rng.below(0x1_0000);
+                let mut c = rng.u64(..0x1_0000);
                 if (0xd800..0xe000).contains(&c) {
                     c -= 0x800;
                 }
                 out.push_str(&format!(r"\u{c:04X}"));
             }
             3 => {
-                let high = rng.between(0xd800, 0xdbff);
-                let low = rng.between(0xdc00, 0xdfff);
+                let high = rng.u64(0xd800..=0xdbff);
+                let low = rng.u64(0xdc00..=0xdfff);
                 out.push_str(&format!(r"\u{high:04x}\u{low:04x}"));
             }
             4 => {
@@ -491,9 +448,9 @@ fn key_text(rng: &mut Rng) -> String {
             }
             5 => out.push(*rng.pick(&['{', '}', ':', ',', '[', ']', ' '])),
             _ => {
-                let len = rng.between(1, 8);
+                let len = rng.u64(1..=8);
                 for _ in 0..len {
-                    out.push(char::from(b'a' + rng.below(26) as u8));
+                    out.push(char::from(b'a' + rng.u64(..26) as u8));
                 }
             }
         }
@@ -514,7 +471,7 @@ fn valid_hit(rng: &mut Rng, index: usize) -> String {
     if rng.chance(20) {
         fields.push(r#""algorithm":"fixed_window""#.into());
     }
-    shuffle(rng, &mut fields);
+    rng.shuffle(&mut fields);
     let space = |rng: &mut Rng| if rng.chance(10) { " \n\t\r" } else { "" };
     let mut out = String::from("{");
     for (i, field) in fields.iter().enumerate() {
@@ -531,9 +488,9 @@ fn valid_hit(rng: &mut Rng, index: usize) -> String {
 
 fn valid_hits(rng: &mut Rng) -> Vec<String> {
     let n = if rng.chance(10) {
-        rng.between(1, 64)
+        rng.u64(1..=64)
     } else {
-        rng.between(1, 4)
+        rng.u64(1..=4)
     };
     (0..n as usize).map(|i| valid_hit(rng, i)).collect()
 }
@@ -542,16 +499,10 @@ fn valid_body(rng: &mut Rng) -> Vec<u8> {
     format!(r#"{{"hits":[{}]}}"#, valid_hits(rng).join(",")).into_bytes()
 }
 
-fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-}
-
 /// A body broken on purpose, in one of many ways, and a name for the way.
 fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
     let mut hits = valid_hits(rng);
-    let at = rng.below(hits.len() as u64) as usize;
+    let at = rng.u64(..hits.len() as u64) as usize;
     let bad_number = [
         "18446744073709551615",
         "18446744073709551616",
@@ -588,10 +539,10 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
         out.push('}');
         out
     };
-    let way = rng.below(16);
+    let way = rng.u64(..16);
     let name = match way {
         0 => {
-            let value = match rng.below(3) {
+            let value = match rng.u64(..3) {
                 0 => "0",
                 1 => "1000000000000001",
                 _ => *rng.pick(&bad_number),
@@ -605,7 +556,7 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
             "bad limit"
         }
         1 => {
-            let value = match rng.below(3) {
+            let value = match rng.u64(..3) {
                 0 => "0".to_owned(),
                 1 => (MAX_WINDOW_MS + 1).to_string(),
                 _ => (*rng.pick(&bad_number)).to_owned(),
@@ -615,7 +566,7 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
         }
         2 => {
             let value = if rng.chance(30) {
-                (MAX_UNITS + 1 + rng.below(1000)).to_string()
+                (MAX_UNITS + 1 + rng.u64(..1000)).to_string()
             } else {
                 (*rng.pick(&bad_number)).to_owned()
             };
@@ -684,7 +635,7 @@ fn broken_body(rng: &mut Rng) -> (Vec<u8>, &'static str) {
             "conflicting windows"
         }
         9 => {
-            let n = rng.between(65, 120) as usize;
+            let n = rng.u64(65..=120) as usize;
             hits = (0..n)
                 .map(|i| hit(&format!("\"k{i}\""), "1", "1"))
                 .collect();
@@ -779,20 +730,20 @@ fn split_fields(text: &str) -> Vec<&str> {
 /// 1–5 random byte edits of `body`: flips, insertions, deletions, duplications, truncation.
 fn mutate(rng: &mut Rng, mut body: Vec<u8>) -> Vec<u8> {
     let interesting = b"{}[]\":,\\-+.0123456789eEtrufalsn \x00\x1f\x7f\xff\xc3";
-    for _ in 0..rng.between(1, 5) {
+    for _ in 0..rng.u64(1..=5) {
         if body.is_empty() {
             body.push(b'{');
         }
-        let at = rng.below(body.len() as u64) as usize;
-        match rng.below(6) {
+        let at = rng.u64(..body.len() as u64) as usize;
+        match rng.u64(..6) {
             0 => body[at] = *rng.pick(interesting),
-            1 => body[at] ^= 1 << rng.below(8),
+            1 => body[at] ^= 1 << rng.u64(..8),
             2 => body.insert(at, *rng.pick(interesting)),
             3 => {
                 body.remove(at);
             }
             4 => {
-                let end = (at + rng.between(1, 40) as usize).min(body.len());
+                let end = (at + rng.u64(1..=40) as usize).min(body.len());
                 let slice = body[at..end].to_vec();
                 body.splice(at..at, slice);
             }
@@ -804,14 +755,14 @@ fn mutate(rng: &mut Rng, mut body: Vec<u8>) -> Vec<u8> {
 
 /// Deep nesting somewhere a value goes.
 fn nested_body(rng: &mut Rng) -> Vec<u8> {
-    let depth = rng.between(2, 3000) as usize;
+    let depth = rng.u64(2..=3000) as usize;
     let (open, close) = if rng.chance(50) {
         ("[", "]")
     } else {
         (r#"{"a":"#, "}")
     };
     let value = format!("{}1{}", open.repeat(depth), close.repeat(depth));
-    let body = match rng.below(4) {
+    let body = match rng.u64(..4) {
         0 => value,
         1 => format!(r#"{{"hits":{value}}}"#),
         2 => format!(r#"{{"hits":[{value}]}}"#),
@@ -822,7 +773,7 @@ fn nested_body(rng: &mut Rng) -> Vec<u8> {
 
 /// A body over (or, sometimes, exactly at) the fuzz body limit.
 fn oversized_body(rng: &mut Rng) -> Vec<u8> {
-    let target = FUZZ_MAX_BODY + rng.between(0, 3 * FUZZ_MAX_BODY as u64) as usize;
+    let target = FUZZ_MAX_BODY + rng.u64(0..=3 * FUZZ_MAX_BODY as u64) as usize;
     let mut body = valid_body(rng);
     if body.len() >= target {
         return body;
@@ -840,7 +791,7 @@ fn oversized_body(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn content_type(rng: &mut Rng) -> Option<&'static str> {
-    match rng.below(100) {
+    match rng.u64(..100) {
         0..=84 => Some("application/json"),
         85..=88 => Some("application/json; charset=utf-8"),
         89..=90 => Some("application/cloudevents+json"),

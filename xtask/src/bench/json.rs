@@ -230,8 +230,8 @@ mod tests {
             settings: "1 round".into(),
             seconds: 61.26,
             scenarios: vec![
-                (SCENARIOS[0].clone(), vec![round(1000.0)]),
-                (SCENARIOS[1].clone(), vec![round(800.0), round(900.0)]),
+                (SCENARIOS[0], vec![round(1000.0)]),
+                (SCENARIOS[1], vec![round(800.0), round(900.0)]),
             ],
             limitd: vec![LimitdRound {
                 limitd: wrk(5000.0),
