@@ -331,7 +331,7 @@ pub fn limitd_redis_key() -> String {
 /// limitd/src/script.rs builds them: a receipt key (a fresh one per call:
 /// redis-benchmark replaces `__rand_int__`) and the counter; mode 0 (check),
 /// the receipt's lifetime, then algorithm 0 (fixed_window), shadow 0, limit,
-/// window_ms, cost 1, then burst, token and rate (0 outside gcra).
+/// window_ms, cost 1, then burst, token and rate (0 outside gcra), and lease 0.
 pub fn evalsha_arguments() -> Vec<String> {
     let mut args = vec![
         "2".to_owned(),
@@ -340,7 +340,7 @@ pub fn evalsha_arguments() -> Vec<String> {
         "0".to_owned(),
         "60000".to_owned(),
     ];
-    for value in [0, 0, LIMITD_LIMIT, LIMITD_WINDOW_MS, 1, 0, 0, 0] {
+    for value in [0, 0, LIMITD_LIMIT, LIMITD_WINDOW_MS, 1, 0, 0, 0, 0] {
         args.push(value.to_string());
     }
     args
