@@ -87,8 +87,22 @@ fn setup() -> Result<(), String> {
     setup_wasm_target()?;
     setup_envoy()?;
     setup_redis()?;
+    setup_promtool()?;
     setup_wasm_opt();
     Ok(())
+}
+
+/// `promtool` (Debian package prometheus) unit-tests the alert rules under deploy/prometheus.
+fn setup_promtool() -> Result<(), String> {
+    if on_path("promtool") {
+        return Ok(());
+    }
+    if !is_root_with_apt() {
+        return Err("promtool is needed for the alert rules' tests: install it \
+                    (Debian/Ubuntu: sudo apt-get install prometheus) and run again"
+            .to_owned());
+    }
+    apt_install(&["prometheus"])
 }
 
 fn setup_wasm_target() -> Result<(), String> {
