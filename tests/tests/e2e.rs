@@ -444,3 +444,52 @@ fn a_flood_of_huge_client_keys_never_lets_another_client_past_its_limit() {
         0
     );
 }
+
+#[test]
+fn each_rule_counts_its_decisions_under_rule_and_outcome_labels() {
+    let stack = start(EnvoyOptions::default());
+    let envoy = stack.envoy(0);
+    assert_eq!(
+        statuses(envoy, "/limited_endpoint", CLIENT_1, 12),
+        [[200; 10].as_slice(), &[429; 2]].concat()
+    );
+    let text = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
+        .unwrap()
+        .body;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ratelimit_rule{"))
+        .collect();
+    let value = |rule: &str, outcome: &str| -> u64 {
+        series
+            .iter()
+            .find(|l| {
+                l.contains(&format!("rule=\"{rule}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {rule}/{outcome} series in {series:#?}"))
+    };
+    assert_eq!(value("limited_endpoint", "allowed"), 10);
+    // The 11th and 12th were denied, by limitd or, on a worker that saw a denial already, from
+    // its deny cache (counted as both).
+    assert_eq!(value("limited_endpoint", "denied"), 2);
+    assert_eq!(
+        value("limited_endpoint", "deny_cache_hits"),
+        stack.envoy_stat(0, "wasmcustom.ratelimit.deny_cache_hits")
+    );
+    assert_eq!(value("limited_endpoint", "failure_mode"), 0);
+    assert_eq!(value("api_gcra", "allowed"), 0);
+    // Labels are rule names and outcomes only: one series per rule and outcome.
+    let rules = [
+        "limited_endpoint",
+        "api_sliding",
+        "api_gcra",
+        "api_key",
+        "api_global_shadow",
+    ];
+    assert_eq!(series.len(), rules.len() * 7, "{series:#?}");
+    assert!(series
+        .iter()
+        .all(|l| rules.iter().any(|r| l.contains(&format!("rule=\"{r}\"")))));
+}

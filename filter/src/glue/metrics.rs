@@ -31,11 +31,71 @@ pub(super) struct Metrics {
     pub(super) lease_refills: Option<u32>,
     /// Histogram of callout round trips, in microseconds.
     pub(super) callout_latency_us: Option<u32>,
+    /// Per rule (in the policy's order): its decisions by outcome.
+    pub(super) rules: Vec<RuleMetrics>,
 }
 
+/// What happened to the requests one rule matched, as counters named
+/// `ratelimit.rule.<rule>.<outcome>`; `envoy.yaml`'s `stats_tags` turn the rule and the
+/// outcome into labels (`ratelimit_rule{rule="...",outcome="..."}` in `/stats/prometheus`). Rule
+/// names come from the configuration, never from a request, so the labels stay few.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RuleOutcome {
+    /// The request was allowed by the global limit (from limitd or a lease).
+    Allowed,
+    /// This rule denied the request (limitd, or the deny cache).
+    Denied,
+    /// This shadow rule would have denied it.
+    ShadowDenied,
+    /// limitd could not decide: the rule's failure mode or fallback limit did.
+    FailureMode,
+    /// Denied from the deny cache, without a callout (also counted as `denied`).
+    DenyCacheHits,
+    /// Admitted from a lease block, without a callout (also counted as `allowed`).
+    LeaseAdmitted,
+    /// limitd leased units to this Envoy for the rule.
+    LeaseGrants,
+}
+
+impl RuleOutcome {
+    const ALL: [RuleOutcome; 7] = [
+        RuleOutcome::Allowed,
+        RuleOutcome::Denied,
+        RuleOutcome::ShadowDenied,
+        RuleOutcome::FailureMode,
+        RuleOutcome::DenyCacheHits,
+        RuleOutcome::LeaseAdmitted,
+        RuleOutcome::LeaseGrants,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            RuleOutcome::Allowed => "allowed",
+            RuleOutcome::Denied => "denied",
+            RuleOutcome::ShadowDenied => "shadow_denied",
+            RuleOutcome::FailureMode => "failure_mode",
+            RuleOutcome::DenyCacheHits => "deny_cache_hits",
+            RuleOutcome::LeaseAdmitted => "lease_admitted",
+            RuleOutcome::LeaseGrants => "lease_grants",
+        }
+    }
+}
+
+/// One rule's counters, by [`RuleOutcome`] in the order of `RuleOutcome::ALL`.
+pub(super) struct RuleMetrics([Option<u32>; 7]);
+
 impl Metrics {
-    pub(super) fn define() -> Self {
+    pub(super) fn define(rules: &[String]) -> Self {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let rules =
+            rules
+                .iter()
+                .map(|rule| {
+                    RuleMetrics(RuleOutcome::ALL.map(|outcome| {
+                        counter(&format!("ratelimit.rule.{rule}.{}", outcome.name()))
+                    }))
+                })
+                .collect();
         Metrics {
             checks: counter("ratelimit.checks"),
             allowed: counter("ratelimit.allowed"),
@@ -57,6 +117,20 @@ impl Metrics {
                 "ratelimit.callout_latency_us",
             )
             .ok(),
+            rules,
+        }
+    }
+
+    /// Counts `outcome` for each rule (indices into the policy's rules).
+    pub(super) fn rules(&self, rules: impl IntoIterator<Item = usize>, outcome: RuleOutcome) {
+        let at = RuleOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        for rule in rules {
+            if let Some(metrics) = self.rules.get(rule) {
+                Metrics::bump(metrics.0[at]);
+            }
         }
     }
 

@@ -20,8 +20,8 @@ use crate::lease::{self, Spend};
 use crate::request::RequestView;
 use crate::verdict::{CalloutError, Check, Headers, Verdict};
 
-use super::metrics::Metrics;
-use super::vm::{SharedCounters, Vm};
+use super::metrics::{Metrics, RuleOutcome};
+use super::vm::{enforced_rules, SharedCounters, Vm};
 use super::{log, now, now_ms};
 
 /// One HTTP request going through the filter.
@@ -72,6 +72,12 @@ impl Request {
         match lease::spend(&SharedCounters, &check.hits, &leases, stale_ms) {
             Spend::Admitted { results, refills } => {
                 Metrics::bump(self.vm.metrics.lease_admitted);
+                self.vm
+                    .metrics
+                    .rules(enforced_rules(check), RuleOutcome::LeaseAdmitted);
+                self.vm
+                    .metrics
+                    .rules(enforced_rules(check), RuleOutcome::Allowed);
                 if !refills.is_empty() {
                     let (rules, hits) = refills
                         .into_iter()

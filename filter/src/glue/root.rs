@@ -202,9 +202,10 @@ impl RootContext for Root {
                 self.retired.push(previous);
             }
         }
+        let names: Vec<String> = policy.rules.iter().map(|r| r.name.clone()).collect();
         self.vm = Some(Rc::new(Vm {
             policy,
-            metrics: Metrics::define(),
+            metrics: Metrics::define(&names),
             batcher: RefCell::new(batcher),
             deny_cache: RefCell::new(DenyCache::default()),
             failure_log: RefCell::new(LogLimit::default()),

@@ -15,7 +15,7 @@ use crate::lease::{self, LeaseRule};
 use crate::log_limit::{more_like_this, LogLimit};
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RuleOutcome};
 use super::{epoch_ms, log, now};
 
 /// What the contexts of one VM share.
@@ -97,6 +97,8 @@ impl Vm {
         Metrics::add(self.metrics.callout_errors, checks.len());
         for check in checks {
             self.leases_settled(check, None, None);
+            self.metrics
+                .rules(enforced_rules(check), RuleOutcome::FailureMode);
         }
         let now_ms = now().and_then(epoch_ms).unwrap_or(0);
         if let Some(suppressed) = self.failure_log.borrow_mut().admit(now_ms) {
@@ -224,6 +226,13 @@ impl Vm {
             self.metrics.shadow_denied,
             self.policy.shadow_denials(check, answer),
         );
+        let by_hit = || check.rules.iter().zip(&check.hits).zip(&answer.hits);
+        self.metrics.rules(
+            by_hit()
+                .filter(|((_, hit), result)| hit.shadow && !result.allowed)
+                .map(|((&rule, _), _)| rule),
+            RuleOutcome::ShadowDenied,
+        );
         if !answer.allowed {
             if let (Some(sent_ms), Some(now_ms)) =
                 (sent.and_then(epoch_ms), now().and_then(epoch_ms))
@@ -237,7 +246,19 @@ impl Vm {
                 );
             }
         }
-        self.policy.decide(check, answer)
+        let decision = self.policy.decide(check, answer);
+        match &decision {
+            Decision::Allow { .. } => self
+                .metrics
+                .rules(enforced_rules(check), RuleOutcome::Allowed),
+            Decision::Reply(_) => self.metrics.rules(
+                by_hit()
+                    .filter(|((_, hit), result)| !hit.shadow && !result.allowed)
+                    .map(|((&rule, _), _)| rule),
+                RuleOutcome::Denied,
+            ),
+        }
+        decision
     }
 
     /// The lease settings of each hit's rule.
@@ -267,11 +288,14 @@ impl Vm {
                 continue;
             };
             let result = answer.filter(|a| a.allowed).and_then(|a| a.hits.get(i));
-            if let Some(result) = result {
+            if let Some(result) = result.filter(|r| r.leased > 0) {
                 Metrics::add(
                     self.metrics.lease_units,
                     usize::try_from(result.leased).unwrap_or(usize::MAX),
                 );
+                if let Some(&rule_index) = check.rules.get(i) {
+                    self.metrics.rules([rule_index], RuleOutcome::LeaseGrants);
+                }
             }
             lease::settled(&SharedCounters, hit, &rule, result, sent_ms);
         }
@@ -284,7 +308,18 @@ impl Vm {
             return None;
         }
         let now_ms = now().and_then(epoch_ms)?;
-        self.policy.cached_denial(check, &cache, now_ms)
+        let denial = self.policy.cached_denial(check, &cache, now_ms)?;
+        let cached: Vec<usize> = check
+            .rules
+            .iter()
+            .zip(&check.hits)
+            .filter(|(_, hit)| !hit.shadow && cache.denied_for(&hit.key, now_ms).is_some())
+            .map(|(&rule, _)| rule)
+            .collect();
+        self.metrics
+            .rules(cached.iter().copied(), RuleOutcome::DenyCacheHits);
+        self.metrics.rules(cached, RuleOutcome::Denied);
+        Some(denial)
     }
 
     /// Carries out a decision for the current (effective) request context.
@@ -332,6 +367,16 @@ impl Vm {
             }
         }
     }
+}
+
+/// The rules of a check's enforced (non-shadow) hits.
+pub(super) fn enforced_rules(check: &Check) -> impl Iterator<Item = usize> + '_ {
+    check
+        .rules
+        .iter()
+        .zip(&check.hits)
+        .filter(|(_, hit)| !hit.shadow)
+        .map(|(&rule, _)| rule)
 }
 
 /// Fallback counters in Envoy's shared data (one map per `vm_id`, process-wide).
