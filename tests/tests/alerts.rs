@@ -1,6 +1,7 @@
-//! The Prometheus alert rules under `deploy/prometheus`: they pass their `promtool` unit tests,
-//! and every metric they use is one the running stack really exposes (Envoy's
-//! `/stats/prometheus` and limitd's `/metrics`), so no alert silently points at nothing.
+//! The Prometheus alert rules under `deploy/prometheus` and the Grafana dashboard under
+//! `deploy/grafana`: the rules pass their `promtool` unit tests, and every metric the rules and
+//! the dashboard's panels use is one the running stack really exposes (Envoy's
+//! `/stats/prometheus` and limitd's `/metrics`), so no alert or panel silently points at nothing.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -38,23 +39,27 @@ fn the_alert_rules_are_valid_and_pass_their_unit_tests() {
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
 
+/// The PromQL expressions of the dashboard's panels.
+fn dashboard_exprs() -> Vec<String> {
+    let path = workspace_root().join("deploy/grafana/ratelimit.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The metric names in the alerts' expressions: identifiers followed by `{`, `[` or a space,
 /// that are not PromQL functions, keywords or label names.
 fn metrics_used(rules: &str) -> BTreeSet<String> {
-    const PROMQL: &[&str] = &[
-        "sum",
-        "rate",
-        "increase",
-        "histogram_quantile",
-        "clamp_min",
-        "by",
-        "on",
-        "unless",
-        "and",
-        "offset",
-        "le",
-        "up",
-    ];
+    metric_names(alert_exprs(rules))
+}
+
+fn alert_exprs(rules: &str) -> Vec<String> {
     // Each `expr:` value: on its line, or the lines indented below a `expr: >-`.
     let mut exprs = Vec::new();
     let mut block: Option<usize> = None;
@@ -75,6 +80,25 @@ fn metrics_used(rules: &str) -> BTreeSet<String> {
             }
         }
     }
+    exprs
+}
+
+fn metric_names(exprs: Vec<String>) -> BTreeSet<String> {
+    const PROMQL: &[&str] = &[
+        "sum",
+        "rate",
+        "increase",
+        "histogram_quantile",
+        "clamp_min",
+        "by",
+        "on",
+        "unless",
+        "and",
+        "offset",
+        "le",
+        "up",
+        "count",
+    ];
     let mut names = BTreeSet::new();
     for expr in exprs {
         if expr.starts_with('#') {
@@ -101,13 +125,19 @@ fn metrics_used(rules: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn every_metric_an_alert_uses_is_exposed_by_the_running_stack() {
+fn every_metric_the_alerts_and_the_dashboard_use_is_exposed_by_the_running_stack() {
     let rules = std::fs::read_to_string(prometheus_dir().join("alerts.yml")).expect("alerts.yml");
-    let used = metrics_used(&rules);
+    let mut used = metrics_used(&rules);
     assert!(
         used.contains("ratelimit_failure_mode_allowed") && used.contains("limitd_failovers_total"),
-        "the expressions were not read: {used:?}"
+        "the alerts' expressions were not read: {used:?}"
     );
+    let panels = metric_names(dashboard_exprs());
+    assert!(
+        panels.contains("ratelimit_rule") && panels.contains("limitd_checks_total"),
+        "the dashboard's expressions were not read: {panels:?}"
+    );
+    used.extend(panels);
 
     let stack = Stack::for_test(EnvoyOptions::default());
     // Traffic that defines the filter's counters: allowed, then denied.
@@ -136,6 +166,6 @@ fn every_metric_an_alert_uses_is_exposed_by_the_running_stack() {
         .collect();
     assert!(
         missing.is_empty(),
-        "alerts use metrics the stack does not expose: {missing:?}"
+        "alerts or panels use metrics the stack does not expose: {missing:?}"
     );
 }
