@@ -257,9 +257,12 @@ mod tests {
             ("--token", "LIMITD_TOKEN", None),
             ("--sentinel-hosts", "SENTINEL_HOSTS", None),
             ("--redis-master", "REDIS_MASTER", Some("mymaster")),
+            ("--redis-master-allowlist", "REDIS_MASTER_ALLOWLIST", None),
             ("--redis-url", "REDIS_URL", None),
             ("--redis-password", "REDIS_PASSWORD", None),
             ("--sentinel-password", "SENTINEL_PASSWORD", None),
+            ("--redis-tls", "REDIS_TLS", Some("false")),
+            ("--redis-tls-ca-file", "REDIS_TLS_CA_FILE", None),
             (
                 "--redis-connect-timeout-ms",
                 "REDIS_CONNECT_TIMEOUT_MS",

@@ -230,6 +230,14 @@ impl Connector {
                     format!("{} says {said}", client.get_connection_info().addr())
                 })
                 .collect();
+            // A refused password is the sentinels' answer that says what to fix: report it as
+            // such, so it is counted and logged as an authentication error.
+            if let Some(Err(refused)) = answers
+                .into_iter()
+                .find(|a| a.as_ref().is_err_and(crate::store::is_auth_error))
+            {
+                return Err(refused);
+            }
             return Err(RedisError::from(std::io::Error::other(format!(
                 "no majority of the {} configured sentinels names one master for {:?} ({})",
                 sentinels.clients.len(),
