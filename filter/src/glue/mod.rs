@@ -21,13 +21,9 @@
 //! one VM (one thread). No borrow is held across a host call: a local reply
 //! re-enters the filter (`on_http_response_headers`) synchronously.
 
-#![allow(unsafe_code)] // `proxy_wasm::main!` expands to an `extern "C"` export.
-
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 use self::root::Root;
@@ -37,13 +33,27 @@ mod request;
 mod root;
 mod vm;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
-    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
-        Box::new(Root { root_id, vm: None, retired: Vec::new(), queue: None, sent_at: HashMap::new() })
-    });
-}}
+// `proxy_wasm::main!` expands to a `#[no_mangle] extern "C"` export that calls
+// `__wasm_call_ctors` in an `unsafe` block, the one unsafe code the filter
+// needs. An attribute on the macro call itself is ignored, so the call sits in
+// a module of its own.
+#[allow(unsafe_code)]
+mod entry {
+    use std::collections::HashMap;
+
+    use proxy_wasm::traits::RootContext;
+    use proxy_wasm::types::LogLevel;
+
+    use super::{log, Root};
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
+        proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
+            Box::new(Root { root_id, vm: None, retired: Vec::new(), queue: None, sent_at: HashMap::new() })
+        });
+    }}
+}
 
 /// The shared-data key of the counter that gives each VM a unique queue name.
 const VM_SEQUENCE_KEY: &str = "ratelimit.vm_sequence";
