@@ -12,10 +12,11 @@
 //! queues it in the VM's [`Batcher`], wakes the root through a shared queue
 //! registered under a name unique to this VM (a timestamp is not unique: two
 //! workers read the same clock), and pauses. The root sends what waits as one
-//! `POST /v1/checks` as soon as no callout is in flight, and on the answer
+//! `POST /v2/checks` as soon as no callout is in flight, and on the answer
 //! resumes or answers each request after making it the effective context.
 //! Requests whose client went away are skipped: the set of live contexts is
-//! kept in `on_done`, because acting on a context the SDK has dropped traps.
+//! kept as each request's context is dropped, because acting on a context the
+//! SDK has dropped traps.
 //!
 //! The `Batcher` is shared through `Rc<RefCell<..>>` between the contexts of
 //! one VM (one thread). No borrow is held across a host call: a local reply
