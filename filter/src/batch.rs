@@ -240,6 +240,15 @@ fn encoded_bound(check: &Check) -> usize {
 /// (or none healthy): then the check never reached limitd. A reset after the
 /// request was sent ("connection termination") may have been counted, and
 /// limitd's own 503s are JSON; neither is matched.
+///
+/// The body's text is the only sign of the cause: proxy-wasm 0.2.5 on Envoy
+/// 1.40 gives none typed for a callout that got an answer. `get_status` is set
+/// only for a callout reset after its headers (`BrokenConnection`, "reset",
+/// seen as no headers: [`CalloutError::Reset`]), and these 503s are the
+/// router's local replies with no header but `content-length` and
+/// `content-type` (checked against Envoy 1.40). The one `x-envoy-overloaded`
+/// marks a circuit breaker's overflow, which is not retried: a second try
+/// would only add to the overload.
 fn never_reached(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body);
     text == "no healthy upstream"
@@ -668,6 +677,42 @@ mod tests {
         ));
         assert!(!unreachable("upstream connect error or disconnect/reset before headers. reset reason: connection termination"));
         assert!(!unreachable(r#"{"error":"redis unavailable"}"#));
+    }
+
+    /// The bodies Envoy 1.40's router answers with, as seen on routes to a
+    /// cluster with no endpoint, one with nothing listening and one whose
+    /// circuit breaker is full; a local connection failure reads like a remote one.
+    #[test]
+    fn envoys_local_replies_are_told_apart_by_their_text_alone() {
+        let batch = [Entry {
+            context_id: 1,
+            check: check("a"),
+            queued_ms: 0,
+            retried: false,
+        }];
+        let answer = |status: &[u8], body: &str| read_batch_answer(&batch, status, body.as_bytes());
+        let no_healthy_upstream = "no healthy upstream";
+        let connect_failure = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+        let local_failure = "upstream connect error or disconnect/reset before headers. reset reason: local connection failure";
+        for body in [no_healthy_upstream, connect_failure, local_failure] {
+            assert_eq!(
+                answer(b"503", body),
+                Err(CalloutError::Unreachable(body.into())),
+                "{body}"
+            );
+            // The same text under another status is not Envoy's connect failure.
+            assert_eq!(
+                answer(b"500", body),
+                Err(CalloutError::Status("500".into())),
+                "{body}"
+            );
+        }
+        let overflow =
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+        assert_eq!(
+            answer(b"503", overflow),
+            Err(CalloutError::Status("503".into()))
+        );
     }
 
     #[test]

@@ -250,7 +250,7 @@ pub struct Policy {
 /// How a worker shares callouts among its requests (group commit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
-    /// False: one callout per request, to `/v1/check`.
+    /// False: one callout per request, its own batch of one to `/v2/checks`.
     pub enabled: bool,
     /// The most checks in one callout.
     pub max_checks: usize,

@@ -2,9 +2,10 @@
 //! meets a rate-limit rule checked by limitd before Envoy forwards it.
 //!
 //! The decisions live in host-free modules ([`config`], [`verdict`],
-//! [`duration`]) with native unit tests; the proxy-wasm glue in `glue/`
-//! only reads headers and properties, calls them, and acts on the result. It
-//! is compiled for `wasm32` alone, so `cargo test` links natively.
+//! [`batch`], [`lease`], [`fallback`], [`deny_cache`] and the rest) with
+//! native unit tests; the proxy-wasm glue in `glue/` only reads headers and
+//! properties, calls them, and acts on the result. It is compiled for `wasm32`
+//! alone, so `cargo test` links natively.
 
 #![cfg_attr(
     not(test),

@@ -87,7 +87,7 @@ pub enum CalloutError {
     /// Envoy could not reach any limitd (connect failure, no healthy
     /// upstream): the check was never seen, so sending it again is safe.
     Unreachable(String),
-    /// limitd (or Envoy on its behalf: 503 no upstream, 504 timeout) answered non-200.
+    /// limitd (or Envoy on its behalf: 504 timeout, 503 circuit breaker overflow) answered non-200.
     Status(String),
     /// A 200 whose body is not a valid answer to this check.
     Body(String),

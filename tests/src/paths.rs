@@ -1,5 +1,5 @@
 //! Where the binaries under test are: the workspace's build outputs, the
-//! project-local Envoy, and the OS's Redis.
+//! project-local Envoy, and Redis as found on `PATH`.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,16 @@ fn on_path(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// `redis-server`: where `RATELIMIT_REDIS_SERVER` says, else the first on `PATH`.
+pub fn redis_server() -> PathBuf {
+    from_env_or("RATELIMIT_REDIS_SERVER", on_path("redis-server"))
+}
+
+/// `redis-sentinel`: where `RATELIMIT_REDIS_SENTINEL` says, else the first on `PATH`.
+pub fn redis_sentinel() -> PathBuf {
+    from_env_or("RATELIMIT_REDIS_SENTINEL", on_path("redis-sentinel"))
+}
+
 impl Binaries {
     /// The default locations, each overridable by an environment variable
     /// (`RATELIMIT_ENVOY`, `RATELIMIT_LIMITD`, `RATELIMIT_BACKEND`,
@@ -51,8 +61,8 @@ impl Binaries {
                 "RATELIMIT_WASM",
                 target.join("wasm32-wasip1/wasm/ratelimit.wasm"),
             ),
-            redis_server: from_env_or("RATELIMIT_REDIS_SERVER", on_path("redis-server")),
-            redis_sentinel: from_env_or("RATELIMIT_REDIS_SENTINEL", on_path("redis-sentinel")),
+            redis_server: redis_server(),
+            redis_sentinel: redis_sentinel(),
         }
     }
 

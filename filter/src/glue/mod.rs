@@ -12,22 +12,19 @@
 //! queues it in the VM's [`Batcher`], wakes the root through a shared queue
 //! registered under a name unique to this VM (a timestamp is not unique: two
 //! workers read the same clock), and pauses. The root sends what waits as one
-//! `POST /v1/checks` as soon as no callout is in flight, and on the answer
+//! `POST /v2/checks` as soon as no callout is in flight, and on the answer
 //! resumes or answers each request after making it the effective context.
 //! Requests whose client went away are skipped: the set of live contexts is
-//! kept in `on_done`, because acting on a context the SDK has dropped traps.
+//! kept as each request's context is dropped, because acting on a context the
+//! SDK has dropped traps.
 //!
 //! The `Batcher` is shared through `Rc<RefCell<..>>` between the contexts of
 //! one VM (one thread). No borrow is held across a host call: a local reply
 //! re-enters the filter (`on_http_response_headers`) synchronously.
 
-#![allow(unsafe_code)] // `proxy_wasm::main!` expands to an `extern "C"` export.
-
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 use self::root::Root;
@@ -37,13 +34,27 @@ mod request;
 mod root;
 mod vm;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
-    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
-        Box::new(Root { root_id, vm: None, retired: Vec::new(), queue: None, sent_at: HashMap::new() })
-    });
-}}
+// `proxy_wasm::main!` expands to a `#[no_mangle] extern "C"` export that calls
+// `__wasm_call_ctors` in an `unsafe` block, the one unsafe code the filter
+// needs. An attribute on the macro call itself is ignored, so the call sits in
+// a module of its own.
+#[allow(unsafe_code)]
+mod entry {
+    use std::collections::HashMap;
+
+    use proxy_wasm::traits::RootContext;
+    use proxy_wasm::types::LogLevel;
+
+    use super::{log, Root};
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("ratelimit: panic: {info}"))));
+        proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
+            Box::new(Root { root_id, vm: None, retired: Vec::new(), queue: None, sent_at: HashMap::new() })
+        });
+    }}
+}
 
 /// The shared-data key of the counter that gives each VM a unique queue name.
 const VM_SEQUENCE_KEY: &str = "ratelimit.vm_sequence";

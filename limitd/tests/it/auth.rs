@@ -9,7 +9,9 @@ use axum::Router;
 use limitd::AppState;
 
 use crate::metrics::{scrape, value};
-use crate::support::{config, eventually, free_port, post_check, resp, send, TempDir};
+use crate::support::{
+    config, eventually, free_port, post_check, redis_sentinel, redis_server, resp, send, TempDir,
+};
 
 const DATA_PASSWORD: &str = "data-secret";
 const SENTINEL_PASSWORD: &str = "sentinel-secret";
@@ -29,7 +31,7 @@ impl Protected {
     fn server(password: &str) -> Self {
         let dir = TempDir::new("auth-redis");
         let port = free_port();
-        let child = Command::new("/usr/bin/redis-server")
+        let child = Command::new(redis_server())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
@@ -69,7 +71,7 @@ impl Protected {
         }
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = Command::new("/usr/bin/redis-sentinel")
+        let child = Command::new(redis_sentinel())
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,7 +4,7 @@
 //! never stays counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,15 +90,18 @@ impl Tally {
 /// Twelve tasks sending batches of 16 checks over the keys until `stop`.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// Checks allowed so far, by all tasks: what a test waits on to know the load made progress.
+    admitted: Arc<AtomicU64>,
     senders: Vec<tokio::task::JoinHandle<Tally>>,
 }
 
 impl Load {
     fn start(app: &Router) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let admitted = Arc::new(AtomicU64::new(0));
         let senders = (0..12)
             .map(|task| {
-                let (app, stop) = (app.clone(), stop.clone());
+                let (app, stop, admitted) = (app.clone(), stop.clone(), admitted.clone());
                 tokio::spawn(async move {
                     let mut tally = Tally::default();
                     let mut first = task;
@@ -108,7 +111,10 @@ impl Load {
                         for (k, result) in keys.iter().zip(post_v2(&app, &body).await) {
                             tally.checks += 1;
                             match result {
-                                CheckResult::Allowed { .. } => tally.allowed[*k] += 1,
+                                CheckResult::Allowed { .. } => {
+                                    tally.allowed[*k] += 1;
+                                    admitted.fetch_add(1, Ordering::Relaxed);
+                                }
                                 CheckResult::Error { .. } => tally.errors += 1,
                                 other => panic!("a check with room left was {other:?}"),
                             }
@@ -120,7 +126,20 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, senders }
+        Load {
+            stop,
+            admitted,
+            senders,
+        }
+    }
+
+    /// Waits until `more` checks have been allowed since the call.
+    async fn admits(&self, more: u64, what: &str) {
+        let target = self.admitted.load(Ordering::Relaxed) + more;
+        eventually(Duration::from_secs(20), what, || async {
+            (self.admitted.load(Ordering::Relaxed) >= target).then_some(())
+        })
+        .await;
     }
 
     async fn stop(self) -> Tally {
@@ -162,8 +181,8 @@ async fn connections_killed_mid_pipeline_leave_every_counter_equal_to_its_admiss
         })
     };
     let kills = killer.await.expect("killer");
-    // Let checks succeed again for a moment, so the load ends on a working connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let checks succeed again for a while, so the load ends on a working connection.
+    load.admits(200, "checks to succeed again").await;
     let total = load.stop().await;
     let give_backs = give_backs_settled(&app).await;
     println!(
@@ -222,7 +241,7 @@ async fn a_forced_failover_under_load_counts_nothing_that_was_not_admitted() {
     .await;
     let mut total_probes = 0;
     let load = Load::start(&app);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.admits(200, "checks on the first master").await;
     let reply = resp(sentinel.port, &["SENTINEL", "FAILOVER", "mymaster"]);
     assert!(
         reply.is_some_and(|r| r.starts_with("+OK")),
@@ -264,7 +283,8 @@ async fn a_forced_failover_under_load_counts_nothing_that_was_not_admitted() {
     )
     .await;
     total_probes += 1;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.admits(200, "checks of the load on the promoted master")
+        .await;
     let mut total = load.stop().await;
     // The probes' admissions count too.
     total.allowed[0] += 1;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use limitd::AppState;
 
-use crate::support::{config, free_port, post_check, RedisProcess};
+use crate::support::{config, eventually, free_port, post_check, RedisProcess};
 
 /// Sends `request` on a fresh connection and reads until the server closes it.
 async fn raw_http(addr: SocketAddr, request: String) -> String {
@@ -89,13 +89,29 @@ async fn serve_returns_by_the_drain_deadline_with_a_stalled_client() {
         let _ = stopped.await;
     }));
 
-    // A client that sends half a request body and then stalls keeps its request in flight.
+    // A client that sends half a request body and then stalls keeps its request in flight. It
+    // asks for `100 Continue`, which the server sends once the handler reads the body: then the
+    // request is in flight for sure.
     let mut stalled = TcpStream::connect(addr).unwrap();
     stalled
-        .write_all(b"POST /v1/check HTTP/1.1\r\nHost: limitd\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"hits\"")
+        .write_all(b"POST /v1/check HTTP/1.1\r\nHost: limitd\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
         .unwrap();
-    // Let the server read the headers (the handler is then waiting for the body).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    stalled.set_nonblocking(true).unwrap();
+    let mut reply = Vec::new();
+    eventually(
+        Duration::from_secs(5),
+        "the handler to ask for the body",
+        || {
+            let mut buf = [0; 256];
+            if let Ok(n) = stalled.read(&mut buf) {
+                reply.extend_from_slice(&buf[..n]);
+            }
+            let asked = reply.starts_with(b"HTTP/1.1 100 Continue\r\n");
+            async move { asked.then_some(()) }
+        },
+    )
+    .await;
+    stalled.write_all(b"{\"hits\"").unwrap();
 
     let started = Instant::now();
     stop.send(()).unwrap();

@@ -15,8 +15,33 @@ use http_body_util::BodyExt;
 use limitd::{AppState, Config};
 use tower::ServiceExt;
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
-const REDIS_SENTINEL: &str = "/usr/bin/redis-sentinel";
+/// `redis-server`, found as the end-to-end harness finds it (`PATH`, or
+/// `RATELIMIT_REDIS_SERVER`); a test without one fails saying so.
+pub fn redis_server() -> PathBuf {
+    require(
+        e2e::paths::redis_server(),
+        "redis-server",
+        "RATELIMIT_REDIS_SERVER",
+    )
+}
+
+/// `redis-sentinel`, found as [`redis_server`] is.
+pub fn redis_sentinel() -> PathBuf {
+    require(
+        e2e::paths::redis_sentinel(),
+        "redis-sentinel",
+        "RATELIMIT_REDIS_SENTINEL",
+    )
+}
+
+fn require(path: PathBuf, name: &str, variable: &str) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{name} not found on PATH (nor {variable} set to it): these tests need a real Redis \
+         (apt-get install redis-server redis-sentinel)"
+    );
+    path
+}
 
 /// A port nothing listens on right now (bound then released).
 pub fn free_port() -> u16 {
@@ -120,7 +145,7 @@ impl RedisProcess {
         let log_text = log.display().to_string();
         args.extend(["--dir", &dir_text, "--logfile", &log_text]);
         args.extend(extra);
-        let child = spawn(REDIS_SERVER, &args);
+        let child = spawn(&redis_server(), &args);
         Self::ready(port, child, dir)
     }
 
@@ -143,7 +168,7 @@ impl RedisProcess {
             dir = dir.path().display()
         );
         std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = spawn(REDIS_SENTINEL, &[&conf.display().to_string()]);
+        let child = spawn(&redis_sentinel(), &[&conf.display().to_string()]);
         Self::ready(port, child, dir)
     }
 
@@ -199,18 +224,14 @@ impl Drop for RedisProcess {
     }
 }
 
-fn spawn(program: &str, args: &[&str]) -> Child {
-    assert!(
-        Path::new(program).exists(),
-        "{program} not found: these tests need a real Redis (apt-get install redis-server redis-sentinel)"
-    );
+fn spawn(program: &Path, args: &[&str]) -> Child {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
 }
 
 /// A configuration from `vars` (as environment variables would give them).
