@@ -42,6 +42,7 @@ pub mod args;
 mod auth;
 pub mod config;
 mod connector;
+pub mod convert;
 pub mod http;
 pub mod keys;
 pub mod log_limit;
