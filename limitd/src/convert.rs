@@ -70,6 +70,8 @@ use input::{
 
 /// The most rules the filter accepts.
 const MAX_RULES: usize = 64;
+/// The largest `limit.requests` the filter accepts.
+const MAX_REQUESTS: u64 = 1_000_000_000_000_000;
 /// The longest rule name the filter accepts.
 const MAX_NAME_LEN: usize = 64;
 
@@ -693,6 +695,9 @@ impl Converter<'_> {
                  requests with an Envoy route instead)"
                     .to_owned(),
             ),
+            Some(n) if n > MAX_REQUESTS => problems.push(format!(
+                "requests_per_unit {n} (a rule admits at most {MAX_REQUESTS} per window)"
+            )),
             None => problems.push("no requests_per_unit".to_owned()),
             Some(_) => {}
         }

@@ -256,6 +256,8 @@ descriptors:
   - key: c
     value: v
     rate_limit: {unit: second, requests_per_unit: 3}
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 1000000000000001}
 ";
     let actions = "
 - actions: [{request_headers: {header_name: x-a, descriptor_key: a}}]
@@ -269,6 +271,7 @@ descriptors:
         descriptor_value: v
         expect_match: false
         headers: [{name: x-c, exact_match: v}]
+- actions: [{remote_address: {}}]
 ";
     let conversion = converted(config, actions);
     assert!(conversion.rules.is_empty(), "{:?}", conversion.rules);
@@ -277,6 +280,7 @@ descriptors:
         "refused d: a: unit month",
         "refused d: b: replaces",
         "refused d: c=v: no given rate_limits action list",
+        "refused d: remote_address: requests_per_unit 1000000000000001",
         "refused rate_limits[2]: request_headers with skip_if_absent: true",
         "refused rate_limits[3]: action destination_cluster",
         "refused rate_limits[4]: stage 1",
