@@ -6,13 +6,14 @@
 //! sentinel list); [`Config::try_from`](crate::Config) checks what it cannot: the combinations,
 //! and the values that must not be echoed in an error (the token, passwords, `REDIS_URL`).
 //!
-//! `limitd --help` lists every setting with its variable and default.
+//! `limitd --help` lists every setting with its variable and default. Without a subcommand limitd
+//! serves; `limitd convert-ratelimit` only converts a configuration (see [`crate::convert`]).
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 
 use clap::builder::{NonEmptyStringValueParser, RangedU64ValueParser, TypedValueParser};
-use clap::{Arg, CommandFactory, FromArgMatches, Parser};
+use clap::{Arg, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::SentinelHosts;
 
@@ -140,6 +141,37 @@ pub struct Args {
     #[arg(long, env = "LIMITD_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = Trimmed(RangedU64ValueParser::<usize>::new().range(1..=1_000_000)))]
     pub max_connections: usize,
+
+    /// A one-off task instead of serving
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// limitd's one-off tasks.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Print the filter rules equivalent to an envoyproxy/ratelimit configuration and the
+    /// Envoy rate_limits actions that feed it; each entry that cannot be expressed is refused
+    /// with a line on stderr (exit status 1)
+    ConvertRatelimit(ConvertArgs),
+}
+
+/// The files to convert.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The ratelimit service's YAML configuration (domain, descriptors)
+    #[arg(long, value_name = "PATH")]
+    pub config: std::path::PathBuf,
+
+    /// YAML of the Envoy rate_limits that feed it: one route's rate_limits list, a list of
+    /// routes (match.prefix or match.path, route.rate_limits), or a virtual host's
+    /// rate_limits/routes
+    #[arg(long, value_name = "PATH")]
+    pub actions: std::path::PathBuf,
+
+    /// Print the rules that convert even if entries were refused, and exit 0
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 impl Args {

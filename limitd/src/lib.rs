@@ -42,6 +42,7 @@ pub mod args;
 mod auth;
 pub mod config;
 mod connector;
+pub mod convert;
 mod errors;
 pub mod http;
 pub mod keys;

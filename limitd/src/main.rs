@@ -1,19 +1,24 @@
 //! The limitd binary: reads the configuration from its flags and the environment, sets up
-//! logging, binds, and serves until SIGTERM or SIGINT, then drains and exits 0.
+//! logging, binds, and serves until SIGTERM or SIGINT, then drains and exits 0. With the
+//! `convert-ratelimit` subcommand it converts a configuration instead and exits.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::CommandFactory;
-use limitd::args::Args;
+use limitd::args::{Args, Command, ConvertArgs};
 use limitd::{AppState, Config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // `--help` and `--version` exit 0 here; a bad value exits 2 naming its flag.
-    let config = match Config::try_from(Args::from_process()) {
+    let args = Args::from_process();
+    if let Some(Command::ConvertRatelimit(convert)) = &args.command {
+        return convert_ratelimit(convert);
+    }
+    let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(err) => Args::command()
             .error(ErrorKind::ValueValidation, err)
@@ -60,6 +65,45 @@ async fn main() -> ExitCode {
             tracing::error!(error = %err, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `limitd convert-ratelimit`: the rules on stdout, one line per refused entry on stderr; exit 1
+/// if any was refused (the rules are then printed only with `--allow-partial`, which also makes
+/// the status 0), 2 if an input cannot be read.
+fn convert_ratelimit(args: &ConvertArgs) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))
+    };
+    let conversion = read(&args.config)
+        .and_then(|config| Ok((config, read(&args.actions)?)))
+        .and_then(|(config, actions)| {
+            limitd::convert::convert(&config, &actions).map_err(|err| err.to_string())
+        });
+    let conversion = match conversion {
+        Ok(conversion) => conversion,
+        Err(err) => {
+            eprintln!("limitd convert-ratelimit: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    for refusal in &conversion.refusals {
+        eprintln!("{refusal}");
+    }
+    if conversion.refusals.is_empty() || args.allow_partial {
+        println!("{}", conversion.rules_json());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "limitd convert-ratelimit: {} entr{} refused; --allow-partial prints the other rules",
+            conversion.refusals.len(),
+            if conversion.refusals.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+        ExitCode::FAILURE
     }
 }
 
