@@ -12,14 +12,20 @@ use crate::support::{config, free_port, post_check, until_checks_work, RedisProc
 async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
     let master = RedisProcess::server(&[]);
     let frozen = RedisProcess::sentinel(master.port);
-    let healthy = RedisProcess::sentinel(master.port);
+    let healthy = [
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+        RedisProcess::sentinel(master.port),
+    ];
     frozen.signal("-STOP");
-    // The frozen sentinel first, then a closed port, then the one that answers.
+    // The frozen sentinel first, then a closed port, then three that answer: a majority of five.
     let hosts = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
         frozen.port,
         free_port(),
-        healthy.port
+        healthy[0].port,
+        healthy[1].port,
+        healthy[2].port
     );
     let started = Instant::now();
     let state = AppState::connect(&config(&[("SENTINEL_HOSTS", hosts)]))
@@ -45,6 +51,44 @@ async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
         Some(format!("127.0.0.1:{}", master.port))
     );
     frozen.signal("-CONT");
+}
+
+#[tokio::test]
+async fn one_answering_sentinel_of_three_is_not_trusted_until_a_second_answers() {
+    let master = RedisProcess::server(&[]);
+    let frozen = RedisProcess::sentinel(master.port);
+    let healthy = RedisProcess::sentinel(master.port);
+    frozen.signal("-STOP");
+    let hosts = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        frozen.port,
+        free_port(),
+        healthy.port
+    );
+    let state = AppState::connect(&config(&[("SENTINEL_HOSTS", hosts)]))
+        .await
+        .unwrap();
+    let app = limitd::app(state.clone());
+    let body = r#"{"hits":[{"key":"disc:minority","limit":3,"window_ms":60000}]}"#;
+    // The answering sentinel names the master from its configuration at once; one of three
+    // is not a majority, so no master is trusted.
+    let (status, text) = post_check(&app, body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(state.store().master_addr(), None);
+
+    // Thawed, the second sentinel makes two of three, and checks work without a restart.
+    frozen.signal("-CONT");
+    until_checks_work(
+        &app,
+        body,
+        Duration::from_secs(10),
+        "a check once two of three sentinels answer",
+    )
+    .await;
+    assert_eq!(
+        state.store().master_addr(),
+        Some(format!("127.0.0.1:{}", master.port))
+    );
 }
 
 #[tokio::test]
