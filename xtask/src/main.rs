@@ -284,7 +284,8 @@ fn demo() -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     step("running every test: unit and end-to-end");
-    let mut args = vec!["test", "--release", "--workspace"];
+    // Every test binary runs even after one fails, so a run reports all that fail.
+    let mut args = vec!["test", "--release", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)
 }
