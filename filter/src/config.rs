@@ -30,7 +30,7 @@ pub enum FailureMode {
     Deny,
 }
 
-/// The plugin configuration as written in `envoy.yaml`.
+/// The plugin configuration as written in `rules/ratelimit.yaml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

@@ -1,8 +1,10 @@
-//! Rewrites the shipped `envoy.yaml` for a local run: socket addresses, the
-//! wasm filename and, for tests that need it, exact snippets of the plugin
-//! configuration. Everything else stays as shipped, so what ships is what is
-//! tested. The benchmark also swaps or removes whole HTTP filters
-//! ([`replace_http_filter`]) to compare against Envoy without our limiter.
+//! Rewrites the shipped Envoy configuration for a local run: `envoy.yaml` (the bootstrap) and
+//! `rules/ratelimit.yaml` (the rate-limit filter's configuration, which Envoy reads through
+//! extension config discovery and reloads when a new version is moved into place). What changes:
+//! socket addresses, the wasm filename, the rules directory and, for tests that need it, exact
+//! snippets of the plugin configuration. Everything else stays as shipped, so what ships is what
+//! is tested. The benchmark also swaps or removes whole HTTP filters ([`replace_http_filter`]) to
+//! compare against Envoy without our limiter.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +18,15 @@ pub const WASM_PATH: &str = "/etc/envoy/ratelimit.wasm";
 pub const BACKENDS: [(&str, u16); 2] = [("backend-1", 8001), ("backend-2", 8002)];
 /// The upstream endpoints as shipped: (host, port) of limitd-1, limitd-2.
 pub const LIMITDS: [(&str, u16); 2] = [("limitd-1", 8081), ("limitd-2", 8082)];
+/// The name of the rate-limit filter in `envoy.yaml`'s `http_filters` (and of its discovered
+/// configuration in the rules file).
+pub const FILTER_NAME: &str = "ratelimit";
+/// The rules file's name in its directory.
+pub const RULES_FILE: &str = "ratelimit.yaml";
+/// Where `envoy.yaml` reads the rules from, as shipped: the file, and the directory Envoy
+/// watches for a new version being moved in.
+const RULES_PATH: &str = "path: /etc/envoy/rules/ratelimit.yaml";
+const RULES_WATCHED: &str = "watched_directory: { path: /etc/envoy/rules }";
 
 fn socket(host: &str, port: u16) -> String {
     format!("{{ address: {host}, port_value: {port} }}")
@@ -26,8 +37,77 @@ fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
     match text.matches(from).count() {
         1 => Ok(text.replacen(from, to, 1)),
         n => Err(format!(
-            "envoy.yaml: expected {from:?} exactly once, found it {n} times"
+            "envoy config: expected {from:?} exactly once, found it {n} times"
         )),
+    }
+}
+
+/// An Envoy's configuration: the bootstrap and the rate-limit filter's configuration (the
+/// rules file), as texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyConfig {
+    /// `envoy.yaml`.
+    pub bootstrap: String,
+    /// `rules/ratelimit.yaml`: a discovery response holding the filter's whole configuration.
+    pub rules: String,
+}
+
+impl EnvoyConfig {
+    /// The two files as shipped in the repository.
+    pub fn shipped() -> Result<EnvoyConfig, String> {
+        let root = crate::paths::workspace_root();
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        Ok(EnvoyConfig {
+            bootstrap: read(&root.join("envoy.yaml"))?,
+            rules: read(&root.join("rules").join(RULES_FILE))?,
+        })
+    }
+
+    /// Replaces `from` by `to` in whichever file holds it: it must occur exactly once in the two.
+    pub fn replace(&self, from: &str, to: &str) -> Result<EnvoyConfig, String> {
+        match (
+            self.bootstrap.matches(from).count(),
+            self.rules.matches(from).count(),
+        ) {
+            (1, 0) => Ok(EnvoyConfig {
+                bootstrap: self.bootstrap.replacen(from, to, 1),
+                rules: self.rules.clone(),
+            }),
+            (0, 1) => Ok(EnvoyConfig {
+                bootstrap: self.bootstrap.clone(),
+                rules: self.rules.replacen(from, to, 1),
+            }),
+            (b, r) => Err(format!(
+                "envoy config: expected {from:?} exactly once, found it {b} times in envoy.yaml \
+                 and {r} times in the rules file"
+            )),
+        }
+    }
+
+    /// The bootstrap, reading its rules from `dir` (which holds [`RULES_FILE`]) instead of
+    /// `/etc/envoy/rules`. With the filter removed, there is nothing to point.
+    pub fn bootstrap_with_rules_in(&self, dir: &Path) -> Result<String, String> {
+        if !self.bootstrap.contains(RULES_PATH) && !self.bootstrap.contains(RULES_WATCHED) {
+            return Ok(self.bootstrap.clone());
+        }
+        let text = replace_once(
+            &self.bootstrap,
+            RULES_PATH,
+            &format!("path: {}", dir.join(RULES_FILE).display()),
+        )?;
+        replace_once(
+            &text,
+            RULES_WATCHED,
+            &format!("watched_directory: {{ path: {} }}", dir.display()),
+        )
+    }
+
+    /// The `limitd_token` the filter sends, which limitd must be given as `LIMITD_TOKEN`.
+    pub fn limitd_token(&self) -> Result<String, String> {
+        limitd_token(&self.rules)
     }
 }
 
@@ -41,15 +121,15 @@ pub struct LocalAddresses<'a> {
     pub wasm: &'a Path,
 }
 
-/// Rewrites `shipped` (the text of `envoy.yaml`) for `local`, then applies
-/// `extra` snippet replacements, each of which must match exactly once.
+/// Rewrites `shipped` for `local`, then applies `extra` snippet replacements, each of which must
+/// match exactly once in the two files.
 pub fn rewrite(
-    shipped: &str,
+    shipped: &EnvoyConfig,
     local: &LocalAddresses<'_>,
     extra: &[(String, String)],
-) -> Result<String, String> {
+) -> Result<EnvoyConfig, String> {
     let mut text = replace_once(
-        shipped,
+        &shipped.bootstrap,
         LISTENER,
         &socket(&local.listener.ip().to_string(), local.listener.port()),
     )?;
@@ -69,11 +149,14 @@ pub fn rewrite(
             &socket(&addr.ip().to_string(), addr.port()),
         )?;
     }
-    text = replace_once(&text, WASM_PATH, &local.wasm.display().to_string())?;
+    let mut config = EnvoyConfig {
+        bootstrap: text,
+        rules: replace_once(&shipped.rules, WASM_PATH, &local.wasm.display().to_string())?,
+    };
     for (from, to) in extra {
-        text = replace_once(&text, from, to)?;
+        config = config.replace(from, to)?;
     }
-    Ok(text)
+    Ok(config)
 }
 
 /// Replaces the HTTP filter named `name` (its whole `- name: <name>` list item
@@ -117,16 +200,16 @@ pub fn replace_http_filter(text: &str, name: &str, replacement: &str) -> Result<
     Ok(joined)
 }
 
-/// The filter's `limitd_token` in a configuration, which limitd must be given
+/// The filter's `limitd_token` in a rules file, which limitd must be given
 /// as `LIMITD_TOKEN`.
 pub fn limitd_token(config: &str) -> Result<String, String> {
     let start = config
         .find(r#""limitd_token": ""#)
-        .ok_or("envoy.yaml has no \"limitd_token\"")?
+        .ok_or("the rules file has no \"limitd_token\"")?
         + r#""limitd_token": ""#.len();
     let len = config[start..]
         .find('"')
-        .ok_or("envoy.yaml's \"limitd_token\" is not closed")?;
+        .ok_or("the rules file's \"limitd_token\" is not closed")?;
     Ok(config[start..start + len].to_owned())
 }
 
@@ -145,41 +228,83 @@ mod tests {
         }
     }
 
-    fn shipped() -> String {
-        std::fs::read_to_string(crate::paths::workspace_root().join("envoy.yaml")).unwrap()
+    fn changed_lines(a: &str, b: &str) -> usize {
+        a.lines().zip(b.lines()).filter(|(a, b)| a != b).count()
     }
 
     #[test]
-    fn the_shipped_file_rewrites_to_local_addresses_only() {
+    fn the_shipped_files_rewrite_to_local_addresses_only() {
         let wasm = Path::new("/tmp/x/ratelimit.wasm");
-        let shipped = shipped();
-        let text = rewrite(&shipped, &local(wasm), &[]).unwrap();
+        let shipped = EnvoyConfig::shipped().unwrap();
+        let config = rewrite(&shipped, &local(wasm), &[]).unwrap();
         for expected in [
             "{ address: 127.0.0.1, port_value: 18000 }",
             "{ address: 127.0.0.1, port_value: 19901 }",
             "{ address: 127.0.0.1, port_value: 18001 }",
             "{ address: 127.0.0.1, port_value: 18082 }",
-            "filename: /tmp/x/ratelimit.wasm",
         ] {
-            assert!(text.contains(expected), "missing {expected}");
+            assert!(config.bootstrap.contains(expected), "missing {expected}");
         }
-        for gone in ["backend-1", "limitd-2", WASM_PATH, "0.0.0.0"] {
-            assert!(!text.contains(gone), "{gone} still there");
+        assert!(config.rules.contains("filename: /tmp/x/ratelimit.wasm"));
+        for gone in ["backend-1", "limitd-2", "0.0.0.0"] {
+            assert!(!config.bootstrap.contains(gone), "{gone} still there");
         }
+        assert!(!config.rules.contains(WASM_PATH));
         // Nothing but those lines changed.
-        let changed = shipped
-            .lines()
-            .zip(text.lines())
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(changed, 7);
+        assert_eq!(changed_lines(&shipped.bootstrap, &config.bootstrap), 6);
+        assert_eq!(changed_lines(&shipped.rules, &config.rules), 1);
+
+        let dir = Path::new("/tmp/x/envoy-1-rules");
+        let bootstrap = config.bootstrap_with_rules_in(dir).unwrap();
+        assert!(bootstrap.contains("path: /tmp/x/envoy-1-rules/ratelimit.yaml"));
+        assert!(bootstrap.contains("watched_directory: { path: /tmp/x/envoy-1-rules }"));
+        assert!(!bootstrap.contains("/etc/envoy"));
+        assert_eq!(changed_lines(&config.bootstrap, &bootstrap), 2);
     }
 
     #[test]
-    fn a_snippet_that_is_not_there_is_an_error() {
+    fn the_rules_file_is_the_filter_configuration_the_bootstrap_discovers() {
+        let shipped = EnvoyConfig::shipped().unwrap();
+        let bootstrap: serde_yaml::Value = serde_yaml::from_str(&shipped.bootstrap).unwrap();
+        let manager =
+            &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        let filter = &manager["typed_config"]["http_filters"][0];
+        assert_eq!(filter["name"].as_str(), Some(FILTER_NAME));
+        let source = &filter["config_discovery"]["config_source"]["path_config_source"];
+        assert_eq!(
+            source["path"].as_str(),
+            Some(format!("/etc/envoy/rules/{RULES_FILE}").as_str())
+        );
+        let rules: serde_yaml::Value = serde_yaml::from_str(&shipped.rules).unwrap();
+        let resource = &rules["resources"][0];
+        assert_eq!(resource["name"].as_str(), Some(FILTER_NAME));
+        assert_eq!(
+            resource["typed_config"]["@type"].as_str(),
+            filter["config_discovery"]["type_urls"][0].as_str()
+        );
+        assert_eq!(shipped.limitd_token().unwrap(), "demo-only-token-change-me");
+    }
+
+    #[test]
+    fn a_snippet_is_replaced_in_whichever_file_holds_it_and_one_that_is_not_there_is_an_error() {
         let wasm = Path::new("/w.wasm");
+        let shipped = EnvoyConfig::shipped().unwrap();
+        let config = rewrite(
+            &shipped,
+            &local(wasm),
+            &[
+                (
+                    r#""failure_mode": "allow""#.into(),
+                    r#""failure_mode": "deny""#.into(),
+                ),
+                ("connect_timeout: 1s".into(), "connect_timeout: 2s".into()),
+            ],
+        )
+        .unwrap();
+        assert!(config.rules.contains(r#""failure_mode": "deny""#));
+        assert!(config.bootstrap.contains("connect_timeout: 2s"));
         let err = rewrite(
-            &shipped(),
+            &shipped,
             &local(wasm),
             &[("no such text".into(), "x".into())],
         )
@@ -200,14 +325,14 @@ mod tests {
 
     #[test]
     fn an_http_filter_can_be_removed_or_swapped() {
-        let shipped = shipped();
+        let shipped = EnvoyConfig::shipped().unwrap().bootstrap;
         assert_eq!(
             http_filter_names(&shipped),
-            ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+            [FILTER_NAME, "envoy.filters.http.router"]
         );
-        let removed = replace_http_filter(&shipped, "envoy.filters.http.wasm", "").unwrap();
+        let removed = replace_http_filter(&shipped, FILTER_NAME, "").unwrap();
         assert_eq!(http_filter_names(&removed), ["envoy.filters.http.router"]);
-        assert!(!removed.contains(WASM_PATH) && !removed.contains("vm_config"));
+        assert!(!removed.contains(RULES_PATH) && !removed.contains("config_discovery"));
         // Everything after the filter (router, clusters) is intact.
         assert!(removed.ends_with(
             shipped
@@ -218,7 +343,7 @@ mod tests {
 
         let swapped = replace_http_filter(
             &shipped,
-            "envoy.filters.http.wasm",
+            FILTER_NAME,
             "- name: envoy.filters.http.local_ratelimit\n  typed_config:\n    stat_prefix: x\n",
         )
         .unwrap();

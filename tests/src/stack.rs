@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::client::{eventually, http_get, redis_command, Resp};
-use crate::envoy_config::{self, LocalAddresses};
-use crate::paths::{workspace_root, Binaries};
+use crate::envoy_config::{self, EnvoyConfig, LocalAddresses};
+use crate::paths::Binaries;
 use crate::process::Process;
 
 /// The name Sentinel monitors the master under.
@@ -122,6 +122,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader (Envoy
+/// watching the directory) sees the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?;
+    let temporary = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
@@ -129,8 +141,8 @@ fn local(port: u16) -> SocketAddr {
 /// Changes to an Envoy's configuration beyond addresses and the wasm path.
 #[derive(Debug, Clone, Default)]
 pub struct EnvoyOptions {
-    /// Exact snippets of `envoy.yaml` to replace, each of which must occur once
-    /// (e.g. `"failure_mode": "allow"` → `"failure_mode": "deny"`).
+    /// Exact snippets of `envoy.yaml` or `rules/ratelimit.yaml` to replace, each of which must
+    /// occur once in the two (e.g. `"failure_mode": "allow"` → `"failure_mode": "deny"`).
     pub replacements: Vec<(String, String)>,
     /// HTTP filters to swap, applied after `replacements`: (filter name, YAML
     /// list items from column 0 to put in its place; empty removes it). See
@@ -156,7 +168,7 @@ impl EnvoyOptions {
         self
     }
 
-    /// Removes the HTTP filter `name` (e.g. `envoy.filters.http.wasm`).
+    /// Removes the HTTP filter `name` (e.g. [`envoy_config::FILTER_NAME`]).
     pub fn without_http_filter(self, name: &str) -> Self {
         self.replace_http_filter(name, "")
     }
@@ -182,7 +194,7 @@ pub struct StackOptions {
     pub envoy: EnvoyOptions,
     /// Keep the working directory (configs and logs) after the stack stops.
     pub keep_dir: bool,
-    /// Run limitd without `LIMITD_TOKEN` (by default it gets envoy.yaml's
+    /// Run limitd without `LIMITD_TOKEN` (by default it gets the rules file's
     /// `limitd_token`, as the filter sends it).
     pub limitd_without_token: bool,
 }
@@ -198,11 +210,12 @@ impl Default for StackOptions {
     }
 }
 
-/// An Envoy of the stack: where it listens.
-#[derive(Debug, Clone, Copy)]
+/// An Envoy of the stack: where it listens, and its name (of its process, log and files).
+#[derive(Debug, Clone)]
 pub struct EnvoyAddrs {
     pub listener: SocketAddr,
     pub admin: SocketAddr,
+    pub name: String,
 }
 
 /// A running topology. Dropping it kills every process it started.
@@ -246,9 +259,7 @@ impl Stack {
             limitd_token: None,
         };
         if !options.limitd_without_token {
-            let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
-                .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
-            stack.limitd_token = Some(envoy_config::limitd_token(&shipped)?);
+            stack.limitd_token = Some(EnvoyConfig::shipped()?.limitd_token()?);
         }
         stack.start_redis()?;
         stack.start_sentinels()?;
@@ -506,9 +517,7 @@ impl Stack {
         port: u16,
         admin: u16,
         options: &EnvoyOptions,
-    ) -> Result<String, String> {
-        let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
-            .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
+    ) -> Result<EnvoyConfig, String> {
         let addresses = LocalAddresses {
             listener: local(port),
             admin: local(admin),
@@ -516,15 +525,22 @@ impl Stack {
             limitds: [local(self.ports.limitd[0]), local(self.ports.limitd[1])],
             wasm: options.wasm.as_deref().unwrap_or(&self.binaries.wasm),
         };
-        let mut text = envoy_config::rewrite(&shipped, &addresses, &options.replacements)?;
+        let mut config =
+            envoy_config::rewrite(&EnvoyConfig::shipped()?, &addresses, &options.replacements)?;
         for (name, items) in &options.http_filters {
-            text = envoy_config::replace_http_filter(&text, name, items)?;
+            config.bootstrap = envoy_config::replace_http_filter(&config.bootstrap, name, items)?;
         }
-        Ok(text)
+        Ok(config)
     }
 
-    /// Starts the process of an Envoy named `name` with a given configuration text.
-    pub fn spawn_envoy(&mut self, name: &str, config: &str) -> Result<(), String> {
+    /// The directory an Envoy named `name` reads its rules from (the file
+    /// [`envoy_config::RULES_FILE`] in it).
+    fn rules_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-rules"))
+    }
+
+    /// Starts the process of an Envoy named `name` with a given configuration.
+    pub fn spawn_envoy(&mut self, name: &str, config: &EnvoyConfig) -> Result<(), String> {
         self.spawn_envoy_with(name, config, DEFAULT_CONCURRENCY)
     }
 
@@ -532,11 +548,15 @@ impl Stack {
     pub fn spawn_envoy_with(
         &mut self,
         name: &str,
-        config: &str,
+        config: &EnvoyConfig,
         concurrency: u32,
     ) -> Result<(), String> {
+        let rules = self.rules_dir(name);
+        std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+        write_atomically(&rules.join(envoy_config::RULES_FILE), &config.rules)?;
         let path = self.dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        std::fs::write(&path, config.bootstrap_with_rules_in(&rules)?)
+            .map_err(|e| e.to_string())?;
         let mut command = Command::new(&self.binaries.envoy);
         command.arg("-c").arg(&path).args([
             "--concurrency",
@@ -546,6 +566,25 @@ impl Stack {
             "info",
         ]);
         self.spawn(name, command)
+    }
+
+    /// The rules file Envoy `index` reads (and watches).
+    pub fn rules_file(&self, index: usize) -> PathBuf {
+        self.rules_dir(&self.envoys[index].name)
+            .join(envoy_config::RULES_FILE)
+    }
+
+    /// The rules file Envoy `index` runs with now.
+    pub fn rules(&self, index: usize) -> String {
+        let path = self.rules_file(index);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// Puts a new version of Envoy `index`'s rules file in place as an operator would: written
+    /// beside it, then renamed over it, which Envoy sees and applies (or refuses) by itself.
+    pub fn set_rules(&self, index: usize, rules: &str) -> Result<(), String> {
+        write_atomically(&self.rules_file(index), rules)
     }
 
     /// Starts another Envoy in front of the same backends and limitd, and
@@ -585,6 +624,7 @@ impl Stack {
         self.envoys.push(EnvoyAddrs {
             listener: local(port),
             admin: admin_addr,
+            name,
         });
         Ok(self.envoys.len() - 1)
     }

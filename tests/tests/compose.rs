@@ -439,6 +439,34 @@ fn envoy_listening_ports(envoy: &Value) -> BTreeSet<u16> {
 }
 
 /// Every value under a `filename` key inside a wasm `vm_config.code.local`.
+/// Where envoy.yaml's rate-limit filter reads its configuration (extension config discovery
+/// from a file): the file, and the directory Envoy watches for a new one.
+struct RulesSource {
+    path: String,
+    watched: String,
+}
+
+fn rules_source(envoy: &Value) -> RulesSource {
+    let mut stack = vec![envoy];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Mapping(map) => {
+                if let Some(source) = map.get("path_config_source") {
+                    let text = |v: Option<&Value>| v.map(scalar_text).unwrap_or_default();
+                    return RulesSource {
+                        path: text(source.get("path")),
+                        watched: text(source.get("watched_directory").and_then(|w| w.get("path"))),
+                    };
+                }
+                stack.extend(map.values());
+            }
+            Value::Sequence(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    panic!("envoy.yaml has no path_config_source for the filter's rules")
+}
+
 fn wasm_filenames(envoy: &Value) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![envoy];
@@ -1049,9 +1077,22 @@ fn the_envoy_image_holds_its_config_and_the_filter_where_envoy_yaml_expects_them
         image.from, "${ENVOY_IMAGE}",
         "{DOCKERFILE}: the envoy stage's base"
     );
-    assert!(
-        mounts("envoy", envoy).is_empty(),
-        "docker-compose.yml: `envoy` should mount nothing: its config and filter are in the image"
+    // The rules directory alone is mounted (read-only), where envoy.yaml watches it, so that a
+    // rules file moved into place on the host applies live; everything else is in the image.
+    let rules = rules_source(&load_yaml("envoy.yaml"));
+    let mounted: Vec<(String, String, bool)> = mounts("envoy", envoy)
+        .into_iter()
+        .map(|m| (m.source, m.target, m.read_only))
+        .collect();
+    assert_eq!(
+        mounted,
+        [("./rules".to_owned(), rules.watched.clone(), true)],
+        "docker-compose.yml: `envoy` should mount only ./rules, read-only, on the directory envoy.yaml watches"
+    );
+    assert_eq!(
+        rules.path,
+        format!("{}/ratelimit.yaml", rules.watched),
+        "envoy.yaml: the rules file should be in the directory it watches"
     );
     let copied_to = |source: &str| -> Option<String> {
         image.instructions.iter().find_map(|i| {
@@ -1081,16 +1122,22 @@ fn the_envoy_image_holds_its_config_and_the_filter_where_envoy_yaml_expects_them
         build.contains("-p filter --target wasm32-wasip1 --profile wasm"),
         "{DOCKERFILE}: the build stage should build the filter with the wasm profile"
     );
-    let filenames = wasm_filenames(&load_yaml("envoy.yaml"));
+    assert_eq!(
+        copied_to("rules/ratelimit.yaml").as_deref(),
+        Some(rules.path.as_str()),
+        "{DOCKERFILE}: the envoy stage should copy rules/ratelimit.yaml to {}, where envoy.yaml reads it",
+        rules.path
+    );
+    let filenames = wasm_filenames(&load_yaml("rules/ratelimit.yaml"));
     assert!(
         !filenames.is_empty(),
-        "envoy.yaml loads no wasm file from a local filename"
+        "rules/ratelimit.yaml loads no wasm file from a local filename"
     );
     for filename in filenames {
         assert!(
             image.instructions.iter().any(|i| i.starts_with("COPY --from=build")
                 && i.ends_with(&format!("ratelimit.wasm {filename}"))),
-            "envoy.yaml loads {filename}, but the envoy stage of {DOCKERFILE} copies no ratelimit.wasm from the build stage there"
+            "rules/ratelimit.yaml loads {filename}, but the envoy stage of {DOCKERFILE} copies no ratelimit.wasm from the build stage there"
         );
     }
 }
@@ -1108,7 +1155,8 @@ fn the_filter_calls_a_cluster_that_envoy_yaml_defines() {
         })
         .collect();
     let mut configurations = Vec::new();
-    let mut stack = vec![&envoy];
+    let rules = load_yaml("rules/ratelimit.yaml");
+    let mut stack = vec![&rules];
     while let Some(node) = stack.pop() {
         match node {
             Value::Mapping(map) => {
@@ -1125,7 +1173,7 @@ fn the_filter_calls_a_cluster_that_envoy_yaml_defines() {
     }
     assert!(
         !configurations.is_empty(),
-        "envoy.yaml has no wasm plugin configuration"
+        "rules/ratelimit.yaml has no wasm plugin configuration"
     );
     for text in configurations {
         let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {

@@ -2,14 +2,10 @@
 //! replicas and sentinels, real limitd and backends, as local processes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::process::Process;
 use e2e::stack::free_port;
-use e2e::{
-    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions,
-};
+use e2e::{eventually, http_get, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions};
 
 const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
 const CLIENT_2: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
@@ -228,44 +224,44 @@ fn a_limitd_that_never_answers_costs_no_more_than_the_timeout() {
     drop(held);
 }
 
+/// Envoy reads the rules through extension config discovery, so a malformed rules file does not
+/// stop it from starting: it refuses the file, says why, and answers every request on the
+/// listener with 500 (nothing passes unchecked) until a valid file is moved into place.
 #[test]
-fn envoy_refuses_a_malformed_filter_configuration_and_says_why() {
-    let binaries = Binaries::require();
-    let dir = std::env::temp_dir().join(format!("ratelimit-badconfig-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let shipped = std::fs::read_to_string(e2e::paths::workspace_root().join("envoy.yaml")).unwrap();
-    let at = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let addresses = e2e::envoy_config::LocalAddresses {
-        listener: at(free_port()),
-        admin: at(free_port()),
-        backends: [at(free_port()), at(free_port())],
-        limitds: [at(free_port()), at(free_port())],
-        wasm: &binaries.wasm,
-    };
-    let bad = [(
-        r#""window": "60s""#.to_owned(),
-        r#""window": "sixty seconds""#.to_owned(),
-    )];
-    let config = e2e::envoy_config::rewrite(&shipped, &addresses, &bad).unwrap();
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut command = Command::new(&binaries.envoy);
-    command
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart"]);
-    let mut envoy = Process::spawn("envoy", command, &dir).unwrap();
-    let status = eventually(Duration::from_secs(30), || {
-        envoy.try_wait().ok_or_else(|| "still running".to_owned())
-    })
-    .unwrap_or_else(|e| panic!("Envoy started with a malformed filter configuration: {e}"));
-    assert!(!status.success(), "Envoy exited successfully");
-    let log = envoy.log_text();
+fn envoy_started_with_a_malformed_rules_file_says_why_admits_nothing_and_takes_a_fixed_one() {
+    let mut stack = start(
+        EnvoyOptions::default().replace(r#""window": "60s""#, r#""window": "sixty seconds""#),
+    );
+    let envoy = stack.envoy(0);
+    assert_eq!(
+        stack.envoy_stat(
+            0,
+            "extension_config_discovery.http_filter.ratelimit.update_rejected"
+        ),
+        1
+    );
+    let log = stack.process("envoy-1").expect("envoy-1").log_text();
     assert!(
         log.contains(r#"invalid plugin configuration: rules[0].limit.window: "sixty seconds" is not a duration"#),
         "the log does not say why:\n{log}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(statuses(envoy, "/", CLIENT_1, 3), [500; 3]);
+    assert_eq!(statuses(envoy, "/limited_endpoint", CLIENT_1, 3), [500; 3]);
+
+    let fixed = stack
+        .rules(0)
+        .replace(r#""window": "sixty seconds""#, r#""window": "60s""#);
+    stack.set_rules(0, &fixed).unwrap();
+    let response = eventually(Duration::from_secs(10), || {
+        let response = get(envoy, "/limited_endpoint", CLIENT_1);
+        if response.status == 200 {
+            Ok(response)
+        } else {
+            Err(format!("{response:?}"))
+        }
+    })
+    .unwrap();
+    assert!(response.header("ratelimit").is_some(), "{response:?}");
 }
 
 /// A fleet upgrades limitd first: filters released before `/v2/checks` keep
@@ -374,7 +370,7 @@ fn other_spellings_of_a_limited_path_count_against_the_same_rule() {
 }
 
 /// limitd answers checks only to callers with its token: the filter has it
-/// (from envoy.yaml), anyone else gets 401 and spends nothing.
+/// (from rules/ratelimit.yaml), anyone else gets 401 and spends nothing.
 #[test]
 fn limitd_refuses_checks_without_its_token() {
     let stack = start(EnvoyOptions::default());

@@ -20,7 +20,7 @@ const CONNECTIONS: usize = 12;
 const LOAD_BOUND: Duration = Duration::from_secs(60);
 /// How long any one recovery may take before the test fails.
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
-/// The check timeout in the shipped `envoy.yaml`.
+/// The check timeout in the shipped rules (`rules/ratelimit.yaml`).
 const SHIPPED_TIMEOUT: Duration = Duration::from_millis(250);
 /// Latency beyond the timeout allowed for a loaded 2-core machine.
 const OUTAGE_LATENCY_SLACK: Duration = Duration::from_millis(200);
@@ -360,7 +360,7 @@ fn all_of_redis_stopped_each_rule_keeps_its_failure_mode_and_recovery_is_automat
     const FALLBACK_REQUESTS: u64 = 4;
     const FALLBACK_WINDOW_MS: u64 = 1000;
     const OUTAGE: Duration = Duration::from_secs(6);
-    let shipped = std::fs::read_to_string(e2e::paths::workspace_root().join("envoy.yaml")).unwrap();
+    let shipped = e2e::envoy_config::EnvoyConfig::shipped().unwrap().rules;
     assert!(
         shipped.contains(r#""timeout": "250ms""#),
         "the shipped timeout changed"

@@ -1,6 +1,6 @@
 //! End-to-end test of `limitd convert-ratelimit`: an envoyproxy/ratelimit configuration, after
 //! the examples of that project's README, is converted by the built binary, the rules replace the
-//! demo's in `envoy.yaml`, and real Envoy, limitd and Redis limit the requests ratelimit would.
+//! demo's in `rules/ratelimit.yaml`, and real Envoy, limitd and Redis limit the requests ratelimit would.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -121,10 +121,12 @@ fn convert() -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// `envoy.yaml`'s `"rules": [...]` block, exactly as written.
+/// `rules/ratelimit.yaml`'s `"rules": [...]` block, exactly as written.
 fn demo_rules() -> String {
-    let text = std::fs::read_to_string(workspace_root().join("envoy.yaml")).unwrap();
-    let start = text.find("\"rules\": [").expect("rules in envoy.yaml");
+    let text = std::fs::read_to_string(workspace_root().join("rules/ratelimit.yaml")).unwrap();
+    let start = text
+        .find("\"rules\": [")
+        .expect("rules in rules/ratelimit.yaml");
     let indent: String = text[..start]
         .chars()
         .rev()

@@ -1,6 +1,6 @@
 //! End-to-end tests of the policy language through real Envoy, limitd and
 //! Redis: each algorithm, shadow mode, several rules at once, per-header
-//! keys, and both header styles. The rules are the demo's in `envoy.yaml`.
+//! keys, and both header styles. The rules are the demo's in `rules/ratelimit.yaml`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

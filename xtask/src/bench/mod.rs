@@ -200,9 +200,7 @@ pub fn run() -> Result<(), String> {
         protocol::CHECKS_PATH
     );
     let lua = out.join("check.lua");
-    let shipped = std::fs::read_to_string(workspace_root().join("envoy.yaml"))
-        .map_err(|e| format!("cannot read envoy.yaml: {e}"))?;
-    let token = e2e::envoy_config::limitd_token(&shipped)?;
+    let token = e2e::envoy_config::EnvoyConfig::shipped()?.limitd_token()?;
     std::fs::write(&lua, scenarios::limitd_wrk_script(&token)).map_err(|e| e.to_string())?;
     let url = |s: &Scenario| format!("http://{}{}", stack.envoy(s.envoy), s.path);
     // The many-keys scenarios' wrk script, per scenario.

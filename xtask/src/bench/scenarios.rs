@@ -1,4 +1,4 @@
-//! The benchmark's Envoy configurations, each the shipped `envoy.yaml` as the
+//! The benchmark's Envoy configurations, each the shipped `envoy.yaml` and rules as the
 //! harness rewrites it, plus one change:
 //!
 //! - `baseline`: the wasm filter removed (no limiter at all);
@@ -22,7 +22,7 @@
 
 use e2e::EnvoyOptions;
 
-const WASM_FILTER: &str = "envoy.filters.http.wasm";
+const WASM_FILTER: &str = e2e::envoy_config::FILTER_NAME;
 
 /// Requested in every allowed scenario; only the bench rule matches it.
 pub const ALLOWED_PATH: &str = "/";

@@ -51,6 +51,9 @@ pub fn test() -> Result<(), String> {
     // demo: Envoy's ports go to free loopback ports. The clients use the `edge` network.
     env.push(("ENVOY_PORT".to_owned(), "127.0.0.1:0".to_owned()));
     env.push(("ENVOY_ADMIN_PORT".to_owned(), "0".to_owned()));
+    // Envoy's rules from a copy, which a scenario changes while the stack runs.
+    let rules = scenarios::RulesDir::copy_of_shipped(&name)?;
+    env.push(("RULES_DIR".to_owned(), rules.path().display().to_string()));
     let mut project = Project::new(tool.clone(), &name, env.clone());
     {
         // Ctrl-C still removes the project.
@@ -87,7 +90,7 @@ pub fn test() -> Result<(), String> {
     );
 
     crate::step("checking the stack from client containers");
-    let result = scenarios::run(&mut project, &standins.debian);
+    let result = scenarios::run(&mut project, &standins.debian, &rules);
     if result.is_err() {
         // Redis and Sentinel too: a failover that does not settle is only visible there.
         let services = [

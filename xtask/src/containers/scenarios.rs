@@ -8,13 +8,14 @@
 //! failure mode let it through (none).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::client::{Client, Record, Reply};
 use super::docker::{docker, Project};
 use super::redis::{current_master, wait_replica};
 
-/// The demo rule `api_key` in envoy.yaml: 20 requests per key per minute, windows aligned to
+/// The demo rule `api_key` in rules/ratelimit.yaml: 20 requests per key per minute, windows aligned to
 /// Redis time.
 pub(super) const KEY_LIMIT: u32 = 20;
 pub(super) const LOAD_PATH: &str = "/api/items";
@@ -124,8 +125,38 @@ pub(super) fn expect(condition: bool, message: impl FnOnce() -> String) -> Resul
     }
 }
 
+/// A copy of the shipped `rules/` that the Envoy container reads its rules from (compose's
+/// `RULES_DIR`), removed on drop.
+pub struct RulesDir(PathBuf);
+
+impl RulesDir {
+    pub fn copy_of_shipped(project: &str) -> Result<RulesDir, String> {
+        let dir = std::env::temp_dir().join(format!("{project}-rules"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dir = RulesDir(dir);
+        let shipped = e2e::envoy_config::EnvoyConfig::shipped()?.rules;
+        e2e::stack::write_atomically(&dir.file(), &shipped)?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join(e2e::envoy_config::RULES_FILE)
+    }
+}
+
+impl Drop for RulesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Every scenario, in an order that leaves the stack whole for the next one.
-pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
+pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Result<(), String> {
     let mut a = Client::start(project, "a", client_image)?;
     let mut b = Client::start(project, "b", client_image)?;
     poll(BOUND, || match a.get("/", None)?.status {
@@ -138,6 +169,53 @@ pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
     master_killed_under_load(project, &mut a, &mut b)?;
     super::partition::run(project, &mut a)?;
     rolling_restart(project, &mut a)?;
+    rules_changed_live(rules, &mut b)?;
+    Ok(())
+}
+
+/// A new rules file moved into the directory the Envoy container watches (a bind mount of a
+/// directory on this machine) applies without a restart: a rule it adds limits at once.
+fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
+    const LIMIT: usize = 3;
+    let before = b.get("/live", None)?;
+    expect(before.status == 200 && !before.counted, || {
+        format!("/live is limited before the rule exists: {before:?}")
+    })?;
+    let text = std::fs::read_to_string(rules.file()).map_err(|e| e.to_string())?;
+    let first = "\"rules\": [\n";
+    expect(text.matches(first).count() == 1, || {
+        format!("the rules file has no single {first:?}")
+    })?;
+    // A day's window: it does not end while the scenario runs (short of midnight UTC).
+    let rule = format!(
+        r#"{first}{{ "name": "live", "match": {{ "path": {{ "prefix": "/live" }} }}, "limit": {{ "requests": {LIMIT}, "window": "1d" }} }},
+"#
+    );
+    let moved = Instant::now();
+    e2e::stack::write_atomically(&rules.file(), &text.replacen(first, &rule, 1))?;
+    // Envoy's workers each take the new version; until then /live is not limited.
+    let mut counted = 0;
+    let denied = poll(BOUND, || {
+        let reply = b.get("/live", None)?;
+        match (reply.status, reply.counted) {
+            (429, _) => Ok(reply),
+            (200, true) => {
+                counted += 1;
+                Err(format!("{counted} admitted under the new rule"))
+            }
+            (200, false) => Err("the new rules not in force yet".to_owned()),
+            _ => Err(format!("/live answered {reply:?}")),
+        }
+    })?;
+    let took = moved.elapsed();
+    expect(counted == LIMIT && denied.retry_after.is_some(), || {
+        format!("the new rule admitted {counted} of {LIMIT}, then {denied:?}")
+    })?;
+    report(&format!(
+        "rules changed live: a rule added by moving a new rules file into place limited /live \
+         ({LIMIT} × 200, then 429) {} after the move, without a restart",
+        secs(took)
+    ));
     Ok(())
 }
 
