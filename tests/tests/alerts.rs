@@ -169,3 +169,99 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exposed_by_the_running_stack
         "alerts or panels use metrics the stack does not expose: {missing:?}"
     );
 }
+
+/// The metric names in the first column of each table of `docs/metrics.md`: (the table of
+/// Prometheus metrics, the table of Envoy stats).
+fn documented_metrics() -> (BTreeSet<String>, BTreeSet<String>) {
+    let text =
+        std::fs::read_to_string(workspace_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let mut tables: Vec<BTreeSet<String>> = Vec::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            in_table = false;
+            continue;
+        };
+        if !in_table {
+            tables.push(BTreeSet::new());
+            in_table = true;
+        }
+        let name = row.split('`').next().unwrap_or_default();
+        tables.last_mut().unwrap().insert(name.to_owned());
+    }
+    let [metrics, stats] = <[BTreeSet<String>; 2]>::try_from(tables)
+        .unwrap_or_else(|t| panic!("docs/metrics.md should hold two tables, not {}", t.len()));
+    (metrics, stats)
+}
+
+/// The metrics of a Prometheus exposition whose names start with `prefix`, histograms by their
+/// own name (not `_bucket`, `_sum`, `_count`).
+fn exposed_metrics(text: &str, prefix: &str) -> BTreeSet<String> {
+    let histograms: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|name| name.starts_with(prefix))
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|base| histograms.contains(base))
+                })
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_table_lists_every_metric_the_running_stack_exposes_and_no_other() {
+    let (documented, stats) = documented_metrics();
+    let stack = Stack::for_test(EnvoyOptions::default());
+    for _ in 0..11 {
+        http_get(stack.envoy(0), "/limited_endpoint", None).expect("an answer");
+    }
+    let envoy = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
+        .expect("Envoy's /stats/prometheus")
+        .body;
+    let limitd = http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], stack.ports.limitd[0])),
+        "/metrics",
+        None,
+    )
+    .expect("limitd's /metrics")
+    .body;
+    let mut exposed = exposed_metrics(&envoy, "ratelimit_");
+    exposed.extend(exposed_metrics(&limitd, "limitd_"));
+    assert!(
+        exposed.contains("ratelimit_callout_latency_us") && exposed.contains("limitd_checks_total"),
+        "the expositions were not read: {exposed:?}"
+    );
+    let undocumented: Vec<&String> = exposed.difference(&documented).collect();
+    let absent: Vec<&String> = documented.difference(&exposed).collect();
+    assert!(
+        undocumented.is_empty() && absent.is_empty(),
+        "docs/metrics.md misses {undocumented:?} and lists {absent:?}, which the stack does not expose"
+    );
+
+    let envoy_stats = http_get(stack.envoys[0].admin, "/stats", None)
+        .expect("Envoy's /stats")
+        .body;
+    let names: BTreeSet<&str> = envoy_stats
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    let missing: Vec<&String> = stats
+        .iter()
+        .filter(|s| !names.contains(s.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md lists Envoy stats Envoy does not have: {missing:?}"
+    );
+}
