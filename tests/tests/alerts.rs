@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use e2e::paths::workspace_root;
 use e2e::{http_get, EnvoyOptions, Stack};
@@ -263,5 +264,214 @@ fn the_metrics_table_lists_every_metric_the_running_stack_exposes_and_no_other()
     assert!(
         missing.is_empty(),
         "docs/metrics.md lists Envoy stats Envoy does not have: {missing:?}"
+    );
+}
+
+/// Every alert of `alerts.yml`: (name, expression).
+fn alerts() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(prometheus_dir().join("alerts.yml")).expect("alerts.yml");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yml is YAML");
+    yaml["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_sequence().cloned().unwrap_or_default())
+        .map(|rule| {
+            (
+                rule["alert"].as_str().expect("an alert name").to_owned(),
+                rule["expr"].as_str().expect("an expr").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// An alert's expression made to return its data instead of filtering it: every comparison
+/// gets `bool` (a 0 or 1 per series instead of dropping the series that do not fire), `unless`
+/// becomes `and` (so the series it would subtract must match on the same labels), and `offset`s
+/// go (the stack is younger than they reach back). Empty only if a selector finds nothing or a
+/// join matches no series.
+fn returning_data(expr: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut tokens = expr.split_whitespace();
+    while let Some(token) = tokens.next() {
+        match token {
+            "==" | "!=" | ">" | ">=" | "<" | "<=" => {
+                out.push(token);
+                out.push("bool");
+            }
+            "unless" => out.push("and"),
+            // `offset 5m))`: the duration goes, what closes after it stays.
+            "offset" => {
+                let after = tokens.next().unwrap_or_default();
+                let rest = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+                if !rest.is_empty() {
+                    out.push(rest);
+                }
+            }
+            _ => out.push(token),
+        }
+    }
+    out.join(" ")
+}
+
+#[test]
+fn an_alert_expression_is_made_to_return_data_without_changing_what_it_reads() {
+    assert_eq!(
+        returning_data("up{job=\"limitd\"} == 1 unless on (instance) limitd_redis_master"),
+        "up{job=\"limitd\"} == bool 1 and on (instance) limitd_redis_master"
+    );
+    assert_eq!(
+        returning_data("sum(rate(a[1h] offset 5m))\n  > 3 * b"),
+        "sum(rate(a[1h] )) > bool 3 * b"
+    );
+}
+
+/// A real Prometheus (Debian's `prometheus`, which `cargo xtask setup` installs) with the
+/// shipped `prometheus.yml` and `alerts.yml`, its targets pointed at a local stack and its
+/// scrape interval made 1 s.
+struct Prometheus {
+    process: e2e::process::Process,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn scraping(stack: &Stack) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("ratelimit-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let shipped = std::fs::read_to_string(prometheus_dir().join("prometheus.yml"))
+            .expect("prometheus.yml");
+        let mut config = shipped.clone();
+        for (from, to) in [
+            (
+                r#"["limitd-1:8081", "limitd-2:8082"]"#.to_owned(),
+                format!(
+                    r#"["127.0.0.1:{}", "127.0.0.1:{}"]"#,
+                    stack.ports.limitd[0], stack.ports.limitd[1]
+                ),
+            ),
+            (
+                r#"["envoy:9901"]"#.to_owned(),
+                format!(r#"["{}"]"#, stack.envoys[0].admin),
+            ),
+            (
+                "scrape_interval: 5s".to_owned(),
+                "scrape_interval: 1s".to_owned(),
+            ),
+            (
+                "evaluation_interval: 5s".to_owned(),
+                "evaluation_interval: 1s".to_owned(),
+            ),
+        ] {
+            assert_eq!(config.matches(&from).count(), 1, "prometheus.yml: {from}");
+            config = config.replace(&from, &to);
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        std::fs::copy(prometheus_dir().join("alerts.yml"), dir.join("alerts.yml")).unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::stack::free_port()));
+        let mut command = Command::new("prometheus");
+        command
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"));
+        let process = e2e::process::Process::spawn("prometheus", command, &dir).unwrap_or_else(|e| {
+            panic!("cannot run prometheus ({e}): install it (apt-get install prometheus, or `cargo xtask setup`)")
+        });
+        let prometheus = Prometheus { process, addr, dir };
+        e2e::eventually(Duration::from_secs(30), || {
+            match http_get(prometheus.addr, "/-/ready", None) {
+                Ok(r) if r.status == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "prometheus not ready: {e}\n{}",
+                prometheus.process.log_text()
+            )
+        });
+        prometheus
+    }
+
+    /// The result of an instant query: its series (an error if Prometheus refuses the query).
+    fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", expr)
+            .finish();
+        let response = http_get(self.addr, &format!("/api/v1/query?{query}"), None)
+            .map_err(|e| e.to_string())?;
+        let body: serde_json::Value =
+            serde_json::from_str(&response.body).map_err(|e| format!("{e}: {}", response.body))?;
+        if body["status"] != "success" {
+            return Err(format!("Prometheus refused `{expr}`: {}", response.body));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn every_alert_and_panel_expression_returns_data_from_a_prometheus_scraping_the_stack() {
+    let stack = Stack::for_test(EnvoyOptions::default());
+    let prometheus = Prometheus::scraping(&stack);
+    e2e::eventually(Duration::from_secs(30), || {
+        let up = prometheus.query("up == 1")?;
+        match up.len() {
+            3 => Ok(()),
+            n => Err(format!("{n} of 3 targets up")),
+        }
+    })
+    .unwrap();
+
+    let mut exprs: Vec<(String, String)> = alerts()
+        .into_iter()
+        .map(|(name, expr)| (format!("alert {name}"), returning_data(&expr)))
+        .collect();
+    assert_eq!(exprs.len(), 6, "the alerts were not read");
+    exprs.extend(
+        dashboard_exprs()
+            .into_iter()
+            .map(|expr| ("dashboard panel".to_owned(), expr)),
+    );
+    // Traffic while Prometheus scrapes, allowed and denied, so every rate has two samples
+    // that differ somewhere; then each expression must return series.
+    let mut empty = Vec::new();
+    for (what, expr) in &exprs {
+        let found = e2e::eventually(Duration::from_secs(30), || {
+            for _ in 0..3 {
+                http_get(stack.envoy(0), "/limited_endpoint", None).map_err(|e| e.to_string())?;
+            }
+            let result = prometheus.query(expr)?;
+            if result.is_empty() {
+                Err(format!("{what} `{expr}` returns no series"))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = found {
+            assert!(!e.contains("refused"), "{e}");
+            empty.push(e);
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "expressions that return nothing:\n{}",
+        empty.join("\n")
     );
 }
