@@ -159,13 +159,18 @@ fn env_var(service: &Value, key: &str) -> Option<String> {
 }
 
 /// The port the service's process listens on inside its container: `LIMITD_LISTEN` for limitd,
-/// `--port` for Redis, Sentinel and the backends. Envoy's ports come from envoy.yaml instead.
+/// `--port` for Redis, Sentinel and the backends, `--web.listen-address` for Prometheus. Envoy's
+/// ports come from envoy.yaml instead.
 fn listen_port(name: &str, service: &Value) -> u16 {
     let text = env_var(service, "LIMITD_LISTEN")
+        .or_else(|| flag_value(service, "--web.listen-address"))
         .and_then(|listen| listen.rsplit_once(':').map(|(_, port)| port.to_owned()))
         .or_else(|| flag_value(service, "--port"))
         .unwrap_or_else(|| {
-            panic!("docker-compose.yml: `{name}` sets neither LIMITD_LISTEN nor `--port`")
+            panic!(
+                "docker-compose.yml: `{name}` sets none of LIMITD_LISTEN, `--port`, \
+                 `--web.listen-address`"
+            )
         });
     text.parse()
         .unwrap_or_else(|_| panic!("docker-compose.yml: `{name}` listens on bad port `{text}`"))
@@ -493,9 +498,36 @@ fn wasm_filenames(envoy: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Compose-only checks
 
+/// The services of opt-in profiles: (service, profile).
+const OPT_IN: &[(&str, &str)] = &[("prometheus", "monitoring")];
+
 #[test]
 fn compose_has_exactly_the_demo_services() {
-    let actual: BTreeSet<String> = services().into_keys().collect();
+    let services = services();
+    let mut opt_in = Vec::new();
+    for (name, service) in &services {
+        if let Some(profiles) = service.get("profiles") {
+            let profiles: Vec<String> = profiles
+                .as_sequence()
+                .unwrap_or_else(|| panic!("docker-compose.yml: `{name}`.profiles is not a list"))
+                .iter()
+                .map(scalar_text)
+                .collect();
+            opt_in.push((name.clone(), profiles));
+        }
+    }
+    let expected_opt_in: Vec<(String, Vec<String>)> = OPT_IN
+        .iter()
+        .map(|(name, profile)| ((*name).to_owned(), vec![(*profile).to_owned()]))
+        .collect();
+    assert_eq!(
+        opt_in, expected_opt_in,
+        "docker-compose.yml: the services of opt-in profiles"
+    );
+    let actual: BTreeSet<String> = services
+        .into_keys()
+        .filter(|name| !OPT_IN.iter().any(|(opt, _)| opt == name))
+        .collect();
     let expected: BTreeSet<String> = DEMO_PORTS.iter().map(|(n, _)| (*n).to_owned()).collect();
     let missing: Vec<_> = expected.difference(&actual).collect();
     let extra: Vec<_> = actual.difference(&expected).collect();
@@ -917,6 +949,18 @@ fn every_base_image_is_a_variable_whose_default_is_the_stock_image() {
     let services = services();
     for (name, service) in &services {
         if service.get("build").is_some() {
+            continue;
+        }
+        if name == "prometheus" {
+            assert!(
+                raw.contains("image: ${PROMETHEUS_IMAGE:-prom/prometheus:v2.")
+                    && service
+                        .get("image")
+                        .map(scalar_text)
+                        .is_some_and(|image| image.starts_with("prom/prometheus:v2.")),
+                "docker-compose.yml: `prometheus` should be the stock image, in a variable: \
+                 `image: ${{PROMETHEUS_IMAGE:-prom/prometheus:v2.…}}`"
+            );
             continue;
         }
         assert!(

