@@ -25,6 +25,18 @@ impl HttpResponse {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The `r` (remaining) parameter of rule `name`'s item in the `RateLimit` header (the IETF
+    /// header style), if the header has one for it.
+    pub fn remaining(&self, name: &str) -> Option<u64> {
+        let header = self.header("ratelimit")?;
+        let item = header
+            .split(", ")
+            .find(|item| item.starts_with(&format!("\"{name}\";")))?;
+        item.split(';')
+            .find_map(|p| p.strip_prefix("r="))
+            .and_then(|r| r.parse().ok())
+    }
 }
 
 fn connect(to: SocketAddr, from: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {

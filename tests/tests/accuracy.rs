@@ -261,7 +261,21 @@ fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
         .map(|&t| in_window(t))
         .max()
         .unwrap_or(0);
+    // The stated bounds, asserted: each aligned window at most the limit, and any sliding
+    // window at most twice the limit. A request counts in a sliding window only when it was
+    // certainly decided inside it: sent and answered within it.
     check_fixed_windows("sliding_window", &sliding, 0.0);
+    let certain_in = |start: u64| {
+        ok.iter()
+            .filter(|s| s.sent_us >= start && s.answered_us < start + window_us)
+            .count() as u64
+    };
+    let worst_certain = ok.iter().map(|s| certain_in(s.sent_us)).max().unwrap_or(0);
+    assert!(
+        worst_certain <= 2 * LIMIT,
+        "sliding_window: {worst_certain} admitted within one {WINDOW_MS}ms sliding window, over \
+         twice the limit {LIMIT}"
+    );
     let error = |worst: u64| (worst as f64 - LIMIT as f64) / LIMIT as f64 * 100.0;
     eprintln!(
         "accuracy: sliding_window: {} requests, {} admitted; most in any {WINDOW_MS}ms sliding window: \

@@ -125,6 +125,25 @@ fn metric_names(exprs: Vec<String>) -> BTreeSet<String> {
     names
 }
 
+/// After traffic that defines the filter's counters (allowed, then denied): Envoy's
+/// `/stats/prometheus` and the first limitd's `/metrics`.
+fn expositions(stack: &Stack) -> (String, String) {
+    for _ in 0..11 {
+        http_get(stack.envoy(0), "/limited_endpoint", None).expect("an answer");
+    }
+    let envoy = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
+        .expect("Envoy's /stats/prometheus")
+        .body;
+    let limitd = http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], stack.ports.limitd[0])),
+        "/metrics",
+        None,
+    )
+    .expect("limitd's /metrics")
+    .body;
+    (envoy, limitd)
+}
+
 #[test]
 fn every_metric_the_alerts_and_the_dashboard_use_is_exposed_by_the_running_stack() {
     let rules = std::fs::read_to_string(prometheus_dir().join("alerts.yml")).expect("alerts.yml");
@@ -141,20 +160,7 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exposed_by_the_running_stack
     used.extend(panels);
 
     let stack = Stack::for_test(EnvoyOptions::default());
-    // Traffic that defines the filter's counters: allowed, then denied.
-    for _ in 0..11 {
-        http_get(stack.envoy(0), "/limited_endpoint", None).expect("an answer");
-    }
-    let envoy = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
-        .expect("Envoy's /stats/prometheus")
-        .body;
-    let limitd = http_get(
-        std::net::SocketAddr::from(([127, 0, 0, 1], stack.ports.limitd[0])),
-        "/metrics",
-        None,
-    )
-    .expect("limitd's /metrics")
-    .body;
+    let (envoy, limitd) = expositions(&stack);
     let exposed: BTreeSet<&str> = envoy
         .lines()
         .chain(limitd.lines())
@@ -224,19 +230,7 @@ fn exposed_metrics(text: &str, prefix: &str) -> BTreeSet<String> {
 fn the_metrics_table_lists_every_metric_the_running_stack_exposes_and_no_other() {
     let (documented, stats) = documented_metrics();
     let stack = Stack::for_test(EnvoyOptions::default());
-    for _ in 0..11 {
-        http_get(stack.envoy(0), "/limited_endpoint", None).expect("an answer");
-    }
-    let envoy = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
-        .expect("Envoy's /stats/prometheus")
-        .body;
-    let limitd = http_get(
-        std::net::SocketAddr::from(([127, 0, 0, 1], stack.ports.limitd[0])),
-        "/metrics",
-        None,
-    )
-    .expect("limitd's /metrics")
-    .body;
+    let (envoy, limitd) = expositions(&stack);
     let mut exposed = exposed_metrics(&envoy, "ratelimit_");
     exposed.extend(exposed_metrics(&limitd, "limitd_"));
     assert!(

@@ -22,17 +22,6 @@ fn statuses(to: SocketAddr, path: &str, headers: &[(&str, &str)], count: usize) 
     (0..count).map(|_| get(to, path, headers).status).collect()
 }
 
-/// The `r` (remaining) parameter of `name`'s item in a `RateLimit` header.
-fn remaining(response: &HttpResponse, name: &str) -> Option<u64> {
-    let header = response.header("ratelimit")?;
-    let item = header
-        .split(", ")
-        .find(|item| item.starts_with(&format!("\"{name}\";")))?;
-    item.split(';')
-        .find_map(|p| p.strip_prefix("r="))
-        .and_then(|r| r.parse().ok())
-}
-
 #[test]
 fn sliding_window_admits_its_limit_then_denies() {
     let stack = start(EnvoyOptions::default());
@@ -46,7 +35,7 @@ fn sliding_window_admits_its_limit_then_denies() {
         .and_then(|v| v.parse().ok())
         .expect("Retry-After");
     assert!((1..=20).contains(&retry_after), "Retry-After {retry_after}");
-    assert_eq!(remaining(&denied, "api_sliding"), Some(0));
+    assert_eq!(denied.remaining("api_sliding"), Some(0));
 }
 
 #[test]
@@ -108,8 +97,8 @@ fn several_rules_apply_at_once_and_a_denied_request_consumes_none() {
     for i in 0..5 {
         let response = get(envoy, "/api/sliding", &key);
         assert_eq!(response.status, 200);
-        assert_eq!(remaining(&response, "api_key"), Some(19 - i));
-        assert_eq!(remaining(&response, "api_sliding"), Some(4 - i));
+        assert_eq!(response.remaining("api_key"), Some(19 - i));
+        assert_eq!(response.remaining("api_sliding"), Some(4 - i));
     }
     // Denied by api_sliding: api_key's counter must not move. (The first denial
     // comes from limitd and reports every rule; later ones come from the filter's
@@ -123,12 +112,12 @@ fn several_rules_apply_at_once_and_a_denied_request_consumes_none() {
             serde_json::json!(["api_sliding"])
         );
         if i == 0 {
-            assert_eq!(remaining(&denied, "api_key"), Some(15));
+            assert_eq!(denied.remaining("api_key"), Some(15));
         }
     }
     let other_path = get(envoy, "/api/items", &key);
     assert_eq!(other_path.status, 200);
-    assert_eq!(remaining(&other_path, "api_key"), Some(14));
+    assert_eq!(other_path.remaining("api_key"), Some(14));
 }
 
 #[test]
@@ -142,13 +131,13 @@ fn each_header_value_has_its_own_counter() {
         );
     }
     let bob = get(envoy, "/api/items", &[("x-api-key", "bob")]);
-    assert_eq!(remaining(&bob, "api_key"), Some(19));
+    assert_eq!(bob.remaining("api_key"), Some(19));
     let alice = get(envoy, "/api/items", &[("x-api-key", "alice")]);
-    assert_eq!(remaining(&alice, "api_key"), Some(16));
+    assert_eq!(alice.remaining("api_key"), Some(16));
     // Without the header the rule is skipped ("missing": "skip").
     let anonymous = get(envoy, "/api/items", &[]);
     assert_eq!(anonymous.status, 200);
-    assert_eq!(remaining(&anonymous, "api_key"), None);
+    assert_eq!(anonymous.remaining("api_key"), None);
 }
 
 #[test]

@@ -37,17 +37,6 @@ fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-/// The `r` (remaining) parameter of `name`'s item in a `RateLimit` header.
-fn remaining(response: &HttpResponse, name: &str) -> Option<u64> {
-    let header = response.header("ratelimit")?;
-    let item = header
-        .split(", ")
-        .find(|item| item.starts_with(&format!("\"{name}\";")))?;
-    item.split(';')
-        .find_map(|p| p.strip_prefix("r="))
-        .and_then(|r| r.parse().ok())
-}
-
 fn replaced(text: &str, from: &str, to: &str) -> String {
     assert_eq!(text.matches(from).count(), 1, "{from:?} in the rules file");
     text.replacen(from, to, 1)
@@ -65,8 +54,8 @@ fn a_limit_changed_in_the_rules_file_applies_under_load_without_a_restart() {
         assert_eq!(get(envoy, "/limited_endpoint", &[]).status, 200);
     }
     let before = get(envoy, "/api/x", &[("x-api-key", "old")]);
-    assert_eq!(remaining(&before, "api_key"), Some(19));
-    assert_eq!(remaining(&get(envoy, "/live", &[]), "live"), None);
+    assert_eq!(before.remaining("api_key"), Some(19));
+    assert_eq!(get(envoy, "/live", &[]).remaining("live"), None);
 
     // Kept-alive connections through the filter while the rules change, one of which is denied
     // by limited_endpoint soon (429 is an answer, not a failure).
@@ -101,7 +90,8 @@ fn a_limit_changed_in_the_rules_file_applies_under_load_without_a_restart() {
     .unwrap();
     // The new rule answers with its headers once the worker runs the new version.
     eventually(Duration::from_secs(5), || {
-        remaining(&get(envoy, "/live", &[]), "live")
+        get(envoy, "/live", &[])
+            .remaining("live")
             .ok_or_else(|| "the new rule in force".to_owned())
     })
     .unwrap();
@@ -112,7 +102,7 @@ fn a_limit_changed_in_the_rules_file_applies_under_load_without_a_restart() {
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     assert_eq!(
-        remaining(&get(envoy, "/limited_endpoint", &[]), "limited_endpoint"),
+        get(envoy, "/limited_endpoint", &[]).remaining("limited_endpoint"),
         Some(5),
         "limited_endpoint's count of the first version is kept"
     );

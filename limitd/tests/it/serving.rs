@@ -30,7 +30,8 @@ async fn serve_answers_on_a_socket_and_returns_after_shutdown() {
     let redis = RedisProcess::server(&[]);
     let state = AppState::connect(&config(&[
         ("REDIS_URL", format!("redis://127.0.0.1:{}", redis.port)),
-        ("LIMITD_SHUTDOWN_GRACE_MS", "2000".into()),
+        // A drain deadline far beyond the bound below: only waiting for it trips the test.
+        ("LIMITD_SHUTDOWN_GRACE_MS", "60000".into()),
     ]))
     .await
     .unwrap();
@@ -61,14 +62,14 @@ async fn serve_answers_on_a_socket_and_returns_after_shutdown() {
 
     let started = Instant::now();
     stop.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(5), server)
+    let result = tokio::time::timeout(Duration::from_secs(60), server)
         .await
         .expect("serve returns")
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "idle server should stop at once"
+        started.elapsed() < Duration::from_secs(30),
+        "an idle server should stop at once, not at its drain deadline"
     );
     // The listener is closed: nothing accepts on the port any more.
     assert!(TcpStream::connect(addr).is_err());
@@ -115,7 +116,7 @@ async fn serve_returns_by_the_drain_deadline_with_a_stalled_client() {
 
     let started = Instant::now();
     stop.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(5), server)
+    let result = tokio::time::timeout(Duration::from_secs(60), server)
         .await
         .expect("serve returns")
         .unwrap();
@@ -125,8 +126,9 @@ async fn serve_returns_by_the_drain_deadline_with_a_stalled_client() {
         elapsed >= Duration::from_millis(250),
         "returned before the deadline: {elapsed:?}"
     );
+    // Not honouring the deadline means waiting for the stalled client, which never finishes.
     assert!(
-        elapsed < Duration::from_secs(2),
+        elapsed < Duration::from_secs(30),
         "deadline not honoured: {elapsed:?}"
     );
     drop(stalled);
@@ -150,8 +152,9 @@ async fn redis_down_answers_503_quickly() {
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
         assert_eq!(text, r#"{"error":"redis unavailable"}"#);
+        // Without a connection a check never waits on Redis: far below any timeout chain.
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );

@@ -165,13 +165,14 @@ fn sigterm_drains_the_check_in_flight_and_exits_0() {
 #[test]
 fn sigint_on_an_idle_server_exits_0_at_once() {
     // No Redis at all: shutting down must not depend on it.
-    let mut limitd = Limitd::start(free_port(), &[]);
+    // A drain deadline far beyond the bound below: only waiting for it trips the test.
+    let mut limitd = Limitd::start(free_port(), &[("LIMITD_SHUTDOWN_GRACE_MS", "60000")]);
     let started = Instant::now();
     limitd.signal("-INT");
-    let status = limitd.exit_status(Duration::from_secs(5));
+    let status = limitd.exit_status(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "log:\n{}", limitd.log());
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

@@ -178,10 +178,12 @@ pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Resul
 /// directory on this machine) applies without a restart: a rule it adds limits at once.
 fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
     const LIMIT: usize = 3;
+    // The backends answer /live with 404: what matters is whether the filter limited it.
     let before = b.get("/live", None)?;
-    expect(before.status == 200 && !before.counted, || {
-        format!("/live is limited before the rule exists: {before:?}")
-    })?;
+    expect(
+        before.status != 429 && before.status != 0 && !before.counted,
+        || format!("/live is limited before the rule exists: {before:?}"),
+    )?;
     let text = std::fs::read_to_string(rules.file()).map_err(|e| e.to_string())?;
     let first = "\"rules\": [\n";
     expect(text.matches(first).count() == 1, || {
@@ -200,12 +202,12 @@ fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
         let reply = b.get("/live", None)?;
         match (reply.status, reply.counted) {
             (429, _) => Ok(reply),
-            (200, true) => {
+            (0, _) => Err(format!("/live answered {reply:?}")),
+            (_, true) => {
                 counted += 1;
                 Err(format!("{counted} admitted under the new rule"))
             }
-            (200, false) => Err("the new rules not in force yet".to_owned()),
-            _ => Err(format!("/live answered {reply:?}")),
+            (_, false) => Err("the new rules not in force yet".to_owned()),
         }
     })?;
     let took = moved.elapsed();
@@ -214,7 +216,7 @@ fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
     })?;
     report(&format!(
         "rules changed live: a rule added by moving a new rules file into place limited /live \
-         ({LIMIT} × 200, then 429) {} after the move, without a restart",
+         ({LIMIT} admitted, then 429) {} after the move, without a restart",
         secs(took)
     ));
     Ok(())
