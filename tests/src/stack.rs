@@ -33,7 +33,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The documented demo ports (README), as in the container topology.
+    /// The documented demo ports (docs/architecture.md), as in the container topology.
     pub fn demo() -> Ports {
         Ports {
             redis: [6379, 6380, 6381],

@@ -2,7 +2,7 @@
 //! Sentinel, 64 concurrent clients hammering one key. Fixed window and GCRA must
 //! never admit more than their limit, checked per request and in lease mode;
 //! the sliding window's error against an exact sliding log is measured and
-//! printed (the README states it), and so is lease mode's under-admission.
+//! printed (docs/accuracy.md states it), and so is lease mode's under-admission.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Barrier};

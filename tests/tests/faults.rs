@@ -2,7 +2,7 @@
 //! requests/s through Envoy), while a Redis master, a limitd, or all of Redis
 //! fails. Each checks what clients see (no 5xx, the failure modes), what the
 //! filter counted, and that the system recovers by itself, and prints the
-//! figures the README's "Operations" section quotes (lines starting `faults:`).
+//! figures docs/operations.md quotes (lines starting `faults:`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Mutex, MutexGuard};

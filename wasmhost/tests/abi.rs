@@ -1,7 +1,8 @@
 //! The host calls the filter does not use yet (shared queues, effective
 //! context, callouts from the root context, ticks, shared data with CAS,
 //! gauges), checked across the ABI with a small guest written in WAT: the
-//! group-commit pattern of FACTS.md, in a few dozen instructions.
+//! filter's group-commit pattern (`filter/src/glue/mod.rs`, "Group commit"),
+//! in a few dozen instructions.
 
 use std::time::Duration;
 

@@ -272,7 +272,7 @@ fn demo() -> Result<(), String> {
          # 10 × 200, then 429 with Retry-After, for 60 s\n  \
          curl -s http://127.0.0.1:{admin}/stats | grep ratelimit   # the filter's counters\n\n\
          Change the rules live: Envoy reads {rules}\n  \
-         (edit a copy beside it, then `mv` it over; README, \"Changing limits without a restart\").\n\n\
+         (edit a copy beside it, then `mv` it over; docs/operations.md, \"Changing limits without a restart\").\n\n\
          Press Ctrl-C to stop everything.",
         stack.describe(),
         rules = stack.rules_file(0).display(),
