@@ -1,8 +1,9 @@
-//! The host calls the filter does not use yet (shared queues, effective
+//! The host calls behind the filter's group commit (shared queues, effective
 //! context, callouts from the root context, ticks, shared data with CAS,
-//! gauges), checked across the ABI with a small guest written in WAT: the
-//! filter's group-commit pattern (`filter/src/glue/mod.rs`, "Group commit"),
-//! in a few dozen instructions.
+//! gauges), checked across the ABI with a small guest written in WAT of its own:
+//! the filter's pattern (`filter/src/glue/mod.rs`, "Group commit") in a few
+//! dozen instructions, so the fake host's side of each call is tested apart
+//! from the filter.
 
 use std::time::Duration;
 

@@ -2,8 +2,10 @@
 //! machine in one run, all on loopback.
 //!
 //! One stack (Redis master + 2 replicas + 3 sentinels, 2 limitd, 2 backends)
-//! with five Envoys in front of the same backends: no limiter, Envoy's own
-//! `local_ratelimit`, and ours in three configurations (see [`scenarios`]). Each round measures every
+//! with seven Envoys in front of the same backends: no limiter, Envoy's own
+//! `local_ratelimit` (passing everything, and denying everything), and ours in four
+//! configurations: checked per request with and without group commit, idle (the shipped rules),
+//! and in lease mode (see [`scenarios`]). Each round measures every
 //! scenario in turn (the order rotates each round), so slow drifts of a shared
 //! machine spread over all of them; each figure is the median of the rounds:
 //!
