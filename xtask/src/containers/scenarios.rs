@@ -174,6 +174,19 @@ pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Resul
     Ok(())
 }
 
+/// The rules file `text` with `rule` (one JSON object) put first in the plugin configuration's
+/// `"rules"`, indented as the YAML block scalar that holds the JSON requires.
+pub(super) fn with_first_rule(text: &str, rule: &str) -> Result<String, String> {
+    let first = "\"rules\": [\n";
+    if text.matches(first).count() != 1 {
+        return Err(format!("the rules file has no single {first:?}"));
+    }
+    let at = text.find(first).unwrap_or(0);
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let indent = &text[line_start..at];
+    Ok(text.replacen(first, &format!("{first}{indent}  {rule},\n"), 1))
+}
+
 /// A new rules file moved into the directory the Envoy container watches (a bind mount of a
 /// directory on this machine) applies without a restart: a rule it adds limits at once.
 fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
@@ -185,17 +198,13 @@ fn rules_changed_live(rules: &RulesDir, b: &mut Client) -> Result<(), String> {
         || format!("/live is limited before the rule exists: {before:?}"),
     )?;
     let text = std::fs::read_to_string(rules.file()).map_err(|e| e.to_string())?;
-    let first = "\"rules\": [\n";
-    expect(text.matches(first).count() == 1, || {
-        format!("the rules file has no single {first:?}")
-    })?;
     // A day's window: it does not end while the scenario runs (short of midnight UTC).
     let rule = format!(
-        r#"{first}{{ "name": "live", "match": {{ "path": {{ "prefix": "/live" }} }}, "limit": {{ "requests": {LIMIT}, "window": "1d" }} }},
-"#
+        r#"{{ "name": "live", "match": {{ "path": {{ "prefix": "/live" }} }}, "limit": {{ "requests": {LIMIT}, "window": "1d" }} }}"#
     );
+    let new_rules = with_first_rule(&text, &rule)?;
     let moved = Instant::now();
-    e2e::stack::write_atomically(&rules.file(), &text.replacen(first, &rule, 1))?;
+    e2e::stack::write_atomically(&rules.file(), &new_rules)?;
     // Envoy's workers each take the new version; until then /live is not limited.
     let mut counted = 0;
     let denied = poll(BOUND, || {
@@ -489,4 +498,35 @@ fn rolling_restart(project: &Project, a: &mut Client) -> Result<(), String> {
         secs(took)
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plugin configuration (JSON) of a rules file.
+    fn plugin_configuration(rules: &str) -> serde_json::Value {
+        let yaml: serde_yaml::Value = serde_yaml::from_str(rules).expect("the rules file is YAML");
+        let json = yaml["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .expect("a plugin configuration");
+        serde_json::from_str(json).expect("the plugin configuration is JSON")
+    }
+
+    #[test]
+    fn a_rule_put_first_keeps_the_rules_file_valid_yaml_and_json() {
+        let shipped = e2e::envoy_config::EnvoyConfig::shipped().unwrap().rules;
+        let before = plugin_configuration(&shipped)["rules"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let changed = with_first_rule(
+            &shipped,
+            r#"{ "name": "live", "limit": { "requests": 3, "window": "1d" } }"#,
+        )
+        .unwrap();
+        let rules = plugin_configuration(&changed)["rules"].clone();
+        assert_eq!(rules.as_array().map_or(0, Vec::len), before + 1);
+        assert_eq!(rules[0]["name"], "live");
+        assert!(with_first_rule("no rules here", "{}").is_err());
+    }
 }
