@@ -173,6 +173,25 @@ impl EnvoyOptions {
         self.replace_http_filter(name, "")
     }
 
+    /// Moves the shipped shadow rule `api_global_shadow`, which matches every path under `/api/`,
+    /// to `/api/shadow-only/`, so that rules a test adds under `/api/` alone match their paths.
+    pub fn shadow_rule_moved_off_api(self) -> Self {
+        let rules = EnvoyConfig::shipped()
+            .map(|config| config.rules)
+            .unwrap_or_default();
+        let name = r#""name": "api_global_shadow","#;
+        let from = rules
+            .find(name)
+            .and_then(|at| {
+                let line_end = at + rules[at..].find('\n')?;
+                let next_end = line_end + 1 + rules[line_end + 1..].find('\n')?;
+                Some(rules[at..next_end].to_owned())
+            })
+            .unwrap_or_else(|| name.to_owned());
+        let to = from.replace(r#""/api/""#, r#""/api/shadow-only/""#);
+        self.replace(&from, &to)
+    }
+
     pub fn concurrency(mut self, workers: u32) -> Self {
         self.concurrency = Some(workers);
         self

@@ -547,10 +547,7 @@ fn every_limitd_killed_while_leases_are_held_no_request_fails_and_none_is_admitt
     // The shipped shadow rule on `/api/` checks every request it matches: out of the way.
     let envoy = EnvoyOptions::default()
         .replace(r#""rules": ["#, &format!(r#""rules": [ {LEASED_RULE}"#))
-        .replace(
-            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/\" } },",
-            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/shadow-only/\" } },",
-        );
+        .shadow_rule_moved_off_api();
     let mut stack = Stack::for_test(envoy);
     let load = load(&stack, &["/api/leased"], CONNECTIONS);
     load.wait_for_global(300, RECOVERY_BOUND).unwrap();

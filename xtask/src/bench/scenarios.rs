@@ -192,10 +192,7 @@ pub fn leases(concurrency: u32, rate: u32) -> EnvoyOptions {
     );
     EnvoyOptions::default()
         .replace(r#""rules": ["#, &rules)
-        .replace(
-            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/\" } },",
-            "\"name\": \"api_global_shadow\",\n                                  \"match\": { \"path\": { \"prefix\": \"/api/shadow-only/\" } },",
-        )
+        .shadow_rule_moved_off_api()
         .concurrency(concurrency)
 }
 
@@ -344,4 +341,46 @@ pub fn evalsha_arguments() -> Vec<String> {
         args.push(value.to_string());
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use e2e::envoy_config::{self, EnvoyConfig, LocalAddresses};
+
+    use super::*;
+
+    /// Every Envoy the benchmark starts applies to the shipped files: each snippet it replaces
+    /// and each filter it swaps is there exactly once.
+    #[test]
+    fn every_bench_envoy_applies_to_the_shipped_configuration() {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let local = LocalAddresses {
+            listener: at(1),
+            admin: at(2),
+            backends: [at(3), at(4)],
+            limitds: [at(5), at(6)],
+            wasm: Path::new("/r.wasm"),
+        };
+        let files = EnvoyConfig::shipped().unwrap();
+        for (name, options) in [
+            ("ours", ours(1)),
+            ("baseline", baseline(1)),
+            ("local_ratelimit", local_ratelimit(1)),
+            ("ours_per_request", ours_per_request(1)),
+            ("shipped", shipped(1)),
+            ("leases", leases(1, 1000)),
+            ("local_ratelimit_denying", local_ratelimit_denying(1)),
+        ] {
+            let mut config = envoy_config::rewrite(&files, &local, &options.replacements)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (filter, items) in &options.http_filters {
+                config.bootstrap =
+                    envoy_config::replace_http_filter(&config.bootstrap, filter, items)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
 }
