@@ -3,8 +3,9 @@
 //!
 //! One [`Batcher`] lives in each worker's VM, shared by its root context
 //! (which makes the callouts, so that it receives their answers) and its HTTP
-//! contexts (which queue their checks and wake the root). The glue drives it;
-//! this module decides what waits, what goes out, and what is still alive.
+//! contexts (which queue their checks and wake the root), beside the [`Live`]
+//! set of the requests still there to be answered. The glue drives both; this
+//! module decides what waits, what goes out, and who is still alive.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -30,7 +31,57 @@ pub struct Entry {
     pub retried: bool,
 }
 
-/// The queue, the callouts in flight, and which requests are still alive.
+/// The requests of a worker that have a check, from their headers until their context is done:
+/// only these are resumed, answered or sent; with the rate-limit headers decided for the
+/// responses of those a batch allowed, until the response comes.
+#[derive(Debug)]
+pub struct Live {
+    ids: HashSet<u32>,
+    /// Rate-limit headers for the responses of allowed requests, by context.
+    headers: HashMap<u32, Headers>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            // Refills are always live: their answer is wanted whoever asked.
+            ids: HashSet::from([REFILL]),
+            headers: HashMap::new(),
+        }
+    }
+}
+
+impl Live {
+    /// A request has a check: it is live (there to be resumed or answered)
+    /// until [`Live::done`]. A request that no rule matched is never here.
+    pub fn created(&mut self, context_id: u32) {
+        self.ids.insert(context_id);
+    }
+
+    /// A request's context is done: whatever it waited for is dropped.
+    pub fn done(&mut self, context_id: u32) {
+        self.ids.remove(&context_id);
+        self.headers.remove(&context_id);
+    }
+
+    /// Whether the request is still there to be resumed or answered.
+    pub fn contains(&self, context_id: u32) -> bool {
+        self.ids.contains(&context_id)
+    }
+
+    /// Keeps the headers for a live request's response (nothing for one that is gone).
+    pub fn set_headers(&mut self, context_id: u32, headers: Headers) {
+        if !headers.is_empty() && self.ids.contains(&context_id) {
+            self.headers.insert(context_id, headers);
+        }
+    }
+
+    pub fn take_headers(&mut self, context_id: u32) -> Headers {
+        self.headers.remove(&context_id).unwrap_or_default()
+    }
+}
+
+/// The queue and the callouts in flight.
 #[derive(Debug)]
 pub struct Batcher {
     max_batch: usize,
@@ -39,11 +90,8 @@ pub struct Batcher {
     in_flight: HashMap<u32, Vec<Entry>>,
     /// Requests whose own callout is in flight (sent at once, nothing waited).
     direct: HashSet<u32>,
-    live: HashSet<u32>,
     /// True while a wake-up of the root is queued and not yet handled.
     woken: bool,
-    /// Rate-limit headers for the responses of allowed requests, by context.
-    headers: HashMap<u32, Headers>,
 }
 
 impl Batcher {
@@ -54,28 +102,8 @@ impl Batcher {
             waiting: VecDeque::new(),
             in_flight: HashMap::new(),
             direct: HashSet::new(),
-            // Refills are always live: their answer is wanted whoever asked.
-            live: HashSet::from([REFILL]),
             woken: false,
-            headers: HashMap::new(),
         }
-    }
-
-    /// A request has a check: it is live (there to be resumed or answered)
-    /// until [`Batcher::done`]. A request that no rule matched is never here.
-    pub fn created(&mut self, context_id: u32) {
-        self.live.insert(context_id);
-    }
-
-    /// A request's context is done: whatever it waited for is dropped.
-    pub fn done(&mut self, context_id: u32) {
-        self.live.remove(&context_id);
-        self.headers.remove(&context_id);
-    }
-
-    /// Whether the request is still there to be resumed or answered.
-    pub fn is_live(&self, context_id: u32) -> bool {
-        self.live.contains(&context_id)
     }
 
     /// Queues a request's check. Returns true when the caller must wake the
@@ -99,7 +127,7 @@ impl Batcher {
     /// Takes the live requests that have waited `timeout_ms` or more without
     /// going out (the callout ahead of them hung): they get the failure mode
     /// now, so no request waits longer than the timeout in all.
-    pub fn take_expired(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<Entry> {
+    pub fn take_expired(&mut self, live: &Live, now_ms: u64, timeout_ms: u64) -> Vec<Entry> {
         let mut expired = Vec::new();
         while self
             .waiting
@@ -107,7 +135,7 @@ impl Batcher {
             .is_some_and(|e| e.queued_ms.saturating_add(timeout_ms) <= now_ms)
         {
             if let Some(entry) = self.waiting.pop_front() {
-                if self.live.contains(&entry.context_id) {
+                if live.contains(entry.context_id) {
                     expired.push(entry);
                 }
             }
@@ -143,7 +171,7 @@ impl Batcher {
     /// The next batch to send, if a callout may start and live requests wait.
     /// Requests whose client went away are dropped here. A batch holds at most
     /// `max_batch` checks and stays within limitd's body limit.
-    pub fn next_batch(&mut self) -> Option<Vec<Entry>> {
+    pub fn next_batch(&mut self, live: &Live) -> Option<Vec<Entry>> {
         if self.in_flight.len() + self.direct.len() >= self.max_in_flight {
             return None;
         }
@@ -160,7 +188,7 @@ impl Batcher {
             let Some(entry) = self.waiting.pop_front() else {
                 break;
             };
-            if self.live.contains(&entry.context_id) {
+            if live.contains(entry.context_id) {
                 bytes += size;
                 batch.push(entry);
             }
@@ -181,10 +209,10 @@ impl Batcher {
     /// go out again (once) within what is left of its timeout. Returns the
     /// entries that had been retried already, which the caller settles with
     /// the failure mode. Entries whose client left are dropped.
-    pub fn retry(&mut self, batch: Vec<Entry>) -> Vec<Entry> {
+    pub fn retry(&mut self, live: &Live, batch: Vec<Entry>) -> Vec<Entry> {
         let (done, again): (Vec<Entry>, Vec<Entry>) = batch.into_iter().partition(|e| e.retried);
         for mut entry in again.into_iter().rev() {
-            if self.live.contains(&entry.context_id) {
+            if live.contains(entry.context_id) {
                 entry.retried = true;
                 self.waiting.push_front(entry);
             }
@@ -210,16 +238,6 @@ impl Batcher {
     /// How many requests wait for a callout.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
-    }
-
-    pub fn set_headers(&mut self, context_id: u32, headers: Headers) {
-        if !headers.is_empty() && self.live.contains(&context_id) {
-            self.headers.insert(context_id, headers);
-        }
-    }
-
-    pub fn take_headers(&mut self, context_id: u32) -> Headers {
-        self.headers.remove(&context_id).unwrap_or_default()
     }
 }
 
@@ -395,76 +413,80 @@ mod tests {
     #[test]
     fn the_first_push_wakes_the_root_and_later_ones_ride_along() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=3 {
-            b.created(id);
+            live.created(id);
         }
         assert!(b.push(1, check("a"), 0));
         assert!(!b.push(2, check("b"), 0));
         b.wake_handled();
         assert!(b.push(3, check("c"), 0));
-        assert_eq!(ids(&b.next_batch().unwrap()), [1, 2, 3]);
-        assert_eq!(b.next_batch(), None);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [1, 2, 3]);
+        assert_eq!(b.next_batch(&live), None);
     }
 
     #[test]
     fn requests_wait_while_the_callouts_in_flight_are_at_their_bound() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=4 {
-            b.created(id);
+            live.created(id);
         }
         b.push(1, check("a"), 0);
-        let first = b.next_batch().unwrap();
+        let first = b.next_batch(&live).unwrap();
         b.sent(7, first);
         b.push(2, check("b"), 0);
         b.push(3, check("c"), 0);
-        assert_eq!(b.next_batch(), None, "one callout in flight at most");
+        assert_eq!(b.next_batch(&live), None, "one callout in flight at most");
         assert_eq!(b.waiting(), 2);
         assert_eq!(ids(&b.finished(7).unwrap()), [1]);
         assert_eq!(b.finished(7), None);
-        assert_eq!(ids(&b.next_batch().unwrap()), [2, 3]);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [2, 3]);
     }
 
     #[test]
     fn batches_are_bounded() {
         let mut b = Batcher::new(2, 4);
+        let mut live = Live::default();
         for id in 1..=5 {
-            b.created(id);
+            live.created(id);
             b.push(id, check("k"), 0);
         }
-        assert_eq!(ids(&b.next_batch().unwrap()), [1, 2]);
-        assert_eq!(ids(&b.next_batch().unwrap()), [3, 4]);
-        assert_eq!(ids(&b.next_batch().unwrap()), [5]);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [1, 2]);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [3, 4]);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [5]);
     }
 
     #[test]
     fn requests_whose_client_went_away_are_dropped() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=3 {
-            b.created(id);
+            live.created(id);
             b.push(id, check("k"), 0);
         }
-        b.done(2);
-        assert!(!b.is_live(2));
-        assert_eq!(ids(&b.next_batch().unwrap()), [1, 3]);
-        b.done(1);
-        b.done(3);
-        b.created(4);
+        live.done(2);
+        assert!(!live.contains(2));
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [1, 3]);
+        live.done(1);
+        live.done(3);
+        live.created(4);
         b.push(5, check("never created"), 0);
-        assert_eq!(b.next_batch(), None);
+        assert_eq!(b.next_batch(&live), None);
     }
 
     #[test]
     fn headers_are_kept_for_live_requests_only() {
-        let mut b = Batcher::new(64, 1);
-        b.created(1);
-        b.set_headers(1, vec![("ratelimit", "x".into())]);
-        b.set_headers(2, vec![("ratelimit", "y".into())]);
-        assert_eq!(b.take_headers(1), vec![("ratelimit", "x".to_owned())]);
-        assert!(b.take_headers(1).is_empty());
-        assert!(b.take_headers(2).is_empty());
-        b.set_headers(1, vec![("ratelimit", "z".into())]);
-        b.done(1);
-        assert!(b.take_headers(1).is_empty());
+        let mut live = Live::default();
+        live.created(1);
+        live.set_headers(1, vec![("ratelimit", "x".into())]);
+        live.set_headers(2, vec![("ratelimit", "y".into())]);
+        assert_eq!(live.take_headers(1), vec![("ratelimit", "x".to_owned())]);
+        assert!(live.take_headers(1).is_empty());
+        assert!(live.take_headers(2).is_empty());
+        live.set_headers(1, vec![("ratelimit", "z".into())]);
+        live.done(1);
+        assert!(live.take_headers(1).is_empty());
     }
 
     #[test]
@@ -587,19 +609,20 @@ mod tests {
     #[test]
     fn batches_stay_within_limitds_body_limit() {
         let mut b = Batcher::new(256, 1);
+        let mut live = Live::default();
         let long = "k".repeat(2000);
         for id in 1..=40 {
-            b.created(id);
+            live.created(id);
             b.push(id, check(&long), 0);
         }
-        let first = b.next_batch().unwrap();
+        let first = b.next_batch(&live).unwrap();
         let entries: Vec<Entry> = first.clone();
         assert!(first.len() < 40, "{}", first.len());
         assert!(encode_batch(&entries, 250).len() <= MAX_BODY_BYTES);
         b.sent(1, first);
         b.finished(1);
         let mut rest = 0;
-        while let Some(batch) = b.next_batch() {
+        while let Some(batch) = b.next_batch(&live) {
             assert!(encode_batch(&batch, 250).len() <= MAX_BODY_BYTES);
             rest += batch.len();
             b.sent(2, batch);
@@ -612,19 +635,20 @@ mod tests {
     #[test]
     fn requests_that_waited_a_whole_timeout_are_taken_out() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=4 {
-            b.created(id);
+            live.created(id);
         }
         b.push(1, check("a"), 1_000);
         b.push(2, check("b"), 1_100);
         b.push(3, check("c"), 1_200);
         b.push(4, check("d"), 1_300);
-        b.done(2);
-        assert!(b.take_expired(1_249, 250).is_empty());
+        live.done(2);
+        assert!(b.take_expired(&live, 1_249, 250).is_empty());
         // 1 and 2 waited 250 ms (2 is gone, so only 1 comes back); 3 and 4 wait on.
-        assert_eq!(ids(&b.take_expired(1_350, 250)), [1]);
+        assert_eq!(ids(&b.take_expired(&live, 1_350, 250)), [1]);
         assert_eq!(b.waiting(), 2);
-        let batch = b.next_batch().unwrap();
+        let batch = b.next_batch(&live).unwrap();
         assert_eq!(ids(&batch), [3, 4]);
         // The batch may take what is left of its oldest request's timeout.
         assert_eq!(remaining_ms(&batch, 1_350, 250), 100);
@@ -635,24 +659,25 @@ mod tests {
     #[test]
     fn a_batch_that_never_reached_limitd_goes_out_again_once() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=3 {
-            b.created(id);
+            live.created(id);
             b.push(id, check("k"), 5);
         }
-        let first = b.next_batch().unwrap();
+        let first = b.next_batch(&live).unwrap();
         b.sent(1, first);
-        b.created(4);
+        live.created(4);
         b.push(4, check("later"), 6);
-        b.done(2);
+        live.done(2);
         let unreachable = b.finished(1).unwrap();
-        assert!(b.retry(unreachable).is_empty());
+        assert!(b.retry(&live, unreachable).is_empty());
         // Back at the head of the queue, in order, keeping their queued time.
-        let again = b.next_batch().unwrap();
+        let again = b.next_batch(&live).unwrap();
         assert_eq!(ids(&again), [1, 3, 4]);
         assert!(again[0].retried && !again[2].retried);
         assert_eq!(again[0].queued_ms, 5);
         // A second failure is not retried.
-        let settled = b.retry(again);
+        let settled = b.retry(&live, again);
         assert_eq!(ids(&settled), [1, 3]);
         assert_eq!(b.waiting(), 1);
     }
@@ -718,25 +743,27 @@ mod tests {
     #[test]
     fn at_low_load_a_request_sends_its_own_check_and_later_ones_wait_for_it() {
         let mut b = Batcher::new(64, 1);
+        let mut live = Live::default();
         for id in 1..=3 {
-            b.created(id);
+            live.created(id);
         }
         assert!(b.try_direct(1), "nothing in flight, nothing waiting");
         assert!(!b.try_direct(2), "one callout in flight at most");
         b.push(2, check("b"), 0);
         b.push(3, check("c"), 0);
         b.wake_handled(); // The root woke, and found a callout in flight.
-        assert_eq!(b.next_batch(), None, "the direct callout is in flight");
+        assert_eq!(b.next_batch(&live), None, "the direct callout is in flight");
         // When it finishes, the root is woken once to send what waited.
         assert!(b.direct_done(1));
-        assert_eq!(ids(&b.next_batch().unwrap()), [2, 3]);
+        assert_eq!(ids(&b.next_batch(&live).unwrap()), [2, 3]);
         assert!(!b.direct_done(1), "already done");
     }
 
     #[test]
     fn a_direct_callout_with_nothing_waiting_wakes_nobody() {
         let mut b = Batcher::new(64, 1);
-        b.created(1);
+        let mut live = Live::default();
+        live.created(1);
         assert!(b.try_direct(1));
         assert!(!b.direct_done(1));
         assert!(b.try_direct(1));

@@ -255,7 +255,7 @@ impl Drop for Request {
         if self.direct.take().is_some() {
             self.finish_direct();
         }
-        self.vm.batcher.borrow_mut().done(self.context_id);
+        self.vm.live.borrow_mut().done(self.context_id);
     }
 }
 
@@ -265,7 +265,7 @@ impl HttpContext for Request {
             Verdict::Continue => Action::Continue,
             Verdict::Check(mut check) => {
                 self.checked = true;
-                self.vm.batcher.borrow_mut().created(self.context_id);
+                self.vm.live.borrow_mut().created(self.context_id);
                 // Units in a lease block are counted already: they are spent before the deny
                 // cache is asked, or a worker that saw a denial would strand its Envoy's block.
                 if let Some(action) = self.spend_leases(&mut check) {
@@ -296,7 +296,7 @@ impl HttpContext for Request {
         // Only an upstream response of an allowed request gets headers here: a local
         // reply carries its own, and passes through this callback too.
         let mut headers = std::mem::take(&mut self.response_headers);
-        headers.extend(self.vm.batcher.borrow_mut().take_headers(self.context_id));
+        headers.extend(self.vm.live.borrow_mut().take_headers(self.context_id));
         for (name, value) in headers {
             if let Err(status) =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, Status};
 
-use crate::batch::{encode_batch, remaining_ms, Batcher};
+use crate::batch::{encode_batch, remaining_ms, Batcher, Live};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::log_limit::LogLimit;
@@ -77,13 +77,16 @@ impl Root {
     fn pump_vm(&mut self, vm: &Rc<Vm>) {
         let now_ms = now_ms();
         let timeout_ms = vm.policy.timeout_ms;
-        let expired = vm.batcher.borrow_mut().take_expired(now_ms, timeout_ms);
+        let expired = vm
+            .batcher
+            .borrow_mut()
+            .take_expired(&vm.live.borrow(), now_ms, timeout_ms);
         if !expired.is_empty() {
             let decisions = vm.failed_live(expired, &CalloutError::Expired);
             self.deliver(vm, decisions);
         }
         loop {
-            let Some(batch) = vm.batcher.borrow_mut().next_batch() else {
+            let Some(batch) = vm.batcher.borrow_mut().next_batch(&vm.live.borrow()) else {
                 return;
             };
             let budget_ms = remaining_ms(&batch, now_ms, timeout_ms);
@@ -103,14 +106,14 @@ impl Root {
     /// Resumes or answers each request, as its own effective context.
     pub(super) fn deliver(&self, vm: &Vm, decisions: Vec<(u32, Decision)>) {
         for (context_id, decision) in decisions {
-            if !vm.batcher.borrow().is_live(context_id) {
+            if !vm.live.borrow().contains(context_id) {
                 continue;
             }
             if hostcalls::set_effective_context(context_id).is_err() {
                 continue; // Gone on the host's side too.
             }
             let (_, headers) = vm.carry_out(decision, true);
-            vm.batcher.borrow_mut().set_headers(context_id, headers);
+            vm.live.borrow_mut().set_headers(context_id, headers);
         }
         let _ = hostcalls::set_effective_context(self.root_id);
     }
@@ -207,6 +210,7 @@ impl RootContext for Root {
             policy,
             metrics: Metrics::define(&names),
             batcher: RefCell::new(batcher),
+            live: RefCell::new(Live::default()),
             deny_cache: RefCell::new(DenyCache::default()),
             failure_log: RefCell::new(LogLimit::default()),
         }));

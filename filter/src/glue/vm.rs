@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, REFILL};
+use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, Live, REFILL};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
@@ -23,6 +23,8 @@ pub(super) struct Vm {
     pub(super) policy: Policy,
     pub(super) metrics: Metrics,
     pub(super) batcher: RefCell<Batcher>,
+    /// The requests still there to be answered, and the headers kept for their responses.
+    pub(super) live: RefCell<Live>,
     pub(super) deny_cache: RefCell<DenyCache>,
     /// Failed callouts are logged once per interval, with a count of the rest.
     pub(super) failure_log: RefCell<LogLimit>,
@@ -125,7 +127,7 @@ impl Vm {
     ) -> Vec<(u32, Decision)> {
         let (ids, checks): (Vec<u32>, Vec<Check>) = batch
             .into_iter()
-            .filter(|entry| self.batcher.borrow().is_live(entry.context_id))
+            .filter(|entry| self.live.borrow().contains(entry.context_id))
             .filter(|entry| {
                 // A refill that failed: its block carries on until it runs out.
                 let refill = entry.context_id == REFILL;
@@ -167,7 +169,7 @@ impl Vm {
             Ok(answers) => self.decide_all(batch, answers, sent),
             Err(e @ CalloutError::Unreachable(_)) => {
                 let waiting = self.batcher.borrow().waiting();
-                let settled = self.batcher.borrow_mut().retry(batch);
+                let settled = self.batcher.borrow_mut().retry(&self.live.borrow(), batch);
                 if self.batcher.borrow().waiting() > waiting {
                     Metrics::bump(self.metrics.callout_retries);
                 }
@@ -189,7 +191,7 @@ impl Vm {
         let mut failed: Vec<Entry> = Vec::new();
         let mut first_error = None;
         for (entry, answer) in batch.into_iter().zip(answers) {
-            if !self.batcher.borrow().is_live(entry.context_id) {
+            if !self.live.borrow().contains(entry.context_id) {
                 // Its client left; what limitd leased with it is still good.
                 self.leases_settled(&entry.check, answer.as_ref().ok(), sent);
                 continue;
