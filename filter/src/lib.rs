@@ -2,7 +2,7 @@
 //! meets a rate-limit rule checked by limitd before Envoy forwards it.
 //!
 //! The decisions live in host-free modules ([`config`], [`verdict`],
-//! [`batch`], [`lease`], [`fallback`], [`deny_cache`] and the rest) with
+//! [`batch`], [`settle`], [`lease`], [`fallback`], [`deny_cache`] and the rest) with
 //! native unit tests; the proxy-wasm glue in `glue/` only reads headers and
 //! properties, calls them, and acts on the result. It is compiled for `wasm32`
 //! alone, so `cargo test` links natively.
@@ -25,6 +25,7 @@ pub mod lease;
 pub mod log_limit;
 pub mod reply;
 pub mod request;
+pub mod settle;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]

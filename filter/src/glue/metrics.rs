@@ -5,6 +5,8 @@ use std::time::SystemTime;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+pub(super) use crate::settle::RuleOutcome;
+
 use super::now;
 
 /// The filter's counters, shown by Envoy as `wasmcustom.ratelimit.*` in `/stats`
@@ -35,51 +37,10 @@ pub(super) struct Metrics {
     pub(super) rules: Vec<RuleMetrics>,
 }
 
-/// What happened to the requests one rule matched, as counters named
-/// `ratelimit.rule.<rule>.<outcome>`; `envoy.yaml`'s `stats_tags` turn the rule and the
-/// outcome into labels (`ratelimit_rule{rule="...",outcome="..."}` in `/stats/prometheus`). Rule
-/// names come from the configuration, never from a request, so the labels stay few.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RuleOutcome {
-    /// The request was allowed by the global limit (from limitd or a lease).
-    Allowed,
-    /// This rule denied the request (limitd, or the deny cache).
-    Denied,
-    /// This shadow rule would have denied it.
-    ShadowDenied,
-    /// limitd could not decide: the rule's failure mode or fallback limit did.
-    FailureMode,
-    /// Denied from the deny cache, without a callout (also counted as `denied`).
-    DenyCacheHits,
-    /// Admitted from a lease block, without a callout (also counted as `allowed`).
-    LeaseAdmitted,
-    /// limitd leased units to this Envoy for the rule.
-    LeaseGrants,
-}
-
-impl RuleOutcome {
-    const ALL: [RuleOutcome; 7] = [
-        RuleOutcome::Allowed,
-        RuleOutcome::Denied,
-        RuleOutcome::ShadowDenied,
-        RuleOutcome::FailureMode,
-        RuleOutcome::DenyCacheHits,
-        RuleOutcome::LeaseAdmitted,
-        RuleOutcome::LeaseGrants,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            RuleOutcome::Allowed => "allowed",
-            RuleOutcome::Denied => "denied",
-            RuleOutcome::ShadowDenied => "shadow_denied",
-            RuleOutcome::FailureMode => "failure_mode",
-            RuleOutcome::DenyCacheHits => "deny_cache_hits",
-            RuleOutcome::LeaseAdmitted => "lease_admitted",
-            RuleOutcome::LeaseGrants => "lease_grants",
-        }
-    }
-}
+// What happened to the requests one rule matched is counted as `ratelimit.rule.<rule>.<outcome>`
+// (outcomes: [`RuleOutcome`]); `envoy.yaml`'s `stats_tags` turn the rule and the outcome into
+// labels (`ratelimit_rule{rule="...",outcome="..."}` in `/stats/prometheus`). Rule names come
+// from the configuration, never from a request, so the labels stay few.
 
 /// One rule's counters, by [`RuleOutcome`] in the order of `RuleOutcome::ALL`.
 pub(super) struct RuleMetrics([Option<u32>; 7]);
@@ -118,6 +79,13 @@ impl Metrics {
             )
             .ok(),
             rules,
+        }
+    }
+
+    /// Counts each (rule, outcome) pair (rule: an index into the policy's rules).
+    pub(super) fn rule_outcomes(&self, outcomes: impl IntoIterator<Item = (usize, RuleOutcome)>) {
+        for (rule, outcome) in outcomes {
+            self.rules([rule], outcome);
         }
     }
 

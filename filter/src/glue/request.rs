@@ -18,10 +18,11 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use crate::batch::{encode_batch, remaining_ms, Entry, REFILL};
 use crate::lease::{self, Spend};
 use crate::request::RequestView;
+use crate::settle::enforced_rules;
 use crate::verdict::{CalloutError, Check, Headers, Verdict};
 
 use super::metrics::{Metrics, RuleOutcome};
-use super::vm::{enforced_rules, SharedCounters, Vm};
+use super::vm::{SharedCounters, Vm};
 use super::{log, now, now_ms};
 
 /// One HTTP request going through the filter.

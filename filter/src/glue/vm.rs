@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
-use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, Live, REFILL};
+use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, Live};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
 use crate::lease::{self, LeaseRule};
 use crate::log_limit::{more_like_this, LogLimit};
+use crate::settle::{enforced_rules, rule_outcomes, sort_answers, sort_failed, Fate};
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
 
 use super::metrics::{Metrics, RuleOutcome};
@@ -125,22 +126,18 @@ impl Vm {
         batch: Vec<Entry>,
         error: &CalloutError,
     ) -> Vec<(u32, Decision)> {
-        let (ids, checks): (Vec<u32>, Vec<Check>) = batch
-            .into_iter()
-            .filter(|entry| self.live.borrow().contains(entry.context_id))
-            .filter(|entry| {
-                // A refill that failed: its block carries on until it runs out.
-                let refill = entry.context_id == REFILL;
-                if refill {
-                    self.leases_settled(&entry.check, None, None);
-                }
-                !refill
-            })
-            .map(|entry| (entry.context_id, entry.check))
-            .unzip();
-        if checks.is_empty() {
+        let (refills, requests) = sort_failed(batch, &self.live.borrow());
+        // A refill that failed: its block carries on until it runs out.
+        for refill in &refills {
+            self.leases_settled(&refill.check, None, None);
+        }
+        if requests.is_empty() {
             return Vec::new();
         }
+        let (ids, checks): (Vec<u32>, Vec<Check>) = requests
+            .into_iter()
+            .map(|entry| (entry.context_id, entry.check))
+            .unzip();
         ids.into_iter()
             .zip(self.failed_batch(&checks, error))
             .collect()
@@ -187,30 +184,22 @@ impl Vm {
         answers: Vec<CheckAnswer>,
         sent: Option<SystemTime>,
     ) -> Vec<(u32, Decision)> {
-        let mut decisions = Vec::with_capacity(batch.len());
-        let mut failed: Vec<Entry> = Vec::new();
-        let mut first_error = None;
-        for (entry, answer) in batch.into_iter().zip(answers) {
-            if !self.live.borrow().contains(entry.context_id) {
-                // Its client left; what limitd leased with it is still good.
-                self.leases_settled(&entry.check, answer.as_ref().ok(), sent);
-                continue;
-            }
-            match answer {
-                Ok(answer) if entry.context_id == REFILL => {
-                    self.leases_settled(&entry.check, Some(&answer), sent);
-                }
-                Ok(answer) => {
-                    decisions.push((entry.context_id, self.decided(&entry.check, &answer, sent)))
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    failed.push(entry);
+        let sorted = sort_answers(batch, answers, &self.live.borrow());
+        let mut decisions = Vec::with_capacity(sorted.fates.len());
+        for fate in sorted.fates {
+            match fate {
+                Fate::Decide {
+                    context_id,
+                    check,
+                    answer,
+                } => decisions.push((context_id, self.decided(&check, &answer, sent))),
+                Fate::SettleLeases { check, answer } => {
+                    self.leases_settled(&check, answer.as_ref(), sent)
                 }
             }
         }
-        if let Some(error) = first_error {
-            decisions.extend(self.failed_live(failed, &error));
+        if let Some(error) = sorted.error {
+            decisions.extend(self.failed_live(sorted.failed, &error));
         }
         decisions
     }
@@ -228,13 +217,6 @@ impl Vm {
             self.metrics.shadow_denied,
             self.policy.shadow_denials(check, answer),
         );
-        let by_hit = || check.rules.iter().zip(&check.hits).zip(&answer.hits);
-        self.metrics.rules(
-            by_hit()
-                .filter(|((_, hit), result)| hit.shadow && !result.allowed)
-                .map(|((&rule, _), _)| rule),
-            RuleOutcome::ShadowDenied,
-        );
         if !answer.allowed {
             if let (Some(sent_ms), Some(now_ms)) =
                 (sent.and_then(epoch_ms), now().and_then(epoch_ms))
@@ -249,17 +231,8 @@ impl Vm {
             }
         }
         let decision = self.policy.decide(check, answer);
-        match &decision {
-            Decision::Allow { .. } => self
-                .metrics
-                .rules(enforced_rules(check), RuleOutcome::Allowed),
-            Decision::Reply(_) => self.metrics.rules(
-                by_hit()
-                    .filter(|((_, hit), result)| !hit.shadow && !result.allowed)
-                    .map(|((&rule, _), _)| rule),
-                RuleOutcome::Denied,
-            ),
-        }
+        self.metrics
+            .rule_outcomes(rule_outcomes(check, answer, &decision));
         decision
     }
 
@@ -369,16 +342,6 @@ impl Vm {
             }
         }
     }
-}
-
-/// The rules of a check's enforced (non-shadow) hits.
-pub(super) fn enforced_rules(check: &Check) -> impl Iterator<Item = usize> + '_ {
-    check
-        .rules
-        .iter()
-        .zip(&check.hits)
-        .filter(|(_, hit)| !hit.shadow)
-        .map(|(&rule, _)| rule)
 }
 
 /// Fallback counters in Envoy's shared data (one map per `vm_id`, process-wide).
