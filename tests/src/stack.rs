@@ -436,6 +436,9 @@ impl Stack {
             command.args([
                 "--port",
                 &port.to_string(),
+                // The bus port is chosen too: the default, port + 10000, may be taken.
+                "--cluster-port",
+                &free_port().to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",

@@ -24,9 +24,14 @@ async fn app_on(cluster: &RedisCluster, response_timeout_ms: u64) -> (Router, Ap
     (limitd::app(state.clone()), state)
 }
 
-/// The counter key limitd stores a fixed-window hit of `key` with `window_ms` under.
-fn counter(key: &str, window_ms: u64) -> String {
-    format!("rl:v2:{{{key}}}:w{window_ms}")
+/// The window of every hit here: the longest there is, so that no test run crosses a window's
+/// end (windows are aligned to the epoch; the next end of a 366-day window is weeks away) and
+/// counters read back hold every unit counted in the test.
+const WINDOW_MS: u64 = protocol::bounds::MAX_WINDOW_MS;
+
+/// The counter key limitd stores a fixed-window hit of `key` under.
+fn counter(key: &str) -> String {
+    format!("rl:v2:{{{key}}}:w{WINDOW_MS}")
 }
 
 /// Client keys starting with `prefix`, one served by each of `count` different masters.
@@ -35,7 +40,7 @@ fn keys_on_different_masters(cluster: &RedisCluster, prefix: &str, count: usize)
     for i in 0.. {
         let key = format!("{prefix}{i}");
         let master = cluster
-            .master_of(cluster.slot_of(&counter(&key, 60_000)))
+            .master_of(cluster.slot_of(&counter(&key)))
             .expect("every slot served");
         if keys.iter().all(|(_, m)| *m != master) {
             keys.push((key, master));
@@ -47,15 +52,14 @@ fn keys_on_different_masters(cluster: &RedisCluster, prefix: &str, count: usize)
     keys.into_iter().map(|(key, _)| key).collect()
 }
 
-/// The units counted in the current window of the counter of `key` (fixed window, `window_ms`),
-/// read from the cluster.
-fn counted(cluster: &RedisCluster, key: &str, window_ms: u64) -> u64 {
-    let reply = cluster.command(&["HGET", &counter(key, window_ms), "c"]);
+/// The units counted in the current window of the counter of `key`, read from the cluster.
+fn counted(cluster: &RedisCluster, key: &str) -> u64 {
+    let reply = cluster.command(&["HGET", &counter(key), "c"]);
     reply.trim().parse().unwrap_or(0)
 }
 
 fn hit(key: &str, limit: u64) -> String {
-    format!(r#"{{"key":"{key}","limit":{limit},"window_ms":60000}}"#)
+    format!(r#"{{"key":"{key}","limit":{limit},"window_ms":{WINDOW_MS}}}"#)
 }
 
 fn check_body(hits: &[String]) -> String {
@@ -83,17 +87,17 @@ async fn single_slot_checks_are_exact_on_a_cluster() {
         assert_eq!(allowed(&app, &body).await, Some(true), "check {n} of 5");
     }
     assert_eq!(allowed(&app, &body).await, Some(false), "the 6th is over");
-    assert_eq!(counted(&cluster, "one:k", 60_000), 5);
+    assert_eq!(counted(&cluster, "one:k"), 5);
 
     // Two hits whose keys happen to hash to one slot: one script run, all or nothing as with
     // one master.
     let first = "one:t0";
-    let slot = cluster.slot_of(&counter(first, 60_000));
+    let slot = cluster.slot_of(&counter(first));
     // limitd's own grouping finds a candidate quickly; the cluster confirms it.
     let hit_of = |key: &str| protocol::Hit {
         key: key.to_owned(),
         limit: 1,
-        window_ms: 60_000,
+        window_ms: WINDOW_MS,
         cost: 1,
         algorithm: protocol::Algorithm::FixedWindow,
         burst: None,
@@ -104,17 +108,13 @@ async fn single_slot_checks_are_exact_on_a_cluster() {
         .map(|i| format!("one:t{i}"))
         .find(|key| limitd::cluster::slot_groups(&[hit_of(first), hit_of(key)]).len() == 1)
         .expect("a key in the same slot");
-    assert_eq!(cluster.slot_of(&counter(&second, 60_000)), slot);
+    assert_eq!(cluster.slot_of(&counter(&second)), slot);
     let both = check_body(&[hit(first, 3), hit(&second, 2)]);
     assert_eq!(allowed(&app, &both).await, Some(true));
     assert_eq!(allowed(&app, &both).await, Some(true));
     assert_eq!(allowed(&app, &both).await, Some(false));
-    assert_eq!(
-        counted(&cluster, first, 60_000),
-        2,
-        "the denied check took nothing"
-    );
-    assert_eq!(counted(&cluster, &second, 60_000), 2);
+    assert_eq!(counted(&cluster, first), 2, "the denied check took nothing");
+    assert_eq!(counted(&cluster, &second), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,18 +130,18 @@ async fn a_check_spanning_slots_is_all_or_nothing() {
     let first: protocol::CheckResponse = serde_json::from_str(&text).unwrap();
     assert!(first.allowed, "{text}");
     assert_eq!((first.hits[0].remaining, first.hits[1].remaining), (9, 0));
-    assert_eq!(counted(&cluster, roomy, 60_000), 1);
-    assert_eq!(counted(&cluster, tight, 60_000), 1);
+    assert_eq!(counted(&cluster, roomy), 1);
+    assert_eq!(counted(&cluster, tight), 1);
 
     // The second hit is denied now: the first hit's slot was charged, and given back before
     // the answer.
     assert_eq!(allowed(&app, &body).await, Some(false));
     assert_eq!(
-        counted(&cluster, roomy, 60_000),
+        counted(&cluster, roomy),
         1,
         "the denied check consumed none of its hits"
     );
-    assert_eq!(counted(&cluster, tight, 60_000), 1);
+    assert_eq!(counted(&cluster, tight), 1);
 
     // The v2 answer describes the counters after the give-back.
     let request = axum::http::Request::post(protocol::CHECKS_PATH)
@@ -158,15 +158,15 @@ async fn a_check_spanning_slots_is_all_or_nothing() {
         }
         other => panic!("expected a denial, got {other:?}"),
     }
-    assert_eq!(counted(&cluster, roomy, 60_000), 1);
+    assert_eq!(counted(&cluster, roomy), 1);
 
     // A shadow hit counts only in an allowed check, wherever its slot.
     let shadowed = format!(
-        r#"{{"hits":[{{"key":"{roomy}","limit":10,"window_ms":60000,"shadow":true}},{}]}}"#,
+        r#"{{"hits":[{{"key":"{roomy}","limit":10,"window_ms":{WINDOW_MS},"shadow":true}},{}]}}"#,
         hit(tight, 1)
     );
     assert_eq!(allowed(&app, &shadowed).await, Some(false));
-    assert_eq!(counted(&cluster, roomy, 60_000), 1);
+    assert_eq!(counted(&cluster, roomy), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +223,7 @@ async fn concurrent_checks_spanning_slots_never_admit_more_than_the_limit() {
         let got = admitted.get(key).copied().unwrap_or(0);
         assert!(got <= limits[key.as_str()], "{key}: {got} admitted");
         assert_eq!(
-            counted(&cluster, key, 60_000),
+            counted(&cluster, key),
             got,
             "{key}: the counter holds exactly the admitted checks, nothing given back stays"
         );
@@ -242,7 +242,7 @@ async fn concurrent_checks_spanning_slots_never_admit_more_than_the_limit() {
     assert_eq!(full(&keys[0]), 20, "{admitted:?}");
     assert_eq!(full(&keys[2]), 15, "{admitted:?}");
     for key in &keys {
-        assert_eq!(counted(&cluster, key, 60_000), full(key), "{key}");
+        assert_eq!(counted(&cluster, key), full(key), "{key}");
     }
 }
 
@@ -251,7 +251,7 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     let mut cluster = RedisCluster::start();
     let (app, state) = app_on(&cluster, 250).await;
     let key = "failover:k";
-    let slot = cluster.slot_of(&counter(key, 60_000));
+    let slot = cluster.slot_of(&counter(key));
     let old_master = cluster.master_of(slot).expect("a master for the key");
     let body = check_body(&[hit(key, 100_000)]);
 
@@ -334,8 +334,9 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     // Counts acknowledged by the replica before the kill survive; checks that failed were
     // given back or never ran: the new master holds exactly the allowed checks.
     assert_eq!(
-        cli(new_master, &["HGET", &counter(key, 60_000), "c"]).trim(),
-        allowed_total.to_string()
+        cli(new_master, &["HGET", &counter(key), "c"]).trim(),
+        allowed_total.to_string(),
+        "{failed} checks failed during the failover; metrics:\n{text}"
     );
 
     // /readyz: every master answers again.

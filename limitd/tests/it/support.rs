@@ -340,12 +340,16 @@ impl ClusterNode {
     fn start() -> Self {
         let dir = TempDir::new("cluster-node");
         let port = free_port();
+        // The bus port is chosen too: the default, port + 10000, may be taken or past 65535.
+        let bus_port = free_port();
         let path = |name: &str| dir.path().join(name).display().to_string();
         let child = spawn(
             &redis_server(),
             &[
                 "--port",
                 &port.to_string(),
+                "--cluster-port",
+                &bus_port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
