@@ -38,8 +38,8 @@ const MAX_SHUTDOWN_GRACE_MS: u64 = 600_000;
     version,
     long_about = None,
     about = "Rate-limit counter service: checks batches of hits against Redis (found through \
-             Sentinel) in one Lua script.",
-    after_help = "Exactly one of --sentinel-hosts and --redis-url must be set. Secrets are \
+             Sentinel, or a Redis Cluster) in one Lua script.",
+    after_help = "Exactly one of --sentinel-hosts, --redis-url and --redis-cluster-nodes must be set. Secrets are \
                   better given as variables: a flag's value shows in the process list."
 )]
 pub struct Args {
@@ -75,7 +75,14 @@ pub struct Args {
     #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// Password of the Redis data nodes (master and replicas); never sent to the sentinels
+    /// Comma-separated host:port of Redis Cluster nodes to start from (any few: limitd learns
+    /// the rest of the cluster from them); in place of --sentinel-hosts or --redis-url
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_name = "HOST:PORT,...",
+          value_parser = SentinelHosts::parse)]
+    pub redis_cluster_nodes: Option<SentinelHosts>,
+
+    /// Password of the Redis data nodes (master and replicas, or every cluster node); never sent
+    /// to the sentinels
     #[arg(
         long,
         env = "REDIS_PASSWORD",
@@ -94,8 +101,8 @@ pub struct Args {
     )]
     pub sentinel_password: Option<String>,
 
-    /// Speak TLS to the sentinels and the data nodes (with --sentinel-hosts; a rediss:// URL
-    /// does for --redis-url)
+    /// Speak TLS to the sentinels and the data nodes (with --sentinel-hosts), or to every
+    /// cluster node (with --redis-cluster-nodes); a rediss:// URL does for --redis-url
     #[arg(long, env = "REDIS_TLS", value_name = "BOOL", default_value = "false",
           action = clap::ArgAction::Set,
           value_parser = Trimmed(clap::builder::BoolishValueParser::new()))]
@@ -111,7 +118,8 @@ pub struct Args {
           value_parser = Trimmed(RangedU64ValueParser::<u64>::new().range(1..=MAX_REDIS_TIMEOUT_MS)))]
     pub redis_connect_timeout_ms: u64,
 
-    /// Timeout of one Redis command (the check script, PING)
+    /// Timeout of one Redis command (the check script, PING); with a cluster, of one command
+    /// including the redirects and retries the cluster client makes
     #[arg(long, env = "REDIS_RESPONSE_TIMEOUT_MS", value_name = "MS", default_value = "250",
           value_parser = Trimmed(RangedU64ValueParser::<u64>::new().range(1..=MAX_REDIS_TIMEOUT_MS)))]
     pub redis_response_timeout_ms: u64,
@@ -291,6 +299,7 @@ mod tests {
             ("--redis-master", "REDIS_MASTER", Some("mymaster")),
             ("--redis-master-allowlist", "REDIS_MASTER_ALLOWLIST", None),
             ("--redis-url", "REDIS_URL", None),
+            ("--redis-cluster-nodes", "REDIS_CLUSTER_NODES", None),
             ("--redis-password", "REDIS_PASSWORD", None),
             ("--sentinel-password", "SENTINEL_PASSWORD", None),
             ("--redis-tls", "REDIS_TLS", Some("false")),

@@ -2,7 +2,7 @@
 //! together once at start-up into the types the service runs with.
 //!
 //! clap checks each setting on its own; what is left here is what only limitd knows: exactly one
-//! Redis target, a token before listening beyond loopback, a sentinel password alongside a data
+//! Redis target (Sentinel, one Redis, or a Redis Cluster), a token before listening beyond loopback, a sentinel password alongside a data
 //! password, and the token and URL checks whose errors must not echo the value.
 //! [`Config::from_lookup`] takes the variables as a function, so tests need not touch the
 //! process environment.
@@ -20,8 +20,9 @@ use crate::args::{
 
 /// The validated configuration of one limitd process (see `limitd --help` for each setting).
 ///
-/// Exactly one of `SENTINEL_HOSTS` and `REDIS_URL` must be set. `REDIS_MASTER` applies only
-/// with `SENTINEL_HOSTS`, and so does `SENTINEL_PASSWORD` (ignored with `REDIS_URL`). A password
+/// Exactly one of `SENTINEL_HOSTS`, `REDIS_URL` and `REDIS_CLUSTER_NODES` must be set.
+/// `REDIS_MASTER` applies only with `SENTINEL_HOSTS`, and so does `SENTINEL_PASSWORD` (ignored
+/// with `REDIS_URL`, refused with `REDIS_CLUSTER_NODES`). A password
 /// in `REDIS_URL` wins over `REDIS_PASSWORD`. `REDIS_PASSWORD` is not sent to the sentinels:
 /// unauthenticated sentinels refuse an `AUTH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub struct Config {
 /// How limitd reaches Redis.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// A single Redis, or a master found through Sentinel.
+    /// A single Redis, a master found through Sentinel, or a Redis Cluster.
     pub target: RedisTarget,
     /// Password of the data nodes (`REDIS_PASSWORD`).
     pub password: Option<String>,
@@ -52,7 +53,8 @@ pub struct RedisConfig {
     /// With Sentinel, the only addresses accepted as the master (`REDIS_MASTER_ALLOWLIST`);
     /// `None`: any that a majority of the sentinels names.
     pub master_allowlist: Option<Vec<(String, u16)>>,
-    /// TLS to the sentinels and the data nodes (`REDIS_TLS`, or a `rediss://` `REDIS_URL`).
+    /// TLS to the sentinels and the data nodes, or to every cluster node (`REDIS_TLS`, or a
+    /// `rediss://` `REDIS_URL`).
     pub tls: bool,
     /// The PEM of the CAs to trust for TLS (`REDIS_TLS_CA_FILE`); `None`: the system's roots.
     pub tls_ca: Option<Vec<u8>>,
@@ -93,6 +95,12 @@ pub enum RedisTarget {
         /// The monitored master's name (`REDIS_MASTER`).
         master: String,
     },
+    /// A Redis Cluster, discovered from `nodes` (`REDIS_CLUSTER_NODES`); the cluster client
+    /// follows its topology (redirects, failovers) by itself.
+    Cluster {
+        /// `(host, port)` of each seed node, in the configured order.
+        nodes: Vec<(String, u16)>,
+    },
 }
 
 // Hand-written: a URL may carry a password.
@@ -111,14 +119,23 @@ impl std::fmt::Display for RedisTarget {
             },
             Self::Sentinel { sentinels, master } => {
                 write!(f, "sentinel master '{master}' via ")?;
-                for (i, (host, port)) in sentinels.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { "," };
-                    write!(f, "{sep}{host}:{port}")?;
-                }
-                Ok(())
+                write_hosts(f, sentinels)
+            }
+            Self::Cluster { nodes } => {
+                f.write_str("redis cluster via ")?;
+                write_hosts(f, nodes)
             }
         }
     }
+}
+
+/// `host:port,host:port…`.
+fn write_hosts(f: &mut std::fmt::Formatter<'_>, hosts: &[(String, u16)]) -> std::fmt::Result {
+    for (i, (host, port)) in hosts.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        write!(f, "{sep}{host}:{port}")?;
+    }
+    Ok(())
 }
 
 /// Limits of the HTTP side.
@@ -264,24 +281,40 @@ impl TryFrom<Args> for Config {
         // Passwords are taken as given: spaces may be part of one.
         let password = given(args.redis_password);
         let sentinel_password = given(args.sentinel_password);
-        let target = match (args.sentinel_hosts, given(args.redis_url)) {
-            (Some(_), Some(_)) => {
+        let url = given(args.redis_url);
+        let set: Vec<&str> = [
+            ("sentinel_hosts", args.sentinel_hosts.is_some()),
+            ("redis_url", url.is_some()),
+            ("redis_cluster_nodes", args.redis_cluster_nodes.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(id, set)| set.then_some(id))
+        .collect();
+        if set.len() > 1 {
+            let how_many = if set.len() == 2 { "both" } else { "all three" };
+            return Err(ConfigError::about(
+                &set,
+                format!(
+                    "{how_many} are set; set exactly one (SENTINEL_HOSTS for Sentinel, REDIS_URL \
+                     for a single Redis, REDIS_CLUSTER_NODES for a Redis Cluster)"
+                ),
+            ));
+        }
+        let target = match (args.sentinel_hosts, url, args.redis_cluster_nodes) {
+            (None, None, None) => {
                 return Err(ConfigError::about(
-                    &["sentinel_hosts", "redis_url"],
-                    "both are set; set exactly one (SENTINEL_HOSTS for Sentinel, REDIS_URL for a single Redis)",
+                    &["sentinel_hosts", "redis_url", "redis_cluster_nodes"],
+                    "none is set; set SENTINEL_HOSTS (e.g. 127.0.0.1:26379), REDIS_URL (e.g. \
+                     redis://127.0.0.1:6379) or REDIS_CLUSTER_NODES (e.g. \
+                     10.0.0.1:6379,10.0.0.2:6379)",
                 ))
             }
-            (None, None) => {
-                return Err(ConfigError::about(
-                    &["sentinel_hosts", "redis_url"],
-                    "neither is set; set SENTINEL_HOSTS (e.g. 127.0.0.1:26379) or REDIS_URL (e.g. redis://127.0.0.1:6379)",
-                ))
-            }
-            (Some(hosts), None) => RedisTarget::Sentinel {
+            (_, _, Some(nodes)) => RedisTarget::Cluster { nodes: nodes.0 },
+            (Some(hosts), _, None) => RedisTarget::Sentinel {
                 sentinels: hosts.0,
                 master: args.redis_master,
             },
-            (None, Some(url)) => {
+            (None, Some(url), None) => {
                 let url = url.trim().to_owned();
                 match url.as_str().into_connection_info() {
                     Ok(info) if matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) => {}
@@ -351,7 +384,14 @@ impl TryFrom<Args> for Config {
         if master_allowlist.is_some() && !matches!(target, RedisTarget::Sentinel { .. }) {
             return Err(ConfigError::about(
                 &["redis_master_allowlist"],
-                "applies only with SENTINEL_HOSTS (REDIS_URL names its one Redis itself)",
+                "applies only with SENTINEL_HOSTS (REDIS_URL names its one Redis itself, and a \
+                 cluster's masters are the ones its nodes agree on)",
+            ));
+        }
+        if sentinel_password.is_some() && matches!(target, RedisTarget::Cluster { .. }) {
+            return Err(ConfigError::about(
+                &["sentinel_password"],
+                "applies only with SENTINEL_HOSTS; a cluster's nodes take REDIS_PASSWORD",
             ));
         }
 
@@ -545,12 +585,70 @@ mod tests {
     #[test]
     fn exactly_one_redis_target_is_required() {
         let err = parse(&[]).unwrap_err();
-        assert_eq!(err.var, "SENTINEL_HOSTS/REDIS_URL");
-        assert!(err.reason.contains("neither"), "{err}");
+        assert_eq!(err.var, "SENTINEL_HOSTS/REDIS_URL/REDIS_CLUSTER_NODES");
+        assert!(err.reason.contains("none is set"), "{err}");
         let err = parse(&[("SENTINEL_HOSTS", "a:1"), ("REDIS_URL", "redis://a:1")]).unwrap_err();
         assert!(err.reason.contains("both"), "{err}");
         // Empty counts as unset.
         assert!(parse(&[("SENTINEL_HOSTS", ""), ("REDIS_URL", "redis://a:1")]).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_seed_list_is_a_target_of_its_own() {
+        let config = parse(&[
+            ("REDIS_CLUSTER_NODES", " 10.0.0.1:7000,10.0.0.2:7001, "),
+            ("REDIS_PASSWORD", "s3cret"),
+            ("REDIS_TLS", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.redis.target,
+            RedisTarget::Cluster {
+                nodes: vec![("10.0.0.1".into(), 7000), ("10.0.0.2".into(), 7001)]
+            }
+        );
+        assert_eq!(config.redis.password.as_deref(), Some("s3cret"));
+        assert!(config.redis.tls);
+        assert_eq!(
+            config.redis.target.to_string(),
+            "redis cluster via 10.0.0.1:7000,10.0.0.2:7001"
+        );
+    }
+
+    #[test]
+    fn a_cluster_and_sentinel_at_once_are_refused_naming_both() {
+        let err = parse(&[
+            ("REDIS_CLUSTER_NODES", "10.0.0.1:7000"),
+            ("SENTINEL_HOSTS", "10.0.0.1:26379"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "SENTINEL_HOSTS/REDIS_CLUSTER_NODES", "{err}");
+        assert_eq!(err.flag, "--sentinel-hosts/--redis-cluster-nodes", "{err}");
+        assert!(err.reason.starts_with("both are set"), "{err}");
+        let err = parse(&[
+            ("REDIS_CLUSTER_NODES", "10.0.0.1:7000"),
+            ("REDIS_URL", "redis://10.0.0.1:6379"),
+            ("SENTINEL_HOSTS", "10.0.0.1:26379"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.var, "SENTINEL_HOSTS/REDIS_URL/REDIS_CLUSTER_NODES",
+            "{err}"
+        );
+        assert!(err.reason.starts_with("all three are set"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_settings_are_refused_with_a_cluster() {
+        let nodes = ("REDIS_CLUSTER_NODES", "10.0.0.1:7000");
+        let err = parse(&[nodes, ("REDIS_MASTER_ALLOWLIST", "10.0.0.1:7000")]).unwrap_err();
+        assert_eq!(err.var, "REDIS_MASTER_ALLOWLIST", "{err}");
+        let err = parse(&[nodes, ("SENTINEL_PASSWORD", "guard")]).unwrap_err();
+        assert_eq!(err.var, "SENTINEL_PASSWORD", "{err}");
+        for value in ["localhost", "host:0", ","] {
+            let err = parse(&[("REDIS_CLUSTER_NODES", value)]).unwrap_err();
+            assert_eq!(err.var, "REDIS_CLUSTER_NODES", "{value}: {err}");
+        }
     }
 
     #[test]
@@ -595,7 +693,10 @@ mod tests {
             "{err}"
         );
         let err = parse(&[]).unwrap_err();
-        assert_eq!(err.flag, "--sentinel-hosts/--redis-url", "{err}");
+        assert_eq!(
+            err.flag, "--sentinel-hosts/--redis-url/--redis-cluster-nodes",
+            "{err}"
+        );
     }
 
     #[test]

@@ -169,6 +169,13 @@ impl Connector {
                     tls,
                 })
             }
+            // A cluster has no one master: `crate::cluster` reaches it.
+            RedisTarget::Cluster { .. } => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "a Redis Cluster is not reached through one master",
+                )))
+            }
         };
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))

@@ -89,6 +89,9 @@ impl From<RedisError> for StoreError {
 /// `READONLY` needs its own arm: redis-rs classifies it as "refresh slots and retry" (a Cluster
 /// notion), not as unrecoverable, yet for us it means the master was demoted.
 ///
+/// With a cluster, a redirect still unresolved when the client's retries ran out (`MOVED`,
+/// `ASK`) and a slot whose node cannot be reached mean the topology is changing: retry later.
+///
 /// Authentication errors count too: they say the connection is unusable (a failed handshake,
 /// or `NOAUTH` on a connection that never authenticated), and the client should learn that
 /// Redis is unavailable (`503`), not that limitd is broken.
@@ -108,7 +111,10 @@ pub fn is_transient(err: &RedisError) -> bool {
                     | ServerErrorKind::BusyLoading
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
             ) | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::ClusterConnectionNotFound
         )
 }
 

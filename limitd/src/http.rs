@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::log_limit::LogLimit;
 use crate::metrics::{BadRequest, CheckOutcome, CONTENT_TYPE};
-use crate::store::StoreError;
+use crate::store::{Receipt, StoreError};
 use crate::AppState;
 
 /// The longest reason sent back, in characters. serde's messages quote the offending value,
@@ -136,7 +136,7 @@ enum Outcome {
 #[derive(Debug)]
 struct Ran {
     check: CheckRequest,
-    receipt: Option<String>,
+    receipt: Option<Receipt>,
     outcome: Outcome,
 }
 
@@ -176,11 +176,11 @@ async fn run(state: &AppState, check: CheckRequest, deadline: Option<Instant>) -
         };
     }
     let store = &state.store;
-    let receipt = store.receipt(&check);
+    let receipt = store.receipt();
     let started = Instant::now();
     let result = {
         let _in_flight = metrics.in_flight();
-        let checked = store.check(&check, &receipt);
+        let checked = store.check(&check, receipt);
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), checked).await.ok(),
             None => Some(checked.await),
@@ -201,13 +201,13 @@ async fn run(state: &AppState, check: CheckRequest, deadline: Option<Instant>) -
         Some(Err(err)) => {
             metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed());
             if err.may_have_run() {
-                store.give_back(check.clone(), receipt.clone());
+                store.give_back(check.clone(), receipt);
             }
             Outcome::Failed(err)
         }
         None => {
             metrics.check_finished(CheckOutcome::Error, 0, 0, started.elapsed());
-            store.give_back(check.clone(), receipt.clone());
+            store.give_back(check.clone(), receipt);
             Outcome::TimedOut
         }
     };

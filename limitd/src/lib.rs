@@ -4,7 +4,7 @@
 //! runs each check against counters in Redis with one atomic Lua script, all or nothing, and
 //! answers one [`protocol::CheckResult`] per check. Every hit carries its own limit and window,
 //! so limitd holds no rules: it is stateless apart from its Redis connection, which follows a
-//! Sentinel failover by itself (see [`store`]). The contract is in `docs/protocol.md`.
+//! Sentinel failover by itself (see [`store`]), or a Redis Cluster's topology (see [`cluster`]). The contract is in `docs/protocol.md`.
 //!
 //! The library exposes [`app`] (the router, for in-process tests) and [`serve`] (the server with
 //! a bounded graceful shutdown); `main.rs` only reads [`Config`] (from [`args::Args`]), sets up logging and calls them.
@@ -17,7 +17,8 @@
 //! - `POST /v1/check`, `POST /v1/checks`: the deprecated v1 endpoints, for filters not yet
 //!   upgraded (see [`protocol::v1`]).
 //! - `GET /healthz`: `200 ok` while the process runs.
-//! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use, else `503`.
+//! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use (with a cluster: every
+//!   master), else `503`.
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4 (see [`metrics`]).
 //!
 //! Hostile input: the body is bounded before it is parsed (`413`), `serde_json` bounds nesting
@@ -40,6 +41,7 @@ use axum::Router;
 
 pub mod args;
 mod auth;
+pub mod cluster;
 pub mod config;
 mod connector;
 pub mod convert;
@@ -52,7 +54,7 @@ pub mod script;
 pub mod store;
 
 pub use config::{Config, ConfigError, HttpConfig, RedisConfig, RedisTarget};
-pub use store::{CounterStore, StoreError};
+pub use store::{CounterStore, Receipt, StoreError};
 
 /// What every handler shares: the counter store and the HTTP limits. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,4 +1,6 @@
-//! The counter store: runs checks against Redis and keeps one connection to the current master.
+//! The counter store: runs checks against Redis and keeps one connection to the current master,
+//! or, with a Redis Cluster, hands them to [`crate::cluster`] (the rest of this page is about
+//! one master: a single Redis, or the master Sentinel names).
 //!
 //! # Following a failover
 //!
@@ -53,7 +55,8 @@ use protocol::{CheckRequest, CheckResponse};
 use redis::aio::MultiplexedConnection;
 use redis::RedisError;
 
-use crate::config::RedisConfig;
+use crate::cluster::ClusterStore;
+use crate::config::{RedisConfig, RedisTarget};
 use crate::connector::Connector;
 use crate::keys::{counter_key, receipt_key};
 use crate::log_limit::LogLimit;
@@ -76,13 +79,154 @@ pub const MAX_GIVE_BACKS: i64 = 10_000;
 const REBUILD_BACKOFF_START: Duration = Duration::from_millis(50);
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Runs checks against Redis; cheap to clone (all clones share one connection).
+/// Runs checks against Redis; cheap to clone (all clones share one connection to the master,
+/// or one cluster client).
 #[derive(Clone)]
 pub struct CounterStore {
-    shared: Arc<Shared>,
+    backend: Backend,
+    /// Receipt ids: a random start per process, then one more per check, so that two limitd
+    /// never share one.
+    next_receipt: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    /// One master: a single Redis, or the one Sentinel names.
+    Master(MasterStore),
+    /// A Redis Cluster (see [`crate::cluster`]).
+    Cluster(ClusterStore),
+}
+
+/// A check's receipt: the id from which the receipt key of each of its script runs is made
+/// (see [`receipt_key`]), so that a give-back can find every one of them from the check alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt(pub(crate) u64);
+
+impl Receipt {
+    /// The receipt key of the script run over `hits` (a whole check, or one slot's group of
+    /// it): it shares the first hit's hash tag, so the same slot.
+    pub fn key_for(self, hits: &[protocol::Hit]) -> String {
+        let counter = hits.first().map(counter_key).unwrap_or_default();
+        receipt_key(&counter, self.0)
+    }
 }
 
 impl std::fmt::Debug for CounterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt(f)
+    }
+}
+
+impl CounterStore {
+    /// Prepares the store and tries to connect once. If Redis cannot be reached the store is
+    /// still returned: checks answer [`StoreError::NotConnected`] while a background task keeps
+    /// trying. Fails only on a configuration redis-rs refuses.
+    ///
+    /// Must be called inside a tokio runtime (it spawns the reconnect and watch tasks).
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        Self::connect_with_metrics(config, Arc::default()).await
+    }
+
+    /// [`CounterStore::connect`], counting into `metrics`.
+    pub async fn connect_with_metrics(
+        config: &RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let backend = match &config.target {
+            RedisTarget::Cluster { .. } => {
+                Backend::Cluster(ClusterStore::connect(config, metrics).await?)
+            }
+            RedisTarget::Single { .. } | RedisTarget::Sentinel { .. } => {
+                Backend::Master(MasterStore::connect(config, metrics).await?)
+            }
+        };
+        Ok(Self {
+            backend,
+            next_receipt: Arc::new(AtomicU64::new(
+                RandomState::new().hash_one(std::process::id()),
+            )),
+        })
+    }
+
+    /// A fresh receipt for a check.
+    pub fn receipt(&self) -> Receipt {
+        Receipt(self.next_receipt.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Checks and, if every hit is allowed, consumes the hits of a validated `request`, all or
+    /// nothing, writing `receipt` where it consumes. With one master, or a cluster when every
+    /// hit's key is in one slot: one script run. With a cluster and keys in several slots: one
+    /// run per slot, and the ones that consumed are given back unless all are allowed (see
+    /// [`crate::cluster`]).
+    pub async fn check(
+        &self,
+        request: &CheckRequest,
+        receipt: Receipt,
+    ) -> Result<CheckResponse, StoreError> {
+        match &self.backend {
+            Backend::Master(store) => store.check(request, &receipt.key_for(&request.hits)).await,
+            Backend::Cluster(store) => store.check(request, receipt).await,
+        }
+    }
+
+    /// Makes sure the check of `request` with `receipt` counts nothing, in the background: gives
+    /// back what it consumed, or voids the receipt if it never ran. Retries (waiting out a
+    /// reconnection) for up to [`GIVE_BACK_WITHIN`].
+    ///
+    /// At most [`MAX_GIVE_BACKS`] run at once; past that (a long outage with many checks in
+    /// doubt) one is counted as failed at once and logged.
+    pub fn give_back(&self, request: CheckRequest, receipt: Receipt) {
+        match &self.backend {
+            Backend::Master(store) => {
+                let key = receipt.key_for(&request.hits);
+                store.give_back(request, key);
+            }
+            Backend::Cluster(store) => store.give_back(&request, receipt),
+        }
+    }
+
+    /// Whether a connection to Redis has ever been made (it may be being rebuilt now).
+    pub fn is_connected(&self) -> bool {
+        match &self.backend {
+            Backend::Master(store) => store.is_connected(),
+            Backend::Cluster(store) => store.is_connected(),
+        }
+    }
+
+    /// Sends `PING` on the current connection (bounded by the response timeout); with a
+    /// cluster, to every master, so it succeeds only when the whole key space can be served.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Master(store) => store.ping().await,
+            Backend::Cluster(store) => store.ping().await,
+        }
+    }
+
+    /// The address of the Redis in use, if connected to one master (never with a cluster).
+    pub fn master_addr(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Master(store) => store.master_addr(),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    /// The metrics this store counts into (shared with the HTTP side by [`crate::AppState`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        match &self.backend {
+            Backend::Master(store) => store.metrics(),
+            Backend::Cluster(store) => store.metrics(),
+        }
+    }
+}
+
+/// The store on one master (a single Redis, or the master Sentinel names): one connection,
+/// rebuilt when the master moves.
+#[derive(Clone)]
+struct MasterStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MasterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let link = self.shared.link();
         f.debug_struct("CounterStore")
@@ -101,9 +245,6 @@ struct Shared {
     current: RwLock<Link>,
     /// Set while a rebuild task runs, so concurrent failures start only one.
     rebuilding: AtomicBool,
-    /// Receipt ids: a random start per process, then one more per check, so that two limitd
-    /// never share one.
-    next_receipt: AtomicU64,
 }
 
 /// One connection and the generation that names it.
@@ -114,21 +255,9 @@ struct Link {
     addr: Option<Arc<str>>,
 }
 
-impl CounterStore {
-    /// Prepares the store and tries to connect once. If Redis cannot be reached the store is
-    /// still returned: checks answer [`StoreError::NotConnected`] while a background task keeps
-    /// trying. Fails only on a configuration redis-rs refuses.
-    ///
-    /// Must be called inside a tokio runtime (it spawns the reconnect and watch tasks).
-    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
-        Self::connect_with_metrics(config, Arc::default()).await
-    }
-
-    /// [`CounterStore::connect`], counting into `metrics`.
-    pub async fn connect_with_metrics(
-        config: &RedisConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StoreError> {
+impl MasterStore {
+    /// [`CounterStore::connect`] on one master.
+    async fn connect(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let connector = Connector::new(config).map_err(StoreError::Config)?;
         let follows_failover = connector.follows_failover();
         let shared = Arc::new(Shared {
@@ -141,7 +270,6 @@ impl CounterStore {
                 addr: None,
             }),
             rebuilding: AtomicBool::new(true),
-            next_receipt: AtomicU64::new(RandomState::new().hash_one(std::process::id())),
         });
         match shared.open().await {
             Ok(link) => {
@@ -169,16 +297,9 @@ impl CounterStore {
         Ok(Self { shared })
     }
 
-    /// A fresh receipt key for a check of the validated `request`.
-    pub fn receipt(&self, request: &CheckRequest) -> String {
-        let id = self.shared.next_receipt.fetch_add(1, Ordering::Relaxed);
-        let counter = request.hits.first().map(counter_key).unwrap_or_default();
-        receipt_key(&counter, id)
-    }
-
     /// Checks and, if every hit is allowed, consumes the hits of a validated `request`, all or
     /// nothing, in one script run that also writes `receipt` when it consumes.
-    pub async fn check(
+    async fn check(
         &self,
         request: &CheckRequest,
         receipt: &str,
@@ -197,13 +318,9 @@ impl CounterStore {
         })
     }
 
-    /// Makes sure the check of `request` with `receipt` counts nothing, in the background: gives
-    /// back what it consumed, or voids the receipt if it never ran. Retries on the current
-    /// connection (waiting out a rebuild) for up to [`GIVE_BACK_WITHIN`].
-    ///
-    /// At most [`MAX_GIVE_BACKS`] run at once; past that (a long outage with many checks in
-    /// doubt) one is counted as failed at once and logged.
-    pub fn give_back(&self, request: CheckRequest, receipt: String) {
+    /// [`CounterStore::give_back`] of the check of `request` whose receipt key is `receipt`,
+    /// retrying on the current connection (waiting out a rebuild).
+    fn give_back(&self, request: CheckRequest, receipt: String) {
         let metrics = &self.shared.metrics;
         if metrics.give_backs_in_flight() >= MAX_GIVE_BACKS {
             metrics.give_back_started();
@@ -270,13 +387,11 @@ impl CounterStore {
         GiveBackOutcome::Failed
     }
 
-    /// Whether a connection to Redis has ever been made (it may be being rebuilt now).
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.shared.link().connection.is_some()
     }
 
-    /// Sends `PING` on the current connection (bounded by the response timeout).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         let (generation, mut connection) = self.connection()?;
         redis::cmd("PING")
             .query_async::<()>(&mut connection)
@@ -284,13 +399,11 @@ impl CounterStore {
             .map_err(|err| self.failed(generation, err))
     }
 
-    /// The address of the Redis in use, if connected.
-    pub fn master_addr(&self) -> Option<String> {
+    fn master_addr(&self) -> Option<String> {
         self.shared.link().addr.map(|a| a.to_string())
     }
 
-    /// The metrics this store counts into (shared with the HTTP side by [`crate::AppState`]).
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }
 

@@ -41,6 +41,12 @@ pub fn redis_server() -> PathBuf {
     from_env_or("RATELIMIT_REDIS_SERVER", on_path("redis-server"))
 }
 
+/// `redis-cli`: where `RATELIMIT_REDIS_CLI` says, else the first on `PATH` (it creates the
+/// Redis Cluster of the cluster tests).
+pub fn redis_cli() -> PathBuf {
+    from_env_or("RATELIMIT_REDIS_CLI", on_path("redis-cli"))
+}
+
 /// `redis-sentinel`: where `RATELIMIT_REDIS_SENTINEL` says, else the first on `PATH`.
 pub fn redis_sentinel() -> PathBuf {
     from_env_or("RATELIMIT_REDIS_SENTINEL", on_path("redis-sentinel"))

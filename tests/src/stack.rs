@@ -216,6 +216,9 @@ pub struct StackOptions {
     /// Run limitd without `LIMITD_TOKEN` (by default it gets the rules file's
     /// `limitd_token`, as the filter sends it).
     pub limitd_without_token: bool,
+    /// Keep the counters in a Redis Cluster (3 masters, 3 replicas, on free ports) instead of
+    /// the Sentinel-managed master and replicas; limitd gets `REDIS_CLUSTER_NODES`.
+    pub redis_cluster: bool,
 }
 
 impl Default for StackOptions {
@@ -225,6 +228,7 @@ impl Default for StackOptions {
             envoy: EnvoyOptions::default(),
             keep_dir: false,
             limitd_without_token: false,
+            redis_cluster: false,
         }
     }
 }
@@ -248,6 +252,9 @@ pub struct Stack {
     keep_dir: bool,
     /// The `LIMITD_TOKEN` limitd runs with, if any.
     limitd_token: Option<String>,
+    /// With [`StackOptions::redis_cluster`], the ports of the cluster's nodes (the first three
+    /// are its masters at the start); empty with Sentinel.
+    pub cluster_ports: Vec<u16>,
 }
 
 static STACKS: AtomicUsize = AtomicUsize::new(0);
@@ -276,12 +283,17 @@ impl Stack {
             processes: BTreeMap::new(),
             keep_dir: options.keep_dir,
             limitd_token: None,
+            cluster_ports: Vec::new(),
         };
         if !options.limitd_without_token {
             stack.limitd_token = Some(EnvoyConfig::shipped()?.limitd_token()?);
         }
-        stack.start_redis()?;
-        stack.start_sentinels()?;
+        if options.redis_cluster {
+            stack.start_redis_cluster()?;
+        } else {
+            stack.start_redis()?;
+            stack.start_sentinels()?;
+        }
         for i in 0..2 {
             stack.start_limitd(i)?;
         }
@@ -418,6 +430,115 @@ impl Stack {
         })
     }
 
+    /// Starts six cluster-enabled Redis nodes on free ports, joins them with `redis-cli --cluster
+    /// create` (3 masters, each with a replica), and waits until every node says
+    /// `cluster_state:ok` and every replica is linked to its master.
+    ///
+    /// No `min-replicas-to-write` here, unlike the Sentinel stack: each master has one replica,
+    /// so after a failover the promoted master would refuse every write until the old one is
+    /// back.
+    fn start_redis_cluster(&mut self) -> Result<(), String> {
+        let cli = crate::paths::redis_cli();
+        if !cli.is_file() {
+            return Err(format!(
+                "redis-cli not found ({}): the cluster stack needs it to create the cluster \
+                 (apt-get install redis-tools, or set RATELIMIT_REDIS_CLI)",
+                cli.display()
+            ));
+        }
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        for (i, &port) in ports.iter().enumerate() {
+            let name = format!("redis-cluster-{}", i + 1);
+            let data = self.dir.join(&name);
+            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+            let mut command = Command::new(&self.binaries.redis_server);
+            command.args([
+                "--port",
+                &port.to_string(),
+                // The bus port is chosen too: the default, port + 10000, may be taken.
+                "--cluster-port",
+                &free_port().to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--maxmemory",
+                "256mb",
+                "--maxmemory-policy",
+                "volatile-ttl",
+            ]);
+            command
+                .arg("--cluster-config-file")
+                .arg(data.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&data);
+            self.spawn(&name, command)?;
+        }
+        for (i, &port) in ports.iter().enumerate() {
+            self.await_ready(&format!("redis-cluster-{}", i + 1), || match redis_command(
+                port,
+                &["PING"],
+            ) {
+                Ok(Resp::Simple(pong)) if pong == "PONG" => Ok(()),
+                other => Err(format!("{other:?}")),
+            })?;
+        }
+        let output = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        for (i, &port) in ports.iter().enumerate() {
+            self.await_ready(&format!("redis-cluster-{}", i + 1), || {
+                let info = match redis_command(port, &["CLUSTER", "INFO"]) {
+                    Ok(Resp::Bulk(Some(info))) => info,
+                    other => return Err(format!("{other:?}")),
+                };
+                let replication = match redis_command(port, &["INFO", "replication"]) {
+                    Ok(Resp::Bulk(Some(info))) => info,
+                    other => return Err(format!("{other:?}")),
+                };
+                if info.contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{info}\n{replication}"))
+                }
+            })?;
+        }
+        self.cluster_ports = ports;
+        Ok(())
+    }
+
+    /// A command about one key on the Redis Cluster: sent to each node in turn until one
+    /// answers other than `MOVED` (the master of the key's slot).
+    pub fn cluster_command(&self, args: &[&str]) -> Result<Resp, String> {
+        for &port in &self.cluster_ports {
+            match redis_command(port, args) {
+                Ok(Resp::Error(e)) if e.starts_with("MOVED") => continue,
+                Ok(reply) => return Ok(reply),
+                Err(_) => continue,
+            }
+        }
+        Err(format!("no cluster node answered {args:?}"))
+    }
+
     /// The port of the master as each sentinel reports it (`None` for a
     /// sentinel that does not answer), in sentinel order.
     pub fn master_ports(&self) -> Vec<Option<u16>> {
@@ -480,16 +601,28 @@ impl Stack {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
+        let store: Vec<(String, String)> = if self.cluster_ports.is_empty() {
+            vec![
+                ("SENTINEL_HOSTS".into(), sentinels.join(",")),
+                ("REDIS_MASTER".into(), MASTER_NAME.into()),
+            ]
+        } else {
+            let nodes: Vec<String> = self
+                .cluster_ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            vec![("REDIS_CLUSTER_NODES".into(), nodes.join(","))]
+        };
         vec![
             (
                 "LIMITD_LISTEN".into(),
                 format!("127.0.0.1:{}", self.ports.limitd[index]),
             ),
-            ("SENTINEL_HOSTS".into(), sentinels.join(",")),
-            ("REDIS_MASTER".into(), MASTER_NAME.into()),
             ("RUST_LOG".into(), "info".into()),
         ]
         .into_iter()
+        .chain(store)
         .chain(
             self.limitd_token
                 .iter()
@@ -502,7 +635,11 @@ impl Stack {
     pub fn start_limitd(&mut self, index: usize) -> Result<(), String> {
         let name = format!("limitd-{}", index + 1);
         let mut command = Command::new(&self.binaries.limitd);
-        command.env_remove("REDIS_URL").envs(self.limitd_env(index));
+        command
+            .env_remove("REDIS_URL")
+            .env_remove("SENTINEL_HOSTS")
+            .env_remove("REDIS_CLUSTER_NODES")
+            .envs(self.limitd_env(index));
         self.spawn(&name, command)?;
         let addr = local(self.ports.limitd[index]);
         self.await_ready(&name, || match http_get(addr, "/readyz", None) {

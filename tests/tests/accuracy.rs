@@ -357,3 +357,91 @@ fn leases_never_over_admit_and_fill_the_limit_under_heavy_demand() {
         "gcra admitted {excess} more than burst + rate × (span + lease lifetime)"
     );
 }
+
+/// [`options`] with every request to the limited paths matching a second, global rule too, whose
+/// counter is in another slot of the cluster: `/limited_endpoint` gets a fixed-window rule on a
+/// constant key with the same limit (either may deny), `/api/gcra` a fixed-window global rule far
+/// above its rate (the gcra rule denies).
+fn spanning_options() -> EnvoyOptions {
+    let fixed = format!(r#""limit": {{ "requests": {LIMIT}, "window": "{WINDOW_MS}ms" }}"#);
+    options()
+        .replace(
+            &format!("{fixed}\n"),
+            &format!(
+                "{fixed}\n                }},\n                {{\n                  \
+                 \"name\": \"limited_endpoint_all\",\n                  \
+                 \"match\": {{ \"path\": {{ \"prefix\": \"/limited_endpoint\" }} }},\n                  \
+                 \"key\": [ {{ \"constant\": \"all\" }} ],\n                  \
+                 {fixed}\n"
+            ),
+        )
+        .replace(
+            r#""limit": { "requests": 1000, "window": "1s" },
+                  "shadow": true"#,
+            r#""limit": { "requests": 100000, "window": "1s" }"#,
+        )
+}
+
+#[test]
+fn on_a_redis_cluster_limits_hold_for_requests_whose_rules_span_slots() {
+    Binaries::require();
+    let mut stack = Stack::start(StackOptions {
+        envoy: spanning_options(),
+        redis_cluster: true,
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    stack
+        .start_envoy(free_port(), free_port(), &spanning_options())
+        .unwrap();
+    let slot = |key: &str| stack.cluster_command(&["CLUSTER", "KEYSLOT", key]);
+    let per_client = format!("rl:v2:{{limited_endpoint:127.0.0.1}}:w{WINDOW_MS}");
+    let global = format!("rl:v2:{{limited_endpoint_all:all}}:w{WINDOW_MS}");
+    assert_ne!(
+        format!("{:?}", slot(&per_client)),
+        format!("{:?}", slot(&global)),
+        "the two fixed-window rules' counters are in different slots"
+    );
+    assert_ne!(
+        format!("{:?}", slot("rl:v2:{api_gcra:127.0.0.1}:g1000")),
+        format!("{:?}", slot("rl:v2:{api_global_shadow:all}:w1000")),
+        "the gcra rule's and the global rule's counters are in different slots"
+    );
+
+    // Fixed window: never over the limit in a window, whichever rule denies.
+    let fixed = hammer(&stack, "/limited_endpoint");
+    let worst = check_fixed_windows("fixed_window (2 rules, 2 slots)", &fixed, 0.0);
+    eprintln!(
+        "accuracy: fixed_window (2 rules, 2 slots): {} requests, {} admitted, at most {worst} in one \
+         window (limit {LIMIT}); failed checks: {}",
+        fixed.len(),
+        admitted(&fixed).len(),
+        stack.envoy_stat(0, "wasmcustom.ratelimit.callout_errors")
+            + stack.envoy_stat(1, "wasmcustom.ratelimit.callout_errors"),
+    );
+    assert!(
+        fixed.len() as u64 > 10 * LIMIT,
+        "too little load to show anything: {}",
+        fixed.len()
+    );
+    // GCRA, its requests also charging a global counter in another slot.
+    let gcra = hammer(&stack, "/api/gcra");
+    let ok = admitted(&gcra);
+    assert!(
+        ok.len() as u64 >= BURST + LIMIT,
+        "gcra admitted only {} of {}",
+        ok.len(),
+        gcra.len()
+    );
+    let excess = gcra_excess(&ok, 0);
+    eprintln!(
+        "accuracy: gcra (2 rules, 2 slots): {} requests, {} admitted, worst excess over burst + \
+         rate × span: {excess}",
+        gcra.len(),
+        ok.len()
+    );
+    assert!(
+        excess <= 0,
+        "gcra admitted {excess} more than burst + rate × span"
+    );
+}

@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use e2e::stack::free_port;
-use e2e::{eventually, http_get, EnvoyOptions, HttpConnection, HttpResponse, Stack, StackOptions};
+use e2e::{
+    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Resp, Stack,
+    StackOptions,
+};
 
 const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
 const CLIENT_2: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
@@ -488,4 +491,65 @@ fn each_rule_counts_its_decisions_under_rule_and_outcome_labels() {
     assert!(series
         .iter()
         .all(|l| rules.iter().any(|r| l.contains(&format!("rule=\"{r}\"")))));
+}
+
+#[test]
+fn on_a_redis_cluster_limits_hold_and_a_denied_request_consumes_none_of_its_hits() {
+    Binaries::require();
+    // The api_key rule's window is stretched to 366 days (8784 h), so that no run crosses its
+    // end and its counter holds every request of the test.
+    let stack = Stack::start(StackOptions {
+        redis_cluster: true,
+        envoy: EnvoyOptions::default().replace(
+            r#""limit": { "requests": 20, "window": "1m" }"#,
+            r#""limit": { "requests": 20, "window": "8784h" }"#,
+        ),
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    let envoy = stack.envoy(0);
+    assert_eq!(
+        statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
+        [[200; 10].as_slice(), &[429]].concat()
+    );
+    assert_eq!(get(envoy, "/limited_endpoint", CLIENT_2).status, 200);
+
+    // /api/gcra with an API key matches three rules whose counters are in different slots:
+    // api_gcra (per client, burst 5), api_key (20 a minute per key) and the shadow global one.
+    let gcra_key = "rl:v2:{api_gcra:127.0.0.1}:g1000";
+    let api_key = "rl:v2:{api_key:k-cluster}:w31622400000";
+    let slot = |key: &str| match stack.cluster_command(&["CLUSTER", "KEYSLOT", key]) {
+        Ok(Resp::Integer(slot)) => slot,
+        other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+    };
+    assert_ne!(slot(gcra_key), slot(api_key), "the check spans two slots");
+    let mut admitted = 0;
+    let mut denied = 0;
+    for _ in 0..12 {
+        let response = e2e::http_request(
+            "GET",
+            envoy,
+            "/api/gcra",
+            &[("x-api-key", "k-cluster")],
+            b"",
+            CLIENT_1,
+        )
+        .unwrap_or_else(|e| panic!("GET /api/gcra: {e}"));
+        match response.status {
+            200 => admitted += 1,
+            429 => denied += 1,
+            other => panic!("unexpected {other}: {response:?}"),
+        }
+    }
+    assert!(
+        admitted >= 1 && denied >= 1,
+        "{admitted} admitted, {denied} denied"
+    );
+    // Each request denied by the gcra rule was charged on api_key's slot and given back before
+    // its answer: the key's counter holds exactly the admitted requests.
+    let counted = match stack.cluster_command(&["HGET", api_key, "c"]) {
+        Ok(Resp::Bulk(Some(count))) => count.parse::<u64>().unwrap_or(0),
+        other => panic!("HGET {api_key}: {other:?}"),
+    };
+    assert_eq!(counted, admitted, "{admitted} admitted, {denied} denied");
 }

@@ -66,13 +66,14 @@ fn version_exits_0() {
 }
 
 #[test]
-fn without_a_redis_target_it_exits_2_naming_both_flags() {
+fn without_a_redis_target_it_exits_2_naming_every_target_flag() {
     // A blank variable counts as unset, as it did before the command line existed.
     let output = limitd(&[], &[("SENTINEL_HOSTS", " ")]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let text = stderr(&output);
     assert!(
-        text.contains("--sentinel-hosts/--redis-url") && text.contains("neither is set"),
+        text.contains("--sentinel-hosts/--redis-url/--redis-cluster-nodes")
+            && text.contains("none is set"),
         "{text}"
     );
 }

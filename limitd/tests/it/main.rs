@@ -1,4 +1,5 @@
-//! Integration tests of limitd against real `redis-server` and `redis-sentinel` processes.
+//! Integration tests of limitd against real `redis-server` and `redis-sentinel` processes, and a
+//! real Redis Cluster.
 //!
 //! One test binary (modules below) so the suite links once. Each test starts its own Redis on
 //! a free loopback port, so tests run in parallel without sharing counters.
@@ -7,6 +8,7 @@ mod algorithms;
 mod auth;
 mod batch;
 mod cli;
+mod cluster;
 mod counting;
 mod discovery;
 mod exactness;

@@ -306,3 +306,251 @@ pub async fn check_one(
     assert_eq!(status, StatusCode::OK, "{text}");
     serde_json::from_str(&text).expect("a CheckResponse")
 }
+
+/// `redis-cli`, found as [`redis_server`] is; a test without one fails saying so.
+pub fn redis_cli() -> PathBuf {
+    let path = e2e::paths::redis_cli();
+    assert!(
+        path.is_file(),
+        "redis-cli not found on PATH (nor RATELIMIT_REDIS_CLI set to it): the cluster tests \
+         need it to create a Redis Cluster (apt-get install redis-tools, or redis-server)"
+    );
+    path
+}
+
+/// The password of every node of a [`RedisCluster`] (`requirepass` and `masterauth`).
+pub const CLUSTER_PASSWORD: &str = "cluster-test-password";
+
+/// A Redis Cluster of 3 masters and 3 replicas: `redis-server --cluster-enabled yes` processes
+/// on free loopback ports, each with its own directory and `cluster-config-file`, joined by
+/// `redis-cli --cluster create`, and killed (SIGKILL) on drop with their directories removed.
+/// Every node requires [`CLUSTER_PASSWORD`].
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of a [`RedisCluster`].
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl ClusterNode {
+    fn start() -> Self {
+        let dir = TempDir::new("cluster-node");
+        let port = free_port();
+        // The bus port is chosen too: the default, port + 10000, may be taken or past 65535.
+        let bus_port = free_port();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let child = spawn(
+            &redis_server(),
+            &[
+                "--port",
+                &port.to_string(),
+                "--cluster-port",
+                &bus_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.path().display().to_string(),
+                "--logfile",
+                &path("redis.log"),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &path("nodes.conf"),
+                // Fail over within a couple of seconds of a master's death, whatever the
+                // replica's replication lag.
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-replica-validity-factor",
+                "0",
+                "--requirepass",
+                CLUSTER_PASSWORD,
+                "--masterauth",
+                CLUSTER_PASSWORD,
+            ],
+        );
+        Self {
+            port,
+            child: Some(child),
+            _dir: dir,
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Kills the node now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl RedisCluster {
+    /// Starts six nodes, waits until each answers, creates the cluster (`--cluster-replicas 1`:
+    /// the first three are masters), and waits until every node says `cluster_state:ok` and
+    /// every replica is in sync with its master.
+    pub fn start() -> Self {
+        let mut nodes: Vec<ClusterNode> = (0..6).map(|_| ClusterNode::start()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &mut nodes {
+            while cli(node.port, &["PING"]).trim() != "PONG" {
+                assert!(node.is_running(), "cluster node on {} exited", node.port);
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node on {} not answering PING after 10 s",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned));
+        let output = Command::new(redis_cli())
+            .args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"])
+            .args(&create)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.until_settled(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok`, every slot is served, and every
+    /// replica's link to its master is up.
+    pub fn until_settled(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let settled = self.nodes.iter().filter(|n| n.child.is_some()).all(|node| {
+                let info = cli(node.port, &["CLUSTER", "INFO"]);
+                let replication = cli(node.port, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not settle within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `host:port,…` of every node, for `REDIS_CLUSTER_NODES`.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A running node to ask.
+    pub fn any_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map(|n| n.port)
+            .expect("a running node")
+    }
+
+    /// `CLUSTER KEYSLOT key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let reply = cli(self.any_port(), &["CLUSTER", "KEYSLOT", key]);
+        reply
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key}: {reply}"))
+    }
+
+    /// The port of the master serving `slot`, as `CLUSTER NODES` on a running node says now
+    /// (`None` if no master that is not failed serves it).
+    pub fn master_of(&self, slot: u16) -> Option<u16> {
+        let nodes = cli(self.any_port(), &["CLUSTER", "NODES"]);
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                matches!((low.parse::<u16>(), high.parse::<u16>()),
+                         (Ok(low), Ok(high)) if (low..=high).contains(&slot))
+            });
+            let port = fields
+                .get(1)?
+                .split(['@', ','])
+                .next()?
+                .rsplit(':')
+                .next()?;
+            serves.then(|| port.parse().ok()).flatten()
+        })
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// A command run with `redis-cli -c` (following redirects) on a running node; its output.
+    pub fn command(&self, args: &[&str]) -> String {
+        cli_with(self.any_port(), &["-c"], args)
+    }
+}
+
+/// A command run with `redis-cli` on the node at `port`; its output (empty if unreachable).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(port, &[], args)
+}
+
+fn cli_with(port: u16, options: &[&str], args: &[&str]) -> String {
+    let output = Command::new(redis_cli())
+        .args([
+            "-p",
+            &port.to_string(),
+            "-a",
+            CLUSTER_PASSWORD,
+            "--no-auth-warning",
+        ])
+        .args(options)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -1,0 +1,639 @@
+//! The counter store on a Redis Cluster: checks whose keys live in several slots, and the
+//! cluster client that finds them.
+//!
+//! # The client
+//!
+//! redis-rs' own cluster client (`redis::cluster_async`), not one of ours: it learns the slot map
+//! from the seed nodes (`REDIS_CLUSTER_NODES`), routes each script run to the master of its
+//! slot, follows `MOVED` and `ASK`, and refreshes the slot map on `MOVED`, on `READONLY` and when
+//! a node cannot be reached, so a master the cluster replaced by its replica is left without a
+//! restart. Every command carries the configured connect timeout (per connection) and response
+//! timeout (per command, *including* the redirects and retries the client makes), so during a
+//! failover a check fails within `REDIS_RESPONSE_TIMEOUT_MS` and the filter's failure mode
+//! answers it. Retries wait [`RETRY_WAIT_MIN`] to [`RETRY_WAIT_MAX`] (the crate's default waits
+//! start at 1.28 s, longer than any response timeout worth having).
+//!
+//! The client may resend a command after its connection dropped, so a check may run twice with
+//! one receipt: the second run finds the receipt and answers "voided" although the first run
+//! counted. So a voided answer is given back here (the give-back returns what the first run
+//! counted, or finds the receipt settled): a check reported as an error never stays counted.
+//!
+//! # One slot: one script run
+//!
+//! A check whose hits all hash to one slot (the common single-rule check, and any check whose
+//! keys share a hash tag, see [`crate::keys`]) is one run of the check script, one round trip, as
+//! with a single master: same script, same receipt, same give-back.
+//!
+//! # Several slots: reserve per slot, give back on failure
+//!
+//! One script cannot span slots (`CROSSSLOT`), so the hits are grouped by slot, in the order
+//! they come, and each group is checked by its own run of the same script, all groups at once
+//! (one round trip when every group is allowed). Each run writes its own receipt in its slot
+//! (the receipt id of the check and the group's first key: [`crate::store::Receipt::key_for`]).
+//! The check is allowed if and only if every group is. When any group is denied or fails, every
+//! group that was charged is given back (the script's give-back mode with that group's receipt)
+//! before the answer goes out. The guarantee, exactly:
+//!
+//! - **No over-admission.** Each group's run checks and charges its counters atomically, against
+//!   every unit charged at that moment, including units of other checks that will be given back.
+//!   So no counter ever holds more than its limit allows, and the checks answered allowed never
+//!   consume more than the limit of any key in any window (fixed window, sliding window, GCRA),
+//!   exactly as with one script.
+//! - **All or nothing, once answered.** A check answered allowed consumed every hit. A check
+//!   answered denied (or with an error) consumes none of its hits from the moment its answer is
+//!   sent: its charged groups were given back before. Only if that give-back cannot reach Redis
+//!   (the master of a charged slot died in between) is it retried in the background for up to
+//!   [`crate::store::GIVE_BACK_WITHIN`], as the give-back of a lost answer is, and counted in
+//!   `limitd_give_backs_total` (`failed` if it never succeeds).
+//! - **Bounded under-admission.** Between a group's charge and its give-back (the check's round
+//!   trip plus the give-back's, each bounded by `REDIS_RESPONSE_TIMEOUT_MS`), a concurrent check
+//!   of that key sees the charge: it may be denied for units that are then given back. At most
+//!   the cost (and lease) of each multi-slot check in flight that another slot denies, for at
+//!   most that time. No isolation either: a reader between the runs may see some groups of a
+//!   check charged and others not yet.
+//! - **Time.** Each group runs on its slot's master and takes that master's `TIME`: windows of
+//!   keys on different masters are aligned to different clocks. Each key's own guarantee holds
+//!   on its own clock.
+//!
+//! Shadow hits keep their meaning: a shadow hit counts only when its check is allowed. A group of
+//! shadow hits alone is always allowed by its run (which charges the shadow hits that fit), and
+//! given back with the others when the check is denied. Leases too: each group grants its hits'
+//! leases in its own run; a denied check returns them with the costs and reports no lease.
+//!
+//! A denied check's answer describes the counters as they are after the give-back: a hit whose
+//! group was given back reports its `remaining` with the units returned (its `reset_ms` is the
+//! one seen while charged: for gcra an upper bound).
+
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use protocol::{CheckRequest, CheckResponse, Hit};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, TlsCertificates};
+
+use crate::config::{RedisConfig, RedisTarget};
+use crate::errors::{classify, is_auth_error, StoreError};
+use crate::keys::counter_key;
+use crate::log_limit::LogLimit;
+use crate::metrics::{GiveBackOutcome, Metrics};
+use crate::script::{decode_give_back, decode_reply, CheckScript, GiveBack, Mode, ReplyError};
+use crate::store::{Receipt, GIVE_BACK_WITHIN, MAX_GIVE_BACKS};
+
+/// How many times the cluster client retries a command (redirects included) within its
+/// response timeout.
+pub const RETRIES: u32 = 4;
+/// The shortest wait before a retry (after `TRYAGAIN`, `CLUSTERDOWN`, a node not found).
+pub const RETRY_WAIT_MIN: Duration = Duration::from_millis(10);
+/// The longest wait before a retry.
+pub const RETRY_WAIT_MAX: Duration = Duration::from_millis(100);
+
+const CONNECT_BACKOFF_START: Duration = Duration::from_millis(50);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The hits of `hits` grouped by the cluster slot of their counter key, as indices into `hits`:
+/// groups in the order of their first hit, hits in their order within each group.
+pub fn slot_groups(hits: &[Hit]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, hit) in hits.iter().enumerate() {
+        let slot = Slot::for_key(counter_key(hit));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// The answer to a check of `request` from the answers of its slot groups (`groups` as
+/// [`slot_groups`] made them, `answers` in the same order): allowed if every group is. If not,
+/// the groups that were allowed have been given back, so their hits report the units returned
+/// and no lease.
+pub fn combine(
+    request: &CheckRequest,
+    groups: &[Vec<usize>],
+    answers: Vec<CheckResponse>,
+) -> CheckResponse {
+    let allowed = answers.iter().all(|a| a.allowed);
+    let mut hits = vec![None; request.hits.len()];
+    for (group, answer) in groups.iter().zip(answers) {
+        let given_back = !allowed && answer.allowed;
+        for (&i, mut result) in group.iter().zip(answer.hits) {
+            if given_back {
+                let hit = &request.hits[i];
+                let charged = if result.allowed { hit.cost } else { 0 } + result.leased;
+                result.remaining = result.remaining.saturating_add(charged);
+                result.leased = 0;
+                result.lease_ms = 0;
+            }
+            hits[i] = Some(result);
+        }
+    }
+    CheckResponse {
+        allowed,
+        hits: hits.into_iter().flatten().collect(),
+    }
+}
+
+/// The hits of `request` at `indices`, as a check of their own.
+fn subset(request: &CheckRequest, indices: &[usize]) -> CheckRequest {
+    CheckRequest {
+        hits: indices.iter().map(|&i| request.hits[i].clone()).collect(),
+    }
+}
+
+/// The counter store on a Redis Cluster; cheap to clone.
+#[derive(Clone)]
+pub struct ClusterStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterStore")
+            .field("cluster", &self.shared.seeds)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    client: ClusterClient,
+    /// The seed nodes, for logs.
+    seeds: String,
+    metrics: Arc<Metrics>,
+    script: CheckScript,
+    /// The cluster connection, once made. A std lock: held only to clone the handle (the
+    /// connection itself follows the cluster's topology from then on).
+    connection: RwLock<Option<ClusterConnection>>,
+}
+
+/// The cluster client for `config` (whose target is a cluster), with its timeouts, retries,
+/// password and TLS.
+fn client(config: &RedisConfig, nodes: &[(String, u16)]) -> Result<ClusterClient, RedisError> {
+    let mut seeds = Vec::with_capacity(nodes.len());
+    for (host, port) in nodes {
+        let addr = if config.tls {
+            ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.clone(), *port)
+        };
+        seeds.push(addr.into_connection_info()?);
+    }
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout)
+        .retries(RETRIES)
+        .min_retry_wait(u64::try_from(RETRY_WAIT_MIN.as_millis()).unwrap_or(u64::MAX))
+        .max_retry_wait(u64::try_from(RETRY_WAIT_MAX.as_millis()).unwrap_or(u64::MAX));
+    if let Some(password) = &config.password {
+        builder = builder.password(password);
+    }
+    if let Some(ca) = &config.tls_ca {
+        builder = builder.certs(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        });
+    }
+    builder.build()
+}
+
+impl ClusterStore {
+    /// Prepares the cluster client and tries to connect once; if no seed node answers, the
+    /// store is still returned and a background task keeps trying (checks answer
+    /// [`StoreError::NotConnected`] meanwhile). Fails only on a configuration redis-rs refuses.
+    pub async fn connect(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let RedisTarget::Cluster { nodes } = &config.target else {
+            return Err(StoreError::Config(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a cluster configuration",
+            ))));
+        };
+        let client = client(config, nodes).map_err(StoreError::Config)?;
+        let shared = Arc::new(Shared {
+            client,
+            seeds: config.target.to_string(),
+            metrics,
+            script: CheckScript::default(),
+            connection: RwLock::new(None),
+        });
+        match shared.open().await {
+            Ok(connection) => shared.install(connection),
+            Err(err) => {
+                shared.count_error(&err);
+                shared.log_connect_failure(&err, 0, "at start-up; retrying in the background");
+                tokio::spawn(connect_until_done(Arc::downgrade(&shared)));
+            }
+        }
+        Ok(Self { shared })
+    }
+
+    /// [`crate::CounterStore::check`] on the cluster: one script run if every hit is in one
+    /// slot, else one per slot group, given back unless all are allowed (see the module's
+    /// documentation).
+    pub async fn check(
+        &self,
+        request: &CheckRequest,
+        receipt: Receipt,
+    ) -> Result<CheckResponse, StoreError> {
+        let connection = self.connection()?;
+        let groups = slot_groups(&request.hits);
+        if groups.len() <= 1 {
+            return self.run(connection, request, receipt).await;
+        }
+        let subsets: Vec<CheckRequest> = groups.iter().map(|g| subset(request, g)).collect();
+        let results = join_all(
+            subsets
+                .iter()
+                .map(|group| self.run(connection.clone(), group, receipt)),
+        )
+        .await;
+        if results.iter().all(|r| matches!(r, Ok(a) if a.allowed)) {
+            let answers = results.into_iter().flatten().collect();
+            return Ok(combine(request, &groups, answers));
+        }
+        let charged: Vec<&CheckRequest> = subsets
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| matches!(result, Ok(a) if a.allowed))
+            .map(|(group, _)| group)
+            .collect();
+        self.undo(&connection, &charged, receipt).await;
+        let mut answers = Vec::with_capacity(results.len());
+        let mut failure: Option<StoreError> = None;
+        for result in results {
+            match result {
+                Ok(answer) => answers.push(answer),
+                // The caller gives the whole check back if any group may have run unseen: keep
+                // the error that says so.
+                Err(err) => {
+                    if failure.as_ref().is_none_or(|f| !f.may_have_run()) {
+                        failure = Some(err);
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(combine(request, &groups, answers)),
+        }
+    }
+
+    /// One run of the check script over `group` (a whole check, or one slot's hits of it).
+    async fn run(
+        &self,
+        mut connection: ClusterConnection,
+        group: &CheckRequest,
+        receipt: Receipt,
+    ) -> Result<CheckResponse, StoreError> {
+        let key = receipt.key_for(&group.hits);
+        let reply: Result<Vec<i64>, RedisError> = self
+            .shared
+            .script
+            .invocation(group, &key, Mode::Check)
+            .invoke_async(&mut connection)
+            .await;
+        let reply = reply.map_err(|err| self.shared.failed(err))?;
+        decode_reply(group, &reply).map_err(|err| match err {
+            ReplyError::Voided => {
+                // Possibly our own earlier run of this very check, resent by the client after
+                // its connection dropped: give back whatever that run counted.
+                self.give_back_group(group.clone(), key);
+                StoreError::Voided
+            }
+            ReplyError::Malformed(text) => StoreError::Reply(text),
+        })
+    }
+
+    /// Gives back the charged `groups` of a check now, all at once; any that cannot be given
+    /// back now is given back in the background (as a lost answer is).
+    async fn undo(
+        &self,
+        connection: &ClusterConnection,
+        groups: &[&CheckRequest],
+        receipt: Receipt,
+    ) {
+        let outcomes = join_all(groups.iter().map(|group| async move {
+            let key = receipt.key_for(&group.hits);
+            let reply: Result<Vec<i64>, RedisError> = self
+                .shared
+                .script
+                .invocation(group, &key, Mode::GiveBack)
+                .invoke_async(&mut connection.clone())
+                .await;
+            match reply {
+                Ok(reply) if decode_give_back(&reply).is_ok() => None,
+                Ok(reply) => {
+                    tracing::error!(?reply, "unexpected reply to a give-back");
+                    None
+                }
+                Err(err) => {
+                    self.shared.failed(err);
+                    Some(((*group).clone(), key))
+                }
+            }
+        }))
+        .await;
+        for (group, key) in outcomes.into_iter().flatten() {
+            self.give_back_group(group, key);
+        }
+    }
+
+    /// [`crate::CounterStore::give_back`] on the cluster: every slot group of the check, each
+    /// with its own receipt.
+    pub fn give_back(&self, request: &CheckRequest, receipt: Receipt) {
+        for group in slot_groups(&request.hits) {
+            let group = subset(request, &group);
+            let key = receipt.key_for(&group.hits);
+            self.give_back_group(group, key);
+        }
+    }
+
+    /// Gives back, in the background, the run of the check script over `group` with the
+    /// receipt key `key`; retries for up to [`GIVE_BACK_WITHIN`].
+    fn give_back_group(&self, group: CheckRequest, key: String) {
+        let metrics = &self.shared.metrics;
+        metrics.give_back_started();
+        if metrics.give_backs_in_flight() > MAX_GIVE_BACKS {
+            metrics.give_back(GiveBackOutcome::Failed);
+            static TOO_MANY: LogLimit = LogLimit::new(Duration::from_secs(10));
+            if let Some(more_like_this) = TOO_MANY.admit() {
+                tracing::error!(
+                    more_like_this,
+                    "too many give-backs waiting for redis; a check may stay counted"
+                );
+            }
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let outcome = store.settle(&group, &key).await;
+            store.shared.metrics.give_back(outcome);
+            if outcome == GiveBackOutcome::Failed {
+                static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
+                if let Some(more_like_this) = FAILED.admit() {
+                    tracing::error!(
+                        receipt = key,
+                        more_like_this,
+                        "could not give back a check; it may stay counted"
+                    );
+                }
+            } else {
+                tracing::debug!(receipt = key, ?outcome, "check given back");
+            }
+        });
+    }
+
+    async fn settle(&self, group: &CheckRequest, key: &str) -> GiveBackOutcome {
+        let give_up = tokio::time::Instant::now() + GIVE_BACK_WITHIN;
+        let mut backoff = CONNECT_BACKOFF_START;
+        while tokio::time::Instant::now() < give_up {
+            if let Ok(mut connection) = self.connection() {
+                let reply: Result<Vec<i64>, RedisError> = self
+                    .shared
+                    .script
+                    .invocation(group, key, Mode::GiveBack)
+                    .invoke_async(&mut connection)
+                    .await;
+                match reply {
+                    Ok(reply) => {
+                        return match decode_give_back(&reply) {
+                            Ok(GiveBack::Returned) => GiveBackOutcome::Returned,
+                            Ok(GiveBack::Voided) => GiveBackOutcome::Voided,
+                            Ok(GiveBack::Settled) => GiveBackOutcome::Settled,
+                            Err(text) => {
+                                tracing::error!(error = %text, "unexpected reply to a give-back");
+                                GiveBackOutcome::Failed
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        self.shared.failed(err);
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+        }
+        GiveBackOutcome::Failed
+    }
+
+    /// Whether the cluster connection has been made.
+    pub fn is_connected(&self) -> bool {
+        self.shared
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// `PING` to every master the slot map names: ready only if the whole key space can be
+    /// served. A master that does not answer also makes the client refresh its slot map.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|err| self.shared.failed(err))
+    }
+
+    /// The metrics this store counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    fn connection(&self) -> Result<ClusterConnection, StoreError> {
+        self.shared
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::NotConnected)
+    }
+}
+
+impl Shared {
+    /// Connects to the cluster (learning its slot map) and loads the script on every node. A
+    /// node that cannot take the script now is not fatal: the script is loaded again where
+    /// `NOSCRIPT` says it is missing.
+    async fn open(&self) -> Result<ClusterConnection, RedisError> {
+        let mut connection = self.client.get_async_connection().await?;
+        if let Err(err) = self.script.load().load_async(&mut connection).await {
+            self.count_error(&err);
+            tracing::warn!(error = %err, "could not load the check script on every cluster node");
+        }
+        Ok(connection)
+    }
+
+    fn install(&self, connection: ClusterConnection) {
+        tracing::info!(cluster = %self.seeds, "connected to redis cluster");
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+    }
+
+    /// Counts `err`; the cluster client itself refreshes its slot map and reconnects.
+    fn failed(&self, err: RedisError) -> StoreError {
+        self.count_error(&err);
+        StoreError::from(err)
+    }
+
+    fn count_error(&self, err: &RedisError) {
+        self.metrics.redis_error(classify(err));
+    }
+
+    fn log_connect_failure(&self, err: &RedisError, attempts: u32, when: &str) {
+        if is_auth_error(err) {
+            tracing::error!(error = %err, attempts, hint = "check REDIS_PASSWORD", "redis cluster refused authentication {when}");
+        } else {
+            tracing::warn!(error = %err, attempts, cluster = %self.seeds, "redis cluster unreachable {when}");
+        }
+    }
+}
+
+/// Connects until it succeeds. Holds only a weak reference between attempts, so a dropped
+/// store ends the task.
+async fn connect_until_done(shared: Weak<Shared>) {
+    let mut backoff = CONNECT_BACKOFF_START;
+    let mut attempts = 0u32;
+    loop {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        attempts += 1;
+        match strong.open().await {
+            Ok(connection) => {
+                strong.install(connection);
+                return;
+            }
+            Err(err) => {
+                strong.count_error(&err);
+                if attempts.is_multiple_of(10) {
+                    strong.log_connect_failure(&err, attempts, "connecting; retrying");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Algorithm, HitResult};
+
+    fn hit(key: &str) -> Hit {
+        Hit {
+            key: key.into(),
+            limit: 10,
+            window_ms: 1000,
+            cost: 2,
+            algorithm: Algorithm::FixedWindow,
+            burst: None,
+            shadow: false,
+            lease: 0,
+        }
+    }
+
+    fn result(allowed: bool, remaining: u64, leased: u64) -> HitResult {
+        HitResult {
+            allowed,
+            limit: 10,
+            remaining,
+            reset_ms: 500,
+            retry_after_ms: if allowed { 0 } else { 500 },
+            leased,
+            lease_ms: if leased > 0 { 500 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn hits_are_grouped_by_slot_in_order() {
+        // "a" and "b" hash to different slots (15495 and 3300), "a" twice to one.
+        let a = Slot::for_key(counter_key(&hit("a")));
+        let b = Slot::for_key(counter_key(&hit("b")));
+        assert_ne!(a, b);
+        let mut gcra = hit("a");
+        gcra.algorithm = Algorithm::Gcra;
+        let hits = [hit("a"), hit("b"), gcra, hit("a")];
+        assert_eq!(slot_groups(&hits), vec![vec![0, 2, 3], vec![1]]);
+        assert_eq!(slot_groups(&hits[..1]), vec![vec![0]]);
+        assert!(slot_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_hashed_key_is_grouped_by_its_hash_tag() {
+        let long = "k".repeat(300);
+        let groups = slot_groups(&[hit(&long), hit(&long)]);
+        assert_eq!(groups, vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn all_groups_allowed_is_allowed_in_the_order_of_the_hits() {
+        let request = CheckRequest {
+            hits: vec![hit("a"), hit("b"), hit("a")],
+        };
+        let groups = vec![vec![0, 2], vec![1]];
+        let answers = vec![
+            CheckResponse {
+                allowed: true,
+                hits: vec![result(true, 8, 0), result(true, 6, 0)],
+            },
+            CheckResponse {
+                allowed: true,
+                hits: vec![result(true, 4, 0)],
+            },
+        ];
+        let combined = combine(&request, &groups, answers);
+        assert!(combined.allowed);
+        let remaining: Vec<u64> = combined.hits.iter().map(|h| h.remaining).collect();
+        assert_eq!(remaining, [8, 4, 6]);
+    }
+
+    #[test]
+    fn a_denied_group_denies_and_the_given_back_groups_report_their_units_returned() {
+        let mut shadow = hit("a");
+        shadow.shadow = true;
+        let request = CheckRequest {
+            hits: vec![hit("a"), hit("b"), shadow],
+        };
+        let groups = vec![vec![0, 2], vec![1]];
+        let answers = vec![
+            CheckResponse {
+                allowed: true,
+                // The first hit took a lease of 3 beside its cost of 2; the shadow hit did not fit.
+                hits: vec![result(true, 3, 3), result(false, 3, 0)],
+            },
+            CheckResponse {
+                allowed: false,
+                hits: vec![result(false, 1, 0)],
+            },
+        ];
+        let combined = combine(&request, &groups, answers);
+        assert!(!combined.allowed);
+        assert_eq!(combined.hits[0].remaining, 3 + 2 + 3);
+        assert_eq!((combined.hits[0].leased, combined.hits[0].lease_ms), (0, 0));
+        assert!(
+            combined.hits[0].allowed,
+            "it fitted, as a single script reports it"
+        );
+        assert_eq!(
+            combined.hits[1],
+            result(false, 1, 0),
+            "the denied group as it was"
+        );
+        assert_eq!(
+            combined.hits[2].remaining, 3,
+            "nothing charged, nothing returned"
+        );
+    }
+}
