@@ -470,15 +470,28 @@ impl Stack {
                 other => Err(format!("{other:?}")),
             })?;
         }
-        let output = Command::new(&cli)
+        // Bounded: redis-cli waits for the nodes to join for as long as it takes.
+        let mut child = Command::new(&cli)
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
-        if !output.status.success() {
+        let status = eventually(READY_WITHIN, || match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still waiting for the nodes to join".to_owned()),
+            Err(e) => Err(e.to_string()),
+        });
+        if status.is_err() {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !status.as_ref().is_ok_and(|s| s.success()) {
             return Err(format!(
-                "redis-cli --cluster create failed: {}{}",
+                "redis-cli --cluster create failed ({status:?}): {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             ));
