@@ -533,6 +533,50 @@ impl Stack {
         Err(format!("no cluster node answered {args:?}"))
     }
 
+    /// The process name and port of the cluster master serving `key`'s slot, as the first
+    /// running node that answers `CLUSTER NODES` reports it (a master it marks failed does not
+    /// count).
+    pub fn cluster_master_of(&self, key: &str) -> Result<(String, u16), String> {
+        let slot = match self.cluster_command(&["CLUSTER", "KEYSLOT", key])? {
+            Resp::Integer(slot) => slot,
+            other => return Err(format!("CLUSTER KEYSLOT {key}: {other:?}")),
+        };
+        for &port in &self.cluster_ports {
+            let Ok(Resp::Bulk(Some(nodes))) = redis_command(port, &["CLUSTER", "NODES"]) else {
+                continue;
+            };
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                    continue;
+                };
+                if !flags.contains("master") || flags.contains("fail") {
+                    continue;
+                }
+                let serves = fields.iter().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    matches!((low.parse::<i64>(), high.parse::<i64>()),
+                             (Ok(low), Ok(high)) if (low..=high).contains(&slot))
+                });
+                let node_port = addr
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                if let (true, Some(node_port)) = (serves, node_port) {
+                    let index = self
+                        .cluster_ports
+                        .iter()
+                        .position(|&p| p == node_port)
+                        .ok_or_else(|| format!("{node_port} is not a node of this stack"))?;
+                    return Ok((format!("redis-cluster-{}", index + 1), node_port));
+                }
+            }
+            return Err(format!("no live master serves slot {slot} ({port} says)"));
+        }
+        Err("no cluster node answered CLUSTER NODES".to_owned())
+    }
+
     /// The port of the master as each sentinel reports it (`None` for a
     /// sentinel that does not answer), in sentinel order.
     pub fn master_ports(&self) -> Vec<Option<u16>> {
