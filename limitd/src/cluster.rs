@@ -120,11 +120,28 @@ pub fn combine(
     let mut hits = vec![None; request.hits.len()];
     for (group, answer) in groups.iter().zip(answers) {
         let given_back = !allowed && answer.allowed;
-        for (&i, mut result) in group.iter().zip(answer.hits) {
-            if given_back {
+        // What the group charged to each counter: hits repeating a key share it, and each
+        // reports the counter as all of them left it.
+        let mut returned: Vec<(String, u64)> = Vec::new();
+        if given_back {
+            for (&i, result) in group.iter().zip(&answer.hits) {
                 let hit = &request.hits[i];
                 let charged = if result.allowed { hit.cost } else { 0 } + result.leased;
-                result.remaining = result.remaining.saturating_add(charged);
+                let key = counter_key(hit);
+                match returned.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, units)) => *units = units.saturating_add(charged),
+                    None => returned.push((key, charged)),
+                }
+            }
+        }
+        for (&i, mut result) in group.iter().zip(answer.hits) {
+            if given_back {
+                let key = counter_key(&request.hits[i]);
+                let units = returned
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(0, |(_, units)| *units);
+                result.remaining = result.remaining.saturating_add(units);
                 result.leased = 0;
                 result.lease_ms = 0;
             }
@@ -610,7 +627,8 @@ mod tests {
         let answers = vec![
             CheckResponse {
                 allowed: true,
-                // The first hit took a lease of 3 beside its cost of 2; the shadow hit did not fit.
+                // The first hit took a lease of 3 beside its cost of 2; the shadow hit, on the same
+                // counter, did not fit.
                 hits: vec![result(true, 3, 3), result(false, 3, 0)],
             },
             CheckResponse {
@@ -632,8 +650,32 @@ mod tests {
             "the denied group as it was"
         );
         assert_eq!(
-            combined.hits[2].remaining, 3,
-            "nothing charged, nothing returned"
+            combined.hits[2].remaining,
+            3 + 2 + 3,
+            "the shadow hit shares the first hit's counter, as that hit left it"
         );
+    }
+
+    #[test]
+    fn hits_repeating_a_key_report_everything_their_group_returned() {
+        let request = CheckRequest {
+            hits: vec![hit("a"), hit("a"), hit("b")],
+        };
+        let groups = vec![vec![0, 1], vec![2]];
+        let answers = vec![
+            CheckResponse {
+                allowed: true,
+                // Both hits charged 2 to one counter, which they report as left at 6.
+                hits: vec![result(true, 6, 0), result(true, 6, 0)],
+            },
+            CheckResponse {
+                allowed: false,
+                hits: vec![result(false, 0, 0)],
+            },
+        ];
+        let combined = combine(&request, &groups, answers);
+        assert!(!combined.allowed);
+        assert_eq!(combined.hits[0].remaining, 10);
+        assert_eq!(combined.hits[1].remaining, 10);
     }
 }
