@@ -92,7 +92,8 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let allowed = allowed.load(Ordering::Relaxed);
     println!(
-        "{}: {hits} hit(s)/check, {concurrency} in flight: {:.0} checks/s ({allowed} allowed, {} not, {elapsed:.1} s)",
+        "{}: {hits} hit(s)/check over {keys} key(s) each, {concurrency} in flight: {:.0} checks/s \
+         ({allowed} allowed, {} not, {elapsed:.1} s)",
         config.redis.target,
         allowed as f64 / elapsed,
         failed.load(Ordering::Relaxed),

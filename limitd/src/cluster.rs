@@ -71,7 +71,7 @@ use futures_util::future::join_all;
 use protocol::{CheckRequest, CheckResponse, Hit};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, TlsCertificates};
 
 use crate::config::{RedisConfig, RedisTarget};
@@ -120,11 +120,28 @@ pub fn combine(
     let mut hits = vec![None; request.hits.len()];
     for (group, answer) in groups.iter().zip(answers) {
         let given_back = !allowed && answer.allowed;
-        for (&i, mut result) in group.iter().zip(answer.hits) {
-            if given_back {
+        // What the group charged to each counter: hits repeating a key share it, and each
+        // reports the counter as all of them left it.
+        let mut returned: Vec<(String, u64)> = Vec::new();
+        if given_back {
+            for (&i, result) in group.iter().zip(&answer.hits) {
                 let hit = &request.hits[i];
                 let charged = if result.allowed { hit.cost } else { 0 } + result.leased;
-                result.remaining = result.remaining.saturating_add(charged);
+                let key = counter_key(hit);
+                match returned.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, units)) => *units = units.saturating_add(charged),
+                    None => returned.push((key, charged)),
+                }
+            }
+        }
+        for (&i, mut result) in group.iter().zip(answer.hits) {
+            if given_back {
+                let key = counter_key(&request.hits[i]);
+                let units = returned
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(0, |(_, units)| *units);
+                result.remaining = result.remaining.saturating_add(units);
                 result.leased = 0;
                 result.lease_ms = 0;
             }
@@ -135,6 +152,39 @@ pub fn combine(
         allowed,
         hits: hits.into_iter().flatten().collect(),
     }
+}
+
+/// The distinct `(host, port)` of the master of each slot range in a `CLUSTER SLOTS` reply
+/// (`[[start, end, [host, port, id…], replicas…], …]`); entries of another shape are skipped.
+pub fn masters_of(slots: &redis::Value) -> Vec<(String, u16)> {
+    use redis::Value;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return masters;
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let Some(Value::Array(master)) = fields.get(2) else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+            Some(Value::SimpleString(host)) => host.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
+        }
+    }
+    masters
 }
 
 /// The hits of `request` at `indices`, as a check of their own.
@@ -434,14 +484,36 @@ impl ClusterStore {
             .is_some()
     }
 
-    /// `PING` to every master the slot map names: ready only if the whole key space can be
-    /// served. A master that does not answer also makes the client refresh its slot map.
+    /// Ready only if the whole key space can be served: asks a node for the masters of every
+    /// slot (`CLUSTER SLOTS`), then `PING`s each of them at its own address. (A plain `PING` fans
+    /// out to the masters but falls back to a replica where a master is unreachable, so it
+    /// answers while the slots of a dead master cannot be written.) A master that does not
+    /// answer also makes the client refresh its slot map.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection()?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut connection)
+        let slots = connection
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
             .await
-            .map_err(|err| self.shared.failed(err))
+            .map_err(|err| self.shared.failed(err))?;
+        let masters = masters_of(&slots);
+        if masters.is_empty() {
+            return Err(StoreError::Reply(format!(
+                "CLUSTER SLOTS names no master: {slots:?}"
+            )));
+        }
+        for (host, port) in masters {
+            connection
+                .route_command(
+                    redis::cmd("PING"),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                )
+                .await
+                .map_err(|err| self.shared.failed(err))?;
+        }
+        Ok(())
     }
 
     /// The metrics this store counts into.
@@ -571,6 +643,32 @@ mod tests {
     }
 
     #[test]
+    fn the_masters_of_cluster_slots_are_listed_once_each() {
+        use redis::Value;
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start: i64, end: i64, master: Value, replica: Value| {
+            Value::Array(vec![Value::Int(start), Value::Int(end), master, replica])
+        };
+        let slots = Value::Array(vec![
+            range(0, 5460, node("10.0.0.1", 7000), node("10.0.0.4", 7003)),
+            range(5461, 10922, node("10.0.0.2", 7001), node("10.0.0.5", 7004)),
+            range(10923, 16000, node("10.0.0.1", 7000), node("10.0.0.4", 7003)),
+            Value::Int(3),
+        ]);
+        assert_eq!(
+            masters_of(&slots),
+            vec![("10.0.0.1".to_owned(), 7000), ("10.0.0.2".to_owned(), 7001)]
+        );
+        assert!(masters_of(&Value::Nil).is_empty());
+    }
+
+    #[test]
     fn a_hashed_key_is_grouped_by_its_hash_tag() {
         let long = "k".repeat(300);
         let groups = slot_groups(&[hit(&long), hit(&long)]);
@@ -610,7 +708,8 @@ mod tests {
         let answers = vec![
             CheckResponse {
                 allowed: true,
-                // The first hit took a lease of 3 beside its cost of 2; the shadow hit did not fit.
+                // The first hit took a lease of 3 beside its cost of 2; the shadow hit, on the same
+                // counter, did not fit.
                 hits: vec![result(true, 3, 3), result(false, 3, 0)],
             },
             CheckResponse {
@@ -632,8 +731,32 @@ mod tests {
             "the denied group as it was"
         );
         assert_eq!(
-            combined.hits[2].remaining, 3,
-            "nothing charged, nothing returned"
+            combined.hits[2].remaining,
+            3 + 2 + 3,
+            "the shadow hit shares the first hit's counter, as that hit left it"
         );
+    }
+
+    #[test]
+    fn hits_repeating_a_key_report_everything_their_group_returned() {
+        let request = CheckRequest {
+            hits: vec![hit("a"), hit("a"), hit("b")],
+        };
+        let groups = vec![vec![0, 1], vec![2]];
+        let answers = vec![
+            CheckResponse {
+                allowed: true,
+                // Both hits charged 2 to one counter, which they report as left at 6.
+                hits: vec![result(true, 6, 0), result(true, 6, 0)],
+            },
+            CheckResponse {
+                allowed: false,
+                hits: vec![result(false, 0, 0)],
+            },
+        ];
+        let combined = combine(&request, &groups, answers);
+        assert!(!combined.allowed);
+        assert_eq!(combined.hits[0].remaining, 10);
+        assert_eq!(combined.hits[1].remaining, 10);
     }
 }

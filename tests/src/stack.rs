@@ -489,15 +489,28 @@ impl Stack {
                 other => Err(format!("{other:?}")),
             })?;
         }
-        let output = Command::new(&cli)
+        // Bounded: redis-cli waits for the nodes to join for as long as it takes.
+        let mut child = Command::new(&cli)
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
-        if !output.status.success() {
+        let status = eventually(READY_WITHIN, || match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still waiting for the nodes to join".to_owned()),
+            Err(e) => Err(e.to_string()),
+        });
+        if status.is_err() {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !status.as_ref().is_ok_and(|s| s.success()) {
             return Err(format!(
-                "redis-cli --cluster create failed: {}{}",
+                "redis-cli --cluster create failed ({status:?}): {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             ));
@@ -537,6 +550,50 @@ impl Stack {
             }
         }
         Err(format!("no cluster node answered {args:?}"))
+    }
+
+    /// The process name and port of the cluster master serving `key`'s slot, as the first
+    /// running node that answers `CLUSTER NODES` reports it (a master it marks failed does not
+    /// count).
+    pub fn cluster_master_of(&self, key: &str) -> Result<(String, u16), String> {
+        let slot = match self.cluster_command(&["CLUSTER", "KEYSLOT", key])? {
+            Resp::Integer(slot) => slot,
+            other => return Err(format!("CLUSTER KEYSLOT {key}: {other:?}")),
+        };
+        for &port in &self.cluster_ports {
+            let Ok(Resp::Bulk(Some(nodes))) = redis_command(port, &["CLUSTER", "NODES"]) else {
+                continue;
+            };
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                    continue;
+                };
+                if !flags.contains("master") || flags.contains("fail") {
+                    continue;
+                }
+                let serves = fields.iter().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    matches!((low.parse::<i64>(), high.parse::<i64>()),
+                             (Ok(low), Ok(high)) if (low..=high).contains(&slot))
+                });
+                let node_port = addr
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                if let (true, Some(node_port)) = (serves, node_port) {
+                    let index = self
+                        .cluster_ports
+                        .iter()
+                        .position(|&p| p == node_port)
+                        .ok_or_else(|| format!("{node_port} is not a node of this stack"))?;
+                    return Ok((format!("redis-cluster-{}", index + 1), node_port));
+                }
+            }
+            return Err(format!("no live master serves slot {slot} ({port} says)"));
+        }
+        Err("no cluster node answered CLUSTER NODES".to_owned())
     }
 
     /// The port of the master as each sentinel reports it (`None` for a

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use e2e::load::{percentile, seconds_between};
 use e2e::{
-    eventually, http_get, redis_command, EnvoyOptions, Load, LoadOptions, LoadReport, Resp, Stack,
+    eventually, http_get, redis_command, Binaries, EnvoyOptions, Load, LoadOptions, LoadReport,
+    Resp, Stack, StackOptions,
 };
 
 /// The load's total rate and connections.
@@ -201,6 +202,71 @@ fn redis_master_killed_under_load_sentinel_promotes_and_limitd_follows() {
         seconds_between(restarted_at, Instant::now())
     );
     assert_eq!(stack.master_port(), Ok(new_master));
+}
+
+#[test]
+fn a_cluster_master_killed_under_load_its_replica_takes_over_and_limitd_follows() {
+    let _serial = serial();
+    Binaries::require();
+    let mut stack = Stack::start(StackOptions {
+        redis_cluster: true,
+        envoy: EnvoyOptions::default().replace(
+            r#""rules": ["#,
+            &format!(r#""rules": [ {}"#, rule("load", "")),
+        ),
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    // The load's counter (per client address, 1 s windows); its checks also carry the shadow
+    // global rule's hit, on another slot.
+    let key = "rl:v2:{load:127.0.0.1}:w1000";
+    let (victim, old_master) = stack.cluster_master_of(key).unwrap();
+    let load = load(&stack, &["/api/load"], CONNECTIONS);
+    load.wait_for_global(300, RECOVERY_BOUND).unwrap();
+
+    let killed_at = Instant::now();
+    stack.kill(&victim);
+    let new_master = e2e::poll_every(RECOVERY_BOUND, Duration::from_millis(10), || {
+        match stack.cluster_master_of(key) {
+            Ok((_, port)) if port != old_master => Ok(port),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    let promoted_at = Instant::now();
+    // limitd follows by itself: the load's requests are decided by limitd again.
+    load.wait_for_global(300, RECOVERY_BOUND).unwrap();
+    let report = load.stop();
+
+    assert_no_failures(&report);
+    let fell_back = report.sent_from(killed_at).filter(|s| !s.global).count();
+    let resumed = report
+        .sent_from(killed_at)
+        .skip_while(|s| s.global)
+        .find(|s| s.global)
+        .map(|s| seconds_between(killed_at, s.answered()));
+    eprintln!(
+        "faults: cluster master SIGKILL under {RATE_PER_S} req/s: {old_master} replaced by \
+         {new_master} {:.2}s after the kill; first global decision after the gap {resumed:?}s \
+         after the kill; {fell_back} requests fell back to failure mode allow, 0 failed ({})",
+        seconds_between(killed_at, promoted_at),
+        report.statuses()
+    );
+    assert_eq!(
+        stat(&stack, "failure_mode_allowed"),
+        report.local().count() as u64
+    );
+
+    // A limit is enforced again: a fresh client gets exactly its 10.
+    let client = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21)));
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| {
+            http_get(stack.envoy(0), "/limited_endpoint", client)
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [[200; 10].as_slice(), &[429, 429]].concat());
 }
 
 /// Runs the load on `/api/load`, applies `fault` to limitd-1, waits until

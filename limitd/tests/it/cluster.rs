@@ -77,6 +77,14 @@ async fn allowed(app: &Router, body: &str) -> Option<bool> {
     Some(response.allowed)
 }
 
+/// `GET /readyz`'s status.
+async fn readyz(app: &Router) -> StatusCode {
+    let request = axum::http::Request::get("/readyz")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    send(app, request).await.0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_slot_checks_are_exact_on_a_cluster() {
     let cluster = RedisCluster::start();
@@ -267,6 +275,8 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
 
     cluster.node(old_master).kill();
     let killed = Instant::now();
+    // A master that does not answer: the cluster cannot serve all its slots, and /readyz says so.
+    assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
     let mut failed = 0u64;
     let mut slowest_failure = Duration::ZERO;
     let recovered_after = loop {
@@ -341,10 +351,7 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
 
     // /readyz: every master answers again.
     eventually(Duration::from_secs(10), "/readyz to answer 200", || async {
-        let request = axum::http::Request::get("/readyz")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        (send(&app, request).await.0 == StatusCode::OK).then_some(())
+        (readyz(&app).await == StatusCode::OK).then_some(())
     })
     .await;
 }

@@ -337,7 +337,8 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    fn start() -> Self {
+    /// A node with the cluster's options and `extra` ones.
+    fn start(extra: &[String]) -> Self {
         let dir = TempDir::new("cluster-node");
         let port = free_port();
         // The bus port is chosen too: the default, port + 10000, may be taken or past 65535.
@@ -374,7 +375,10 @@ impl ClusterNode {
                 CLUSTER_PASSWORD,
                 "--masterauth",
                 CLUSTER_PASSWORD,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
         );
         Self {
             port,
@@ -410,7 +414,13 @@ impl RedisCluster {
     /// the first three are masters), and waits until every node says `cluster_state:ok` and
     /// every replica is in sync with its master.
     pub fn start() -> Self {
-        let mut nodes: Vec<ClusterNode> = (0..6).map(|_| ClusterNode::start()).collect();
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// [`RedisCluster::start`] with more `redis-server` arguments for node `i` (0 to 5) from
+    /// `extra(i)`; the harness keeps using each node's plain port.
+    pub fn start_with(mut extra: impl FnMut(usize) -> Vec<String>) -> Self {
+        let mut nodes: Vec<ClusterNode> = (0..6).map(|i| ClusterNode::start(&extra(i))).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         for node in &mut nodes {
             while cli(node.port, &["PING"]).trim() != "PONG" {
@@ -426,15 +436,31 @@ impl RedisCluster {
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned));
-        let output = Command::new(redis_cli())
+        // Bounded: redis-cli waits for the nodes to join for as long as it takes, and nodes
+        // that cannot reach each other's bus never do.
+        let mut child = Command::new(redis_cli())
             .args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"])
             .args(&create)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run redis-cli --cluster create");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("redis-cli status") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = child.wait_with_output().expect("redis-cli output");
         assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create failed or took over 30 s ({status:?}): {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );

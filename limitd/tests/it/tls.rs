@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use limitd::AppState;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::support::{
-    config, eventually, free_port, post_check, until_checks_work, RedisProcess, TempDir,
+    config, eventually, free_port, post_check, until_checks_work, RedisCluster, RedisProcess,
+    TempDir, CLUSTER_PASSWORD,
 };
 
 const BODY: &str = r#"{"hits":[{"key":"tls:k","limit":3,"window_ms":60000}]}"#;
@@ -25,12 +26,19 @@ impl Certificates {
         let dir = TempDir::new("tls");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (a cluster node checking another's certificate) takes a
+        // certificate whose subject is its issuer's for a self-signed one and refuses it.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "limitd test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let mut server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let server = server_params.signed_by(&key, &ca).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
@@ -128,6 +136,56 @@ async fn sentinels_and_the_master_over_tls() {
     assert_eq!(
         state.store().master_addr(),
         Some(format!("127.0.0.1:{master_tls}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_its_ca_and_nothing_sent_without_it() {
+    let certs = Certificates::new();
+    // Each node also has a TLS port, which its cluster bus and replication use too, and which it
+    // announces to TLS clients.
+    let mut tls_ports = Vec::new();
+    let _cluster = RedisCluster::start_with(|_| {
+        let port = free_port();
+        tls_ports.push(port);
+        let mut args = certs.server_args(&port.to_string());
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));
+        args
+    });
+    let seeds = tls_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Two keys (almost surely in two slots): the per-slot path over TLS too.
+    let body = r#"{"hits":[{"key":"tls:a","limit":3,"window_ms":60000},
+                            {"key":"tls:b","limit":3,"window_ms":60000}]}"#;
+
+    let state = AppState::connect(&config(&[
+        ("REDIS_CLUSTER_NODES", seeds.clone()),
+        ("REDIS_PASSWORD", CLUSTER_PASSWORD.to_owned()),
+        ("REDIS_TLS", "true".into()),
+        ("REDIS_TLS_CA_FILE", certs.file("ca.pem")),
+    ]))
+    .await
+    .unwrap();
+    let app = limitd::app(state);
+    // The TLS ports speak nothing else: a check that works went over TLS.
+    until_checks_work(&app, body, Duration::from_secs(15), "a check over TLS").await;
+
+    // Without the CA the nodes' certificates cannot be verified: limitd sends nothing.
+    let state = AppState::connect(&config(&[
+        ("REDIS_CLUSTER_NODES", seeds),
+        ("REDIS_PASSWORD", CLUSTER_PASSWORD.to_owned()),
+        ("REDIS_TLS", "true".into()),
+    ]))
+    .await
+    .unwrap();
+    assert!(!state.store().is_connected());
+    let app = limitd::app(state);
+    assert_eq!(
+        post_check(&app, body).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
     );
 }
 
