@@ -385,12 +385,13 @@ pub fn answer_fits(body_size: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use protocol::{Algorithm, BatchRequest, HitResult};
 
     use super::*;
 
-    fn check(key: &str) -> Check {
+    /// A check of one fixed-window hit on `key` (limit 10 per second), of rule 0.
+    pub(crate) fn check(key: &str) -> Check {
         Check {
             hits: vec![Hit {
                 key: key.into(),

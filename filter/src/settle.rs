@@ -161,23 +161,10 @@ pub fn sort_failed(batch: Vec<Entry>, live: &Live) -> (Vec<Entry>, Vec<Entry>) {
 
 #[cfg(test)]
 mod tests {
-    use protocol::{Algorithm, Hit, HitResult};
+    use protocol::HitResult;
 
     use super::*;
     use crate::verdict::Outcome;
-
-    fn hit(key: &str, shadow: bool) -> Hit {
-        Hit {
-            key: key.into(),
-            limit: 10,
-            window_ms: 1000,
-            cost: 1,
-            algorithm: Algorithm::FixedWindow,
-            burst: None,
-            shadow,
-            lease: 0,
-        }
-    }
 
     fn result(allowed: bool) -> HitResult {
         HitResult {
@@ -193,8 +180,13 @@ mod tests {
 
     /// A check of rules 0 (enforced), 1 (shadow) and 2 (enforced).
     fn check() -> Check {
+        let mut hits: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .flat_map(|key| crate::batch::tests::check(key).hits)
+            .collect();
+        hits[1].shadow = true;
         Check {
-            hits: vec![hit("a", false), hit("b", true), hit("c", false)],
+            hits,
             rules: vec![0, 1, 2],
         }
     }

@@ -77,10 +77,9 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, TlsCertificates};
 use crate::config::{RedisConfig, RedisTarget};
 use crate::errors::{classify, is_auth_error, StoreError};
 use crate::keys::counter_key;
-use crate::log_limit::LogLimit;
 use crate::metrics::{GiveBackOutcome, Metrics};
-use crate::script::{decode_give_back, decode_reply, CheckScript, GiveBack, Mode, ReplyError};
-use crate::store::{Receipt, GIVE_BACK_WITHIN, MAX_GIVE_BACKS};
+use crate::script::{decode_give_back, decode_reply, CheckScript, Mode, ReplyError};
+use crate::store::{give_back_outcome, retry_give_back, spawn_give_back, Receipt};
 
 /// How many times the cluster client retries a command (redirects included) within its
 /// response timeout.
@@ -407,72 +406,33 @@ impl ClusterStore {
     }
 
     /// Gives back, in the background, the run of the check script over `group` with the
-    /// receipt key `key`; retries for up to [`GIVE_BACK_WITHIN`].
+    /// receipt key `key`; retries for up to [`crate::store::GIVE_BACK_WITHIN`].
     fn give_back_group(&self, group: CheckRequest, key: String) {
-        let metrics = &self.shared.metrics;
-        metrics.give_back_started();
-        if metrics.give_backs_in_flight() > MAX_GIVE_BACKS {
-            metrics.give_back(GiveBackOutcome::Failed);
-            static TOO_MANY: LogLimit = LogLimit::new(Duration::from_secs(10));
-            if let Some(more_like_this) = TOO_MANY.admit() {
-                tracing::error!(
-                    more_like_this,
-                    "too many give-backs waiting for redis; a check may stay counted"
-                );
-            }
-            return;
-        }
         let store = self.clone();
-        tokio::spawn(async move {
-            let outcome = store.settle(&group, &key).await;
-            store.shared.metrics.give_back(outcome);
-            if outcome == GiveBackOutcome::Failed {
-                static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
-                if let Some(more_like_this) = FAILED.admit() {
-                    tracing::error!(
-                        receipt = key,
-                        more_like_this,
-                        "could not give back a check; it may stay counted"
-                    );
-                }
-            } else {
-                tracing::debug!(receipt = key, ?outcome, "check given back");
-            }
+        let receipt = key.clone();
+        spawn_give_back(&self.shared.metrics, key, async move {
+            store.settle(&group, &receipt).await
         });
     }
 
     async fn settle(&self, group: &CheckRequest, key: &str) -> GiveBackOutcome {
-        let give_up = tokio::time::Instant::now() + GIVE_BACK_WITHIN;
-        let mut backoff = CONNECT_BACKOFF_START;
-        while tokio::time::Instant::now() < give_up {
-            if let Ok(mut connection) = self.connection() {
-                let reply: Result<Vec<i64>, RedisError> = self
-                    .shared
-                    .script
-                    .invocation(group, key, Mode::GiveBack)
-                    .invoke_async(&mut connection)
-                    .await;
-                match reply {
-                    Ok(reply) => {
-                        return match decode_give_back(&reply) {
-                            Ok(GiveBack::Returned) => GiveBackOutcome::Returned,
-                            Ok(GiveBack::Voided) => GiveBackOutcome::Voided,
-                            Ok(GiveBack::Settled) => GiveBackOutcome::Settled,
-                            Err(text) => {
-                                tracing::error!(error = %text, "unexpected reply to a give-back");
-                                GiveBackOutcome::Failed
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        self.shared.failed(err);
-                    }
+        retry_give_back(|| async {
+            let mut connection = self.connection().ok()?;
+            let reply: Result<Vec<i64>, RedisError> = self
+                .shared
+                .script
+                .invocation(group, key, Mode::GiveBack)
+                .invoke_async(&mut connection)
+                .await;
+            match reply {
+                Ok(reply) => Some(give_back_outcome(&reply)),
+                Err(err) => {
+                    self.shared.failed(err);
+                    None
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
-        }
-        GiveBackOutcome::Failed
+        })
+        .await
     }
 
     /// Whether the cluster connection has been made.

@@ -4,7 +4,8 @@
 //! runs each check against counters in Redis with one atomic Lua script, all or nothing, and
 //! answers one [`protocol::CheckResult`] per check. Every hit carries its own limit and window,
 //! so limitd holds no rules: it is stateless apart from its Redis connection, which follows a
-//! Sentinel failover by itself (see [`store`]), or a Redis Cluster's topology (see [`cluster`]). The contract is in `docs/protocol.md`.
+//! Sentinel failover by itself (see [`store`]), or a Redis Cluster's topology (see [`cluster`]).
+//! The contract is in `docs/protocol.md`.
 //!
 //! The library exposes [`app`] (the router, for in-process tests) and [`serve`] (the server with
 //! a bounded graceful shutdown); `main.rs` only reads [`Config`] (from [`args::Args`]), sets up logging and calls them.

@@ -79,6 +79,78 @@ pub const MAX_GIVE_BACKS: i64 = 10_000;
 const REBUILD_BACKOFF_START: Duration = Duration::from_millis(50);
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Runs a give-back in the background: `settle` gives back (or voids) the check whose receipt
+/// key is `receipt`. Counted in `limitd_give_backs_total` by outcome; a failed one is logged. At
+/// most [`MAX_GIVE_BACKS`] run at once; past that (a long outage with many checks in doubt) one
+/// is counted as failed at once and logged. Both stores give back through here.
+pub(crate) fn spawn_give_back(
+    metrics: &Arc<Metrics>,
+    receipt: String,
+    settle: impl std::future::Future<Output = GiveBackOutcome> + Send + 'static,
+) {
+    metrics.give_back_started();
+    if metrics.give_backs_in_flight() > MAX_GIVE_BACKS {
+        metrics.give_back(GiveBackOutcome::Failed);
+        static TOO_MANY: LogLimit = LogLimit::new(Duration::from_secs(10));
+        if let Some(more_like_this) = TOO_MANY.admit() {
+            tracing::error!(
+                more_like_this,
+                "too many give-backs waiting for redis; a check may stay counted"
+            );
+        }
+        return;
+    }
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        let outcome = settle.await;
+        metrics.give_back(outcome);
+        if outcome == GiveBackOutcome::Failed {
+            static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
+            if let Some(more_like_this) = FAILED.admit() {
+                tracing::error!(
+                    receipt,
+                    more_like_this,
+                    "could not give back a check whose answer was lost; it may stay counted"
+                );
+            }
+        } else {
+            tracing::debug!(receipt, ?outcome, "check given back");
+        }
+    });
+}
+
+/// Tries `attempt` (one run of the script's give-back mode; `None`: no answer, try again) with
+/// backoff for up to [`GIVE_BACK_WITHIN`].
+pub(crate) async fn retry_give_back<F, Fut>(mut attempt: F) -> GiveBackOutcome
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<GiveBackOutcome>>,
+{
+    let give_up = tokio::time::Instant::now() + GIVE_BACK_WITHIN;
+    let mut backoff = REBUILD_BACKOFF_START;
+    while tokio::time::Instant::now() < give_up {
+        if let Some(outcome) = attempt().await {
+            return outcome;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(REBUILD_BACKOFF_MAX);
+    }
+    GiveBackOutcome::Failed
+}
+
+/// What the script's give-back mode answered.
+pub(crate) fn give_back_outcome(reply: &[i64]) -> GiveBackOutcome {
+    match decode_give_back(reply) {
+        Ok(GiveBack::Returned) => GiveBackOutcome::Returned,
+        Ok(GiveBack::Voided) => GiveBackOutcome::Voided,
+        Ok(GiveBack::Settled) => GiveBackOutcome::Settled,
+        Err(text) => {
+            tracing::error!(error = %text, "unexpected reply to a give-back");
+            GiveBackOutcome::Failed
+        }
+    }
+}
+
 /// Runs checks against Redis; cheap to clone (all clones share one connection to the master,
 /// or one cluster client).
 #[derive(Clone)]
@@ -321,70 +393,31 @@ impl MasterStore {
     /// [`CounterStore::give_back`] of the check of `request` whose receipt key is `receipt`,
     /// retrying on the current connection (waiting out a rebuild).
     fn give_back(&self, request: CheckRequest, receipt: String) {
-        let metrics = &self.shared.metrics;
-        if metrics.give_backs_in_flight() >= MAX_GIVE_BACKS {
-            metrics.give_back_started();
-            metrics.give_back(GiveBackOutcome::Failed);
-            static TOO_MANY: LogLimit = LogLimit::new(Duration::from_secs(10));
-            if let Some(more_like_this) = TOO_MANY.admit() {
-                tracing::error!(
-                    more_like_this,
-                    "too many give-backs waiting for redis; a check may stay counted"
-                );
-            }
-            return;
-        }
         let store = self.clone();
-        store.shared.metrics.give_back_started();
-        tokio::spawn(async move {
-            let outcome = store.settle(&request, &receipt).await;
-            store.shared.metrics.give_back(outcome);
-            match outcome {
-                GiveBackOutcome::Failed => {
-                    static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
-                    if let Some(more_like_this) = FAILED.admit() {
-                        tracing::error!(
-                            receipt,
-                            more_like_this,
-                            "could not give back a check whose answer was lost; it may stay counted"
-                        );
-                    }
-                }
-                outcome => tracing::debug!(receipt, ?outcome, "check given back"),
-            }
+        let key = receipt.clone();
+        spawn_give_back(&self.shared.metrics, receipt, async move {
+            store.settle(&request, &key).await
         });
     }
 
     async fn settle(&self, request: &CheckRequest, receipt: &str) -> GiveBackOutcome {
-        let give_up = tokio::time::Instant::now() + GIVE_BACK_WITHIN;
-        let mut backoff = REBUILD_BACKOFF_START;
-        while tokio::time::Instant::now() < give_up {
-            if let Ok((generation, mut connection)) = self.connection() {
-                let reply: Result<Vec<i64>, RedisError> = self
-                    .shared
-                    .script
-                    .invocation(request, receipt, Mode::GiveBack)
-                    .invoke_async(&mut connection)
-                    .await;
-                match reply {
-                    Ok(reply) => match decode_give_back(&reply) {
-                        Ok(GiveBack::Returned) => return GiveBackOutcome::Returned,
-                        Ok(GiveBack::Voided) => return GiveBackOutcome::Voided,
-                        Ok(GiveBack::Settled) => return GiveBackOutcome::Settled,
-                        Err(text) => {
-                            tracing::error!(error = %text, "unexpected reply to a give-back");
-                            return GiveBackOutcome::Failed;
-                        }
-                    },
-                    Err(err) => {
-                        self.failed(generation, err);
-                    }
+        retry_give_back(|| async {
+            let (generation, mut connection) = self.connection().ok()?;
+            let reply: Result<Vec<i64>, RedisError> = self
+                .shared
+                .script
+                .invocation(request, receipt, Mode::GiveBack)
+                .invoke_async(&mut connection)
+                .await;
+            match reply {
+                Ok(reply) => Some(give_back_outcome(&reply)),
+                Err(err) => {
+                    self.failed(generation, err);
+                    None
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(REBUILD_BACKOFF_MAX);
-        }
-        GiveBackOutcome::Failed
+        })
+        .await
     }
 
     fn is_connected(&self) -> bool {

@@ -358,13 +358,9 @@ impl Stack {
         }
     }
 
-    /// Starts the process of Redis node `index` (0: the first master; 1, 2:
-    /// replicas of it) on its port, without waiting.
-    fn spawn_redis(&mut self, index: usize) -> Result<(), String> {
-        let name = Stack::redis_name(index);
-        let port = self.ports.redis[index];
-        let data = self.dir.join(&name);
-        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    /// `redis-server` on `port` with its data in `data`, no persistence, and the memory bound
+    /// every node of a stack has; the caller adds the node's role.
+    fn redis_server(&self, port: u16, data: &Path) -> Command {
         let mut command = Command::new(&self.binaries.redis_server);
         command.args([
             "--port",
@@ -375,13 +371,6 @@ impl Stack {
             "",
             "--appendonly",
             "no",
-            // A master that has lost its replicas (cut off, or its replica promoted in a
-            // failover) refuses writes rather than accept counts the promoted master will
-            // never see (docs/protocol.md, "Counted exactly when admitted").
-            "--min-replicas-to-write",
-            "1",
-            "--min-replicas-max-lag",
-            "5",
             // Every key limitd writes expires: at the bound, evict those closest to expiring
             // rather than refuse writes (see docker-compose.yml).
             "--maxmemory",
@@ -389,7 +378,27 @@ impl Stack {
             "--maxmemory-policy",
             "volatile-ttl",
         ]);
-        command.arg("--dir").arg(&data);
+        command.arg("--dir").arg(data);
+        command
+    }
+
+    /// Starts the process of Redis node `index` (0: the first master; 1, 2:
+    /// replicas of it) on its port, without waiting.
+    fn spawn_redis(&mut self, index: usize) -> Result<(), String> {
+        let name = Stack::redis_name(index);
+        let port = self.ports.redis[index];
+        let data = self.dir.join(&name);
+        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        let mut command = self.redis_server(port, &data);
+        command.args([
+            // A master that has lost its replicas (cut off, or its replica promoted in a
+            // failover) refuses writes rather than accept counts the promoted master will
+            // never see (docs/protocol.md, "Counted exactly when admitted").
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "5",
+        ]);
         if index > 0 {
             command.args(["--replicaof", "127.0.0.1", &self.ports.redis[0].to_string()]);
         }
@@ -451,33 +460,19 @@ impl Stack {
             let name = format!("redis-cluster-{}", i + 1);
             let data = self.dir.join(&name);
             std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-            let mut command = Command::new(&self.binaries.redis_server);
+            let mut command = self.redis_server(port, &data);
             command.args([
-                "--port",
-                &port.to_string(),
                 // The bus port is chosen too: the default, port + 10000, may be taken.
                 "--cluster-port",
                 &free_port().to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
                 "--cluster-enabled",
                 "yes",
                 "--cluster-node-timeout",
                 "2000",
-                "--maxmemory",
-                "256mb",
-                "--maxmemory-policy",
-                "volatile-ttl",
             ]);
             command
                 .arg("--cluster-config-file")
-                .arg(data.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&data);
+                .arg(data.join("nodes.conf"));
             self.spawn(&name, command)?;
         }
         for (i, &port) in ports.iter().enumerate() {

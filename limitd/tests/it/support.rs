@@ -128,9 +128,17 @@ impl RedisProcess {
     }
 
     fn start(port: u16, extra: &[&str]) -> Self {
-        let dir = TempDir::new("redis");
+        let (dir, child) = Self::spawn_server("redis", port, extra);
+        Self::ready(port, child, dir)
+    }
+
+    /// `redis-server` on `port` with no persistence, its directory and log in a fresh scratch
+    /// directory (`tag` names it), and `extra` arguments; not waited for.
+    fn spawn_server(tag: &str, port: u16, extra: &[&str]) -> (TempDir, Child) {
+        let dir = TempDir::new(tag);
         let port_text = port.to_string();
-        let log = dir.path().join("redis.log");
+        let dir_text = dir.path().display().to_string();
+        let log_text = dir.path().join("redis.log").display().to_string();
         let mut args = vec![
             "--port",
             &port_text,
@@ -140,13 +148,14 @@ impl RedisProcess {
             "",
             "--appendonly",
             "no",
+            "--dir",
+            &dir_text,
+            "--logfile",
+            &log_text,
         ];
-        let dir_text = dir.path().display().to_string();
-        let log_text = log.display().to_string();
-        args.extend(["--dir", &dir_text, "--logfile", &log_text]);
         args.extend(extra);
         let child = spawn(&redis_server(), &args);
-        Self::ready(port, child, dir)
+        (dir, child)
     }
 
     /// A sentinel monitoring `mymaster` at `master_port` with quorum 1.
@@ -326,60 +335,39 @@ pub const CLUSTER_PASSWORD: &str = "cluster-test-password";
 /// `redis-cli --cluster create`, and killed (SIGKILL) on drop with their directories removed.
 /// Every node requires [`CLUSTER_PASSWORD`].
 pub struct RedisCluster {
-    pub nodes: Vec<ClusterNode>,
+    pub nodes: Vec<RedisProcess>,
 }
 
-/// One node of a [`RedisCluster`].
-pub struct ClusterNode {
-    pub port: u16,
-    child: Option<Child>,
-    _dir: TempDir,
-}
-
-impl ClusterNode {
-    /// A node with the cluster's options and `extra` ones.
-    fn start(extra: &[String]) -> Self {
-        let dir = TempDir::new("cluster-node");
+impl RedisProcess {
+    /// A node of a [`RedisCluster`], with the cluster's options and `extra` ones, not waited
+    /// for (it answers nothing without the password; [`RedisCluster::start_with`] probes it).
+    fn cluster_node(extra: &[String]) -> Self {
         let port = free_port();
         // The bus port is chosen too: the default, port + 10000, may be taken or past 65535.
-        let bus_port = free_port();
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let child = spawn(
-            &redis_server(),
-            &[
-                "--port",
-                &port.to_string(),
-                "--cluster-port",
-                &bus_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir.path().display().to_string(),
-                "--logfile",
-                &path("redis.log"),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &path("nodes.conf"),
-                // Fail over within a couple of seconds of a master's death, whatever the
-                // replica's replication lag.
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-replica-validity-factor",
-                "0",
-                "--requirepass",
-                CLUSTER_PASSWORD,
-                "--masterauth",
-                CLUSTER_PASSWORD,
-            ]
-            .into_iter()
-            .chain(extra.iter().map(String::as_str))
-            .collect::<Vec<_>>(),
-        );
+        let bus_port = free_port().to_string();
+        let args: Vec<&str> = [
+            "--cluster-port",
+            &bus_port,
+            "--cluster-enabled",
+            "yes",
+            // In the node's own directory (`--dir`).
+            "--cluster-config-file",
+            "nodes.conf",
+            // Fail over within a couple of seconds of a master's death, whatever the
+            // replica's replication lag.
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-replica-validity-factor",
+            "0",
+            "--requirepass",
+            CLUSTER_PASSWORD,
+            "--masterauth",
+            CLUSTER_PASSWORD,
+        ]
+        .into_iter()
+        .chain(extra.iter().map(String::as_str))
+        .collect();
+        let (dir, child) = Self::spawn_server("cluster-node", port, &args);
         Self {
             port,
             child: Some(child),
@@ -392,20 +380,6 @@ impl ClusterNode {
         self.child
             .as_mut()
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
-    }
-
-    /// Kills the node now (SIGKILL) and waits for it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -420,7 +394,9 @@ impl RedisCluster {
     /// [`RedisCluster::start`] with more `redis-server` arguments for node `i` (0 to 5) from
     /// `extra(i)`; the harness keeps using each node's plain port.
     pub fn start_with(mut extra: impl FnMut(usize) -> Vec<String>) -> Self {
-        let mut nodes: Vec<ClusterNode> = (0..6).map(|i| ClusterNode::start(&extra(i))).collect();
+        let mut nodes: Vec<RedisProcess> = (0..6)
+            .map(|i| RedisProcess::cluster_node(&extra(i)))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         for node in &mut nodes {
             while cli(node.port, &["PING"]).trim() != "PONG" {
@@ -546,7 +522,7 @@ impl RedisCluster {
     }
 
     /// The node on `port`.
-    pub fn node(&mut self, port: u16) -> &mut ClusterNode {
+    pub fn node(&mut self, port: u16) -> &mut RedisProcess {
         self.nodes
             .iter_mut()
             .find(|n| n.port == port)
