@@ -12,7 +12,7 @@ mod bench;
 mod containers;
 mod wasm_exports;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
 
@@ -210,17 +210,50 @@ fn build() -> Result<(), String> {
             "wasm",
         ],
     )?;
-    // Cargo's output itself, not `RATELIMIT_WASM` (which may name another
-    // build, e.g. an earlier release's, that must not be rewritten).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
-    let wasm = target.join(WASM_TARGET).join("wasm/ratelimit.wasm");
+    let wasm = target_dir().join(WASM_TARGET).join("wasm/ratelimit.wasm");
+    optimize_wasm(&wasm, &wasm_exports::KEPT_CALLBACKS)
+}
+
+/// Builds the bench's `noop.wasm` (`filter/examples/noop.rs`) as `ratelimit.wasm` is built, and
+/// returns its path.
+fn build_noop_wasm() -> Result<PathBuf, String> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--package",
+            "filter",
+            "--example",
+            "noop",
+            "--target",
+            WASM_TARGET,
+            "--profile",
+            "wasm",
+        ],
+    )?;
+    let wasm = target_dir()
+        .join(WASM_TARGET)
+        .join("wasm/examples/noop.wasm");
+    optimize_wasm(&wasm, &wasm_exports::NOOP_CALLBACKS)?;
+    Ok(wasm)
+}
+
+/// Cargo's output directory (not `RATELIMIT_WASM`, which may name another build, e.g. an
+/// earlier release's, that must not be rewritten).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// Strips from the module at `wasm` the callbacks not in `kept` (Envoy then never enters the VM
+/// for them) and shrinks it with `wasm-opt` when installed, in place.
+fn optimize_wasm(wasm: &Path, kept: &[&str]) -> Result<(), String> {
     // In place, as wasm-opt below: removing exports twice removes nothing more.
-    let module = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-    let (module, removed) = wasm_exports::keep_callbacks(&module, &wasm_exports::KEPT_CALLBACKS)
+    let module = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+    let (module, removed) = wasm_exports::keep_callbacks(&module, kept)
         .map_err(|e| format!("{}: {e}", wasm.display()))?;
     if !removed.is_empty() {
-        std::fs::write(&wasm, module).map_err(|e| format!("{}: {e}", wasm.display()))?;
+        std::fs::write(wasm, module).map_err(|e| format!("{}: {e}", wasm.display()))?;
         eprintln!(
             "    removed {} callbacks the filter does not implement from its exports",
             removed.len()
@@ -243,7 +276,7 @@ fn build() -> Result<(), String> {
         args.extend([path.as_str(), "-o", path.as_str()]);
         run("wasm-opt", &args)?;
     }
-    let size = std::fs::metadata(&wasm)
+    let size = std::fs::metadata(wasm)
         .map_err(|e| format!("{}: {e}", wasm.display()))?
         .len();
     eprintln!("    {} ({} bytes)", wasm.display(), size);

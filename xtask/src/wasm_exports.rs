@@ -28,6 +28,15 @@ pub const KEPT_CALLBACKS: [&str; 9] = [
     "proxy_on_delete",
 ];
 
+/// The callbacks of the bench's `noop.wasm` (`filter/examples/noop.rs`): the SDK's context
+/// bookkeeping and the request-headers callback every filter that decides on requests needs.
+pub const NOOP_CALLBACKS: [&str; 4] = [
+    "proxy_on_memory_allocate",
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_delete",
+];
+
 const MAGIC: &[u8; 8] = b"\0asm\x01\0\0\0";
 const EXPORT_SECTION: u8 = 7;
 

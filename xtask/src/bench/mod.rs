@@ -2,10 +2,11 @@
 //! machine in one run, all on loopback.
 //!
 //! One stack (Redis master + 2 replicas + 3 sentinels, 2 limitd, 2 backends)
-//! with seven Envoys in front of the same backends: no limiter, Envoy's own
-//! `local_ratelimit` (passing everything, and denying everything), and ours in four
-//! configurations: checked per request with and without group commit, idle (the shipped rules),
-//! and in lease mode (see [`scenarios`]). Each round measures every
+//! with eight Envoys in front of the same backends: no limiter, Envoy's own
+//! `local_ratelimit` (passing everything, and denying everything), a proxy-wasm filter that
+//! does nothing (the wasm runtime's floor), and ours in four configurations: checked per
+//! request with and without group commit, idle (the shipped rules), and in lease mode (see
+//! [`scenarios`]). Each round measures every
 //! scenario in turn (the order rotates each round), so slow drifts of a shared
 //! machine spread over all of them; each figure is the median of the rounds:
 //!
@@ -72,7 +73,7 @@ const STACK_PROCESSES: [&str; 17] = [
 ];
 
 /// How many Envoys the stack runs (see [`scenarios`]).
-const ENVOYS: usize = 7;
+const ENVOYS: usize = 8;
 /// wrk's threads (see the module's comment).
 const WRK_THREADS: u32 = 1;
 /// Connections of the open-loop generator: at 1000 req/s, one request every
@@ -160,7 +161,8 @@ pub fn run() -> Result<(), String> {
     let mut load = vec![("start".to_owned(), loadavg())];
     let mut warnings = Vec::new();
 
-    step("starting Redis, sentinels, 2 limitd, 2 backends and 7 Envoys (ours, none, local_ratelimit, ours per request, shipped rules, leases, local_ratelimit denying)");
+    let noop_wasm = super::build_noop_wasm()?;
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 8 Envoys (ours, none, local_ratelimit, ours per request, shipped rules, leases, local_ratelimit denying, noop wasm)");
     let c = settings.concurrency;
     let mut stack = Stack::start(StackOptions {
         envoy: scenarios::ours(c),
@@ -181,6 +183,7 @@ pub fn run() -> Result<(), String> {
         free_port(),
         &scenarios::local_ratelimit_denying(c),
     )?;
+    stack.start_envoy(free_port(), free_port(), &scenarios::noop(c, &noop_wasm))?;
     let measured: Vec<usize> = (0..SCENARIOS.len())
         .filter(|&i| settings.measures(SCENARIOS[i].id))
         .collect();
@@ -466,7 +469,7 @@ fn check_scenarios(
         }
         let policy = response.header("ratelimit-policy").unwrap_or("");
         match s.id {
-            "baseline" | "local_ratelimit" | "filter_idle" if !policy.is_empty() => {
+            "baseline" | "local_ratelimit" | "filter_idle" | "wasm_noop" if !policy.is_empty() => {
                 return Err(format!("{}: our filter answered ({policy})", s.id))
             }
             "allowed" | "allowed_per_request" if !policy.contains("bench_allowed") => {
@@ -576,7 +579,7 @@ fn redis_benchmark(
 
 /// The filter's counters (Envoy 0), the local_ratelimit reference's (Envoy
 /// 2), and for the idle filter (Envoy 4) its checks (none expected) and its
-/// live wasm VMs (some expected: the filter is loaded).
+/// live wasm VMs (some expected: the filter is loaded), and the noop module's (Envoy 7).
 fn counters(stack: &Stack) -> Vec<(String, u64)> {
     let mut all = Vec::new();
     for name in [
@@ -601,6 +604,10 @@ fn counters(stack: &Stack) -> Vec<(String, u64)> {
     for stat in [IDLE_CHECKS, IDLE_VMS] {
         all.push((format!("filter_idle {stat}"), stack.envoy_stat(4, stat)));
     }
+    all.push((
+        format!("wasm_noop {IDLE_VMS}"),
+        stack.envoy_stat(7, IDLE_VMS),
+    ));
     all
 }
 
@@ -624,6 +631,9 @@ fn check_counters(counters: &[(String, u64)], local_measured: bool, warnings: &m
     if idle(IDLE_VMS) == 0 {
         warnings
             .push("filter_idle: Envoy shows no active wasm VM: is the filter loaded?".to_owned());
+    }
+    if get(&format!("wasm_noop {IDLE_VMS}")) == 0 {
+        warnings.push("wasm_noop: Envoy shows no active wasm VM: is noop.wasm loaded?".to_owned());
     }
     for bad in [
         "callout_errors",

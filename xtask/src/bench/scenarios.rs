@@ -15,7 +15,10 @@
 //!   (`GET /`), one whose limit the open loop's rate exceeds by 1.2×, and
 //!   1,000 keys (one per path) with and without leases;
 //! - `local_ratelimit_denying`: Envoy's own token bucket, empty: the
-//!   in-process denial our denied path is compared with.
+//!   in-process denial our denied path is compared with;
+//! - `noop`: in place of ours, a proxy-wasm filter that lets every request
+//!   through without a host call (`filter/examples/noop.rs`): the floor of any
+//!   filter on Envoy's wasm runtime.
 //!
 //! The baseline, the reference, the idle filter and the allowed path all
 //! request `GET /`, so the backends do the same work in each.
@@ -65,7 +68,7 @@ impl Scenario {
 pub const MANY_KEYS: u32 = 1000;
 
 /// The Envoy scenarios, baseline first.
-pub const SCENARIOS: [Scenario; 12] = [
+pub const SCENARIOS: [Scenario; 13] = [
     Scenario {
         id: "baseline",
         what: "Envoy without any limiter (wasm filter removed)",
@@ -79,6 +82,15 @@ pub const SCENARIOS: [Scenario; 12] = [
         id: "local_ratelimit",
         what: "Envoy's own in-process local_ratelimit (token bucket, never empty)",
         envoy: 2,
+        path: ALLOWED_PATH,
+        status: 200,
+        keys: 0,
+        mixed: false,
+    },
+    Scenario {
+        id: "wasm_noop",
+        what: "a proxy-wasm filter that does nothing (same SDK and build): the wasm runtime's floor",
+        envoy: 7,
         path: ALLOWED_PATH,
         status: 200,
         keys: 0,
@@ -233,6 +245,12 @@ pub fn shipped(concurrency: u32) -> EnvoyOptions {
     EnvoyOptions::default().concurrency(concurrency)
 }
 
+/// The do-nothing wasm module `noop` in place of ours (index 7), with the same plugin settings
+/// and VM configuration.
+pub fn noop(concurrency: u32, noop: &std::path::Path) -> EnvoyOptions {
+    EnvoyOptions::default().wasm(noop).concurrency(concurrency)
+}
+
 /// No limiter (index 1).
 pub fn baseline(concurrency: u32) -> EnvoyOptions {
     EnvoyOptions::default()
@@ -373,6 +391,7 @@ mod tests {
             ("shipped", shipped(1)),
             ("leases", leases(1, 1000)),
             ("local_ratelimit_denying", local_ratelimit_denying(1)),
+            ("noop", noop(1, Path::new("/noop.wasm"))),
         ] {
             let mut config = envoy_config::rewrite(&files, &local, &options.replacements)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
