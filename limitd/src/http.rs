@@ -356,10 +356,13 @@ pub async fn checks_v1(
     Err(v1_failure(&state, ran))
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition. Each scrape probes Redis as `/readyz` does
+/// (bounded by the response timeout) and reports the answer as `limitd_ready`, so readiness is
+/// a series with either store (a cluster has no `limitd_redis_master`).
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = probe_ready(&state).await.is_ok();
     let master = state.store.master_addr();
-    let text = state.metrics().render(master.as_deref());
+    let text = state.metrics().render(master.as_deref(), ready);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
@@ -368,9 +371,15 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: Redis answers `PING` on the connection in use.
+/// Whether limitd can serve checks now: Redis answers `PING` on the connection in use (with a
+/// cluster, every master of the slot map answers). `/readyz` and `limitd_ready` both ask here.
+async fn probe_ready(state: &AppState) -> Result<(), crate::StoreError> {
+    state.store.ping().await
+}
+
+/// `GET /readyz`: `200` when [`probe_ready`] succeeds, else `503`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    match probe_ready(&state).await {
         Ok(()) => "ready".into_response(),
         Err(err) => {
             tracing::debug!(error = %err, "not ready");
@@ -615,6 +624,8 @@ mod tests {
             r#"limitd_checks_total{result="allowed"} 0"#,
             "limitd_check_duration_seconds_count 1",
             "limitd_checks_in_flight 0",
+            // Redis does not answer: not ready, as /readyz says.
+            "limitd_ready 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -57,6 +57,7 @@ async fn metrics_count_checks_hits_and_name_the_master() {
     let master = format!(r#"limitd_redis_master{{addr="127.0.0.1:{}"}}"#, redis.port);
     assert_eq!(get(&master), 1.0);
     assert_eq!(text.matches("limitd_redis_master{").count(), 1, "{text}");
+    assert_eq!(get("limitd_ready"), 1.0);
     assert_eq!(get("limitd_reconnects_total"), 0.0);
     assert_eq!(get("limitd_failovers_total"), 0.0);
     for kind in ["timeout", "io", "readonly", "noscript", "auth", "other"] {
@@ -87,6 +88,7 @@ async fn a_reconnect_to_the_same_address_is_not_a_failover() {
         value(&text, r#"limitd_redis_errors_total{kind="io"}"#).unwrap_or(0.0) >= 1.0,
         "{text}"
     );
+    assert_eq!(value(&text, "limitd_ready"), Some(0.0), "{text}");
 
     let _again = RedisProcess::server_on(port);
     eventually(Duration::from_secs(5), "checks to work again", || async {
@@ -98,4 +100,5 @@ async fn a_reconnect_to_the_same_address_is_not_a_failover() {
     assert_eq!(value(&text, "limitd_failovers_total"), Some(0.0), "{text}");
     let master = format!(r#"limitd_redis_master{{addr="127.0.0.1:{port}"}}"#);
     assert_eq!(value(&text, &master), Some(1.0), "{text}");
+    assert_eq!(value(&text, "limitd_ready"), Some(1.0), "{text}");
 }
