@@ -357,8 +357,8 @@ pub async fn checks_v1(
 }
 
 /// `GET /metrics`: the Prometheus text exposition. Each scrape probes Redis as `/readyz` does
-/// (bounded by the response timeout) and reports the answer as `limitd_ready`, so readiness is
-/// a series with either store (a cluster has no `limitd_redis_master`).
+/// (for at most [`READY_WITHIN`]) and reports the answer as `limitd_ready`, so readiness is a
+/// series with either store (a cluster has no `limitd_redis_master`).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let ready = probe_ready(&state).await.is_ok();
     let master = state.store.master_addr();
@@ -371,10 +371,21 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// The longest a readiness probe waits for Redis: the timeout of the health check of `/readyz`
+/// in `envoy.yaml`. So `/readyz` answers before that check gives up, and a hung Redis cannot
+/// hold a `/metrics` scrape for up to `REDIS_RESPONSE_TIMEOUT_MS` (per master of a cluster):
+/// a scrape that times out reads as limitd down, not as limitd unready.
+pub const READY_WITHIN: Duration = Duration::from_millis(500);
+
 /// Whether limitd can serve checks now: Redis answers `PING` on the connection in use (with a
-/// cluster, every master of the slot map answers). `/readyz` and `limitd_ready` both ask here.
-async fn probe_ready(state: &AppState) -> Result<(), crate::StoreError> {
-    state.store.ping().await
+/// cluster, every master of the slot map answers) within [`READY_WITHIN`]. `/readyz` and
+/// `limitd_ready` both ask here. The error says why not.
+async fn probe_ready(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("redis did not answer PING within {READY_WITHIN:?}")),
+    }
 }
 
 /// `GET /readyz`: `200` when [`probe_ready`] succeeds, else `503`.

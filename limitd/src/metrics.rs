@@ -13,7 +13,7 @@
 //! | `limitd_check_duration_seconds` | histogram | time from a validated check to its answer (the Redis round trip, mostly) |
 //! | `limitd_redis_errors_total{kind="timeout\|io\|readonly\|noreplicas\|noscript\|auth\|other"}` | counter | failed Redis commands, connection attempts and master resolutions |
 //! | `limitd_redis_master{addr="host:port"}` | gauge | `1` for the Redis in use; no series while disconnected, nor with a Redis Cluster |
-//! | `limitd_ready` | gauge | `1` if Redis answered the readiness probe of this scrape (what `/readyz` answers `200` for: the master, or every master of a cluster), else `0` |
+//! | `limitd_ready` | gauge | `1` if Redis answered the readiness probe of this scrape (what `/readyz` answers `200` for: the master, or every master of a cluster, within 0.5 s), else `0` |
 //! | `limitd_reconnects_total` | counter | connections rebuilt after the first one |
 //! | `limitd_failovers_total` | counter | rebuilds that landed on a different master address |
 //! | `limitd_bad_requests_total{status="400\|413"}` | counter | refused check bodies |
