@@ -32,7 +32,8 @@
 //! (the receipt id of the check and the group's first key: [`crate::store::Receipt::key_for`]).
 //! The check is allowed if and only if every group is. When any group is denied or fails, every
 //! group that was charged is given back (the script's give-back mode with that group's receipt)
-//! before the answer goes out. The guarantee, exactly:
+//! before the answer goes out, each counted in `limitd_give_backs_total` by what it found
+//! (`returned`: the receipt was there and the group's charge is undone). The guarantee, exactly:
 //!
 //! - **No over-admission.** Each group's run checks and charges its counters atomically, against
 //!   every unit charged at that moment, including units of other checks that will be given back.
@@ -78,7 +79,7 @@ use crate::config::{RedisConfig, RedisTarget};
 use crate::errors::{classify, is_auth_error, StoreError};
 use crate::keys::counter_key;
 use crate::metrics::{GiveBackOutcome, Metrics};
-use crate::script::{decode_give_back, decode_reply, CheckScript, Mode, ReplyError};
+use crate::script::{decode_reply, CheckScript, Mode, ReplyError};
 use crate::store::{give_back_outcome, retry_give_back, spawn_give_back, Receipt};
 
 /// How many times the cluster client retries a command (redirects included) within its
@@ -361,8 +362,9 @@ impl ClusterStore {
         })
     }
 
-    /// Gives back the charged `groups` of a check now, all at once; any that cannot be given
-    /// back now is given back in the background (as a lost answer is).
+    /// Gives back the charged `groups` of a check now, all at once, each counted in
+    /// `limitd_give_backs_total` by what it found; any that cannot be given back now is given
+    /// back in the background (as a lost answer is, and counted when it ends).
     async fn undo(
         &self,
         connection: &ClusterConnection,
@@ -378,9 +380,10 @@ impl ClusterStore {
                 .invoke_async(&mut connection.clone())
                 .await;
             match reply {
-                Ok(reply) if decode_give_back(&reply).is_ok() => None,
                 Ok(reply) => {
-                    tracing::error!(?reply, "unexpected reply to a give-back");
+                    self.shared
+                        .metrics
+                        .give_back_done(give_back_outcome(&reply));
                     None
                 }
                 Err(err) => {

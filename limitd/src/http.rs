@@ -356,10 +356,13 @@ pub async fn checks_v1(
     Err(v1_failure(&state, ran))
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition. Each scrape probes Redis as `/readyz` does
+/// (for at most [`READY_WITHIN`]) and reports the answer as `limitd_ready`, so readiness is a
+/// series with either store (a cluster has no `limitd_redis_master`).
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = probe_ready(&state).await.is_ok();
     let master = state.store.master_addr();
-    let text = state.metrics().render(master.as_deref());
+    let text = state.metrics().render(master.as_deref(), ready);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
@@ -368,9 +371,26 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: Redis answers `PING` on the connection in use.
+/// The longest a readiness probe waits for Redis: the timeout of the health check of `/readyz`
+/// in `envoy.yaml`. So `/readyz` answers before that check gives up, and a hung Redis cannot
+/// hold a `/metrics` scrape for up to `REDIS_RESPONSE_TIMEOUT_MS` (per master of a cluster):
+/// a scrape that times out reads as limitd down, not as limitd unready.
+pub const READY_WITHIN: Duration = Duration::from_millis(500);
+
+/// Whether limitd can serve checks now: Redis answers `PING` on the connection in use (with a
+/// cluster, every master of the slot map answers) within [`READY_WITHIN`]. `/readyz` and
+/// `limitd_ready` both ask here. The error says why not.
+async fn probe_ready(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("redis did not answer PING within {READY_WITHIN:?}")),
+    }
+}
+
+/// `GET /readyz`: `200` when [`probe_ready`] succeeds, else `503`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    match probe_ready(&state).await {
         Ok(()) => "ready".into_response(),
         Err(err) => {
             tracing::debug!(error = %err, "not ready");
@@ -615,6 +635,8 @@ mod tests {
             r#"limitd_checks_total{result="allowed"} 0"#,
             "limitd_check_duration_seconds_count 1",
             "limitd_checks_in_flight 0",
+            // Redis does not answer: not ready, as /readyz says.
+            "limitd_ready 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -19,8 +19,9 @@
 //!   upgraded (see [`protocol::v1`]).
 //! - `GET /healthz`: `200 ok` while the process runs.
 //! - `GET /readyz`: `200` if Redis answers `PING` on the connection in use (with a cluster: every
-//!   master), else `503`.
-//! - `GET /metrics`: Prometheus text exposition format 0.0.4 (see [`metrics`]).
+//!   master) within [`http::READY_WITHIN`], else `503`.
+//! - `GET /metrics`: Prometheus text exposition format 0.0.4 (see [`metrics`]); each scrape
+//!   probes Redis as `/readyz` does and reports it as `limitd_ready`.
 //!
 //! Hostile input: the body is bounded before it is parsed (`413`), `serde_json` bounds nesting
 //! (128 levels), rejects invalid UTF-8, lone surrogates, raw control characters, duplicate and

@@ -12,13 +12,14 @@
 //! | `limitd_hits_total{result="allowed\|denied"}` | counter | hits of answered checks, by their own result |
 //! | `limitd_check_duration_seconds` | histogram | time from a validated check to its answer (the Redis round trip, mostly) |
 //! | `limitd_redis_errors_total{kind="timeout\|io\|readonly\|noreplicas\|noscript\|auth\|other"}` | counter | failed Redis commands, connection attempts and master resolutions |
-//! | `limitd_redis_master{addr="host:port"}` | gauge | `1` for the Redis in use; no series while disconnected |
+//! | `limitd_redis_master{addr="host:port"}` | gauge | `1` for the Redis in use; no series while disconnected, nor with a Redis Cluster |
+//! | `limitd_ready` | gauge | `1` if Redis answered the readiness probe of this scrape (what `/readyz` answers `200` for: the master, or every master of a cluster, within 0.5 s), else `0` |
 //! | `limitd_reconnects_total` | counter | connections rebuilt after the first one |
 //! | `limitd_failovers_total` | counter | rebuilds that landed on a different master address |
 //! | `limitd_bad_requests_total{status="400\|413"}` | counter | refused check bodies |
 //! | `limitd_checks_in_flight` | gauge | validated checks waiting for Redis right now |
 //! | `limitd_invalid_checks_total` | counter | checks of a well-formed batch refused as `error: invalid` |
-//! | `limitd_give_backs_total{outcome="returned\|voided\|settled\|failed"}` | counter | checks reported as errors after their script may have run, by what the give-back found (`failed`: Redis stayed away for the receipt's lifetime) |
+//! | `limitd_give_backs_total{outcome="returned\|voided\|settled\|failed"}` | counter | give-backs by what they found (`failed`: Redis stayed away for the receipt's lifetime): of checks reported as errors after their script may have run, and, on a Redis Cluster, of each slot group a denied check spanning slots had charged (`returned`, unless that give-back had to wait for Redis) |
 //! | `limitd_give_backs_in_flight` | gauge | give-backs still trying to reach Redis |
 //! | `limitd_refused_connections_total` | counter | connections closed on accept because `LIMITD_MAX_CONNECTIONS` were open |
 //! | `limitd_unauthorized_total` | counter | check requests refused (`401`) for a missing or wrong `LIMITD_TOKEN` |
@@ -168,6 +169,8 @@ pub struct Metrics {
     redis_errors: [Counter; RedisErrorKind::ALL.len()],
     /// One series, `addr` of the Redis in use, set when rendering.
     redis_master: Family<[(&'static str, String); 1], Gauge>,
+    /// 1 or 0, set when rendering.
+    ready: Gauge,
     reconnects: Counter,
     failovers: Counter,
     bad_requests_400: Counter,
@@ -262,6 +265,11 @@ impl Metrics {
             "1 for the address of the Redis in use; absent while disconnected",
             redis_master.clone(),
         );
+        let ready = gauge(
+            r,
+            "limitd_ready",
+            "1 if Redis answered the readiness probe (as /readyz), else 0",
+        );
         let reconnects = counter(
             r,
             "limitd_reconnects",
@@ -287,7 +295,7 @@ impl Metrics {
         let give_backs = counters(
             r,
             "limitd_give_backs",
-            "Checks reported as errors after their script may have run, by what the give-back found",
+            "Give-backs by what they found: of checks reported as errors after their script may have run, and of the slot groups a denied check spanning cluster slots had charged",
             "outcome",
             GiveBackOutcome::ALL.map(GiveBackOutcome::label),
         );
@@ -320,6 +328,7 @@ impl Metrics {
             in_flight,
             redis_errors,
             redis_master,
+            ready,
             reconnects,
             failovers,
             bad_requests_400,
@@ -399,9 +408,16 @@ impl Metrics {
         self.give_backs_in_flight.inc();
     }
 
-    /// Counts a finished give-back by what it found.
+    /// Counts a finished background give-back by what it found.
     pub fn give_back(&self, outcome: GiveBackOutcome) {
         self.give_backs_in_flight.dec();
+        self.give_back_done(outcome);
+    }
+
+    /// Counts a give-back by what it found, without touching `limitd_give_backs_in_flight`: for
+    /// one made at once in the check's own path (a slot group a denied check spanning slots had
+    /// charged, given back before the answer), which never waits in the background.
+    pub fn give_back_done(&self, outcome: GiveBackOutcome) {
         let index = GiveBackOutcome::ALL
             .iter()
             .position(|o| *o == outcome)
@@ -424,8 +440,9 @@ impl Metrics {
         self.v1_requests.inc();
     }
 
-    /// The text exposition of every metric; `master` is the address of the Redis in use.
-    pub fn render(&self, master: Option<&str>) -> String {
+    /// The text exposition of every metric; `master` is the address of the Redis in use, and
+    /// `ready` whether Redis just answered the readiness probe (see [`crate::http::readyz`]).
+    pub fn render(&self, master: Option<&str>, ready: bool) -> String {
         // A poisoned lock only means another render panicked; the guard protects no data.
         let _rendering = self
             .rendering
@@ -437,6 +454,7 @@ impl Metrics {
                 .get_or_create(&[("addr", addr.to_owned())])
                 .set(1);
         }
+        self.ready.set(i64::from(ready));
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -467,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_fresh_registry_renders_every_series_at_zero() {
-        let text = Metrics::default().render(None);
+        let text = Metrics::default().render(None, false);
         for series in [
             r#"limitd_checks_total{result="allowed"}"#,
             r#"limitd_checks_total{result="denied"}"#,
@@ -480,6 +498,7 @@ mod tests {
             "limitd_check_duration_seconds_sum",
             "limitd_check_duration_seconds_count",
             "limitd_checks_in_flight",
+            "limitd_ready",
             r#"limitd_redis_errors_total{kind="timeout"}"#,
             r#"limitd_redis_errors_total{kind="io"}"#,
             r#"limitd_redis_errors_total{kind="readonly"}"#,
@@ -506,7 +525,7 @@ mod tests {
     fn the_format_is_well_formed() {
         let metrics = Metrics::default();
         metrics.check_finished(CheckOutcome::Allowed, 2, 0, Duration::from_micros(300));
-        let text = metrics.render(Some("127.0.0.1:6379"));
+        let text = metrics.render(Some("127.0.0.1:6379"), true);
         assert!(text.ends_with('\n'));
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -541,7 +560,7 @@ mod tests {
         metrics.check_finished(CheckOutcome::Allowed, 2, 0, Duration::from_micros(300));
         metrics.check_finished(CheckOutcome::Denied, 1, 1, Duration::from_millis(3));
         metrics.check_finished(CheckOutcome::Error, 0, 0, Duration::from_secs(2));
-        let text = metrics.render(None);
+        let text = metrics.render(None, false);
         let get = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}"));
         assert_eq!(get(r#"limitd_checks_total{result="allowed"}"#), "1");
         assert_eq!(get(r#"limitd_checks_total{result="denied"}"#), "1");
@@ -575,7 +594,7 @@ mod tests {
     fn a_bucket_bound_is_inclusive() {
         let metrics = Metrics::default();
         metrics.check_finished(CheckOutcome::Allowed, 1, 0, Duration::from_millis(1));
-        let text = metrics.render(None);
+        let text = metrics.render(None, false);
         assert_eq!(
             sample(
                 &text,
@@ -602,7 +621,7 @@ mod tests {
         metrics.bad_request(BadRequest::Malformed);
         metrics.bad_request(BadRequest::TooLarge);
         metrics.bad_request(BadRequest::TooLarge);
-        let text = metrics.render(Some("10.0.0.2:6380"));
+        let text = metrics.render(Some("10.0.0.2:6380"), true);
         let get = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}"));
         assert_eq!(get(r#"limitd_redis_errors_total{kind="timeout"}"#), "2");
         assert_eq!(get(r#"limitd_redis_errors_total{kind="readonly"}"#), "1");
@@ -622,20 +641,20 @@ mod tests {
         let a = metrics.in_flight();
         let b = metrics.in_flight();
         assert_eq!(
-            sample(&metrics.render(None), "limitd_checks_in_flight").as_deref(),
+            sample(&metrics.render(None, false), "limitd_checks_in_flight").as_deref(),
             Some("2")
         );
         drop(a);
         drop(b);
         assert_eq!(
-            sample(&metrics.render(None), "limitd_checks_in_flight").as_deref(),
+            sample(&metrics.render(None, false), "limitd_checks_in_flight").as_deref(),
             Some("0")
         );
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let text = Metrics::default().render(Some("we\"i\\r\nd"));
+        let text = Metrics::default().render(Some("we\"i\\r\nd"), true);
         assert!(
             text.contains(r#"limitd_redis_master{addr="we\"i\\r\nd"} 1"#),
             "{text}"
@@ -645,14 +664,25 @@ mod tests {
     #[test]
     fn the_master_series_follows_each_render() {
         let metrics = Metrics::default();
-        let text = metrics.render(Some("10.0.0.1:6379"));
+        let text = metrics.render(Some("10.0.0.1:6379"), true);
         assert_eq!(
             sample(&text, r#"limitd_redis_master{addr="10.0.0.1:6379"}"#).as_deref(),
             Some("1")
         );
-        let text = metrics.render(Some("10.0.0.2:6379"));
+        let text = metrics.render(Some("10.0.0.2:6379"), true);
         assert_eq!(text.matches("limitd_redis_master{").count(), 1, "{text}");
-        assert!(!metrics.render(None).contains("limitd_redis_master{"));
+        assert!(!metrics.render(None, false).contains("limitd_redis_master{"));
+    }
+
+    #[test]
+    fn the_ready_gauge_follows_each_render_whatever_the_store() {
+        let metrics = Metrics::default();
+        let ready = |master, ready| sample(&metrics.render(master, ready), "limitd_ready");
+        assert_eq!(ready(Some("10.0.0.1:6379"), true).as_deref(), Some("1"));
+        assert_eq!(ready(Some("10.0.0.1:6379"), false).as_deref(), Some("0"));
+        // A cluster store names no master: the gauge still says whether it is ready.
+        assert_eq!(ready(None, true).as_deref(), Some("1"));
+        assert_eq!(ready(None, false).as_deref(), Some("0"));
     }
 
     /// Every metric limitd has ever exported, with its type and every series a fresh process
@@ -720,6 +750,7 @@ mod tests {
                 "gauge",
                 &[r#"limitd_redis_master{addr="127.0.0.1:6379"}"#],
             ),
+            ("limitd_ready", "gauge", &["limitd_ready"]),
             (
                 "limitd_reconnects_total",
                 "counter",
@@ -774,7 +805,7 @@ mod tests {
                 &["limitd_unauthorized_total"],
             ),
         ];
-        let text = Metrics::default().render(Some("127.0.0.1:6379"));
+        let text = Metrics::default().render(Some("127.0.0.1:6379"), true);
         let declared: Vec<&str> = text
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE "))

@@ -2,14 +2,17 @@
 //! `deploy/grafana`: the rules pass their `promtool` unit tests, and every metric the rules and
 //! the dashboard's panels use is one the running stack really exposes (Envoy's
 //! `/stats/prometheus` and limitd's `/metrics`), so no alert or panel silently points at nothing.
+//! `LimitdNotReady` is also seen to hold in a real Prometheus when Redis goes away, with either
+//! counter store (Sentinel, Redis Cluster).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use e2e::paths::workspace_root;
-use e2e::{http_get, EnvoyOptions, Stack};
+use e2e::{http_get, Binaries, EnvoyOptions, Stack, StackOptions};
 
 fn prometheus_dir() -> PathBuf {
     workspace_root().join("deploy/prometheus")
@@ -282,8 +285,12 @@ fn returning_data(expr: &str) -> String {
 #[test]
 fn an_alert_expression_is_made_to_return_data_without_changing_what_it_reads() {
     assert_eq!(
-        returning_data("up{job=\"limitd\"} == 1 unless on (instance) limitd_redis_master"),
-        "up{job=\"limitd\"} == bool 1 and on (instance) limitd_redis_master"
+        returning_data("limitd_ready == 0"),
+        "limitd_ready == bool 0"
+    );
+    assert_eq!(
+        returning_data("up{job=\"limitd\"} == 1 unless on (instance) limitd_ready"),
+        "up{job=\"limitd\"} == bool 1 and on (instance) limitd_ready"
     );
     assert_eq!(
         returning_data("sum(rate(a[1h] offset 5m))\n  > 3 * b"),
@@ -302,7 +309,13 @@ struct Prometheus {
 
 impl Prometheus {
     fn scraping(stack: &Stack) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("ratelimit-prometheus-{}", std::process::id()));
+        // Tests of this binary run at once: each Prometheus has its own directory.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ratelimit-prometheus-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let shipped = std::fs::read_to_string(prometheus_dir().join("prometheus.yml"))
@@ -439,4 +452,94 @@ fn every_alert_and_panel_expression_returns_data_from_a_prometheus_scraping_the_
         "expressions that return nothing:\n{}",
         empty.join("\n")
     );
+}
+
+/// The `instance` labels of a query's series, sorted.
+fn instances(series: &[serde_json::Value]) -> Vec<String> {
+    let mut found: Vec<String> = series
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_owned))
+        .collect();
+    found.sort();
+    found
+}
+
+/// With Prometheus scraping `stack`: both limitd are ready and `LimitdNotReady` is quiet; after
+/// `take_redis_away`, both limitd still answer scrapes (`up`, so not `LimitdDown`), report
+/// `limitd_ready 0`, and the alert is active for both (pending: its `for: 1m` is left to the
+/// promtool unit tests).
+fn the_not_ready_alert_holds_when_redis_is_gone(
+    mut stack: Stack,
+    take_redis_away: impl FnOnce(&mut Stack),
+) {
+    let prometheus = Prometheus::scraping(&stack);
+    let mut limitds: Vec<String> = stack
+        .ports
+        .limitd
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    limitds.sort();
+    e2e::eventually(Duration::from_secs(30), || {
+        let ready = instances(&prometheus.query("limitd_ready == 1")?);
+        if ready == limitds {
+            Ok(())
+        } else {
+            Err(format!("ready: {ready:?}"))
+        }
+    })
+    .unwrap();
+    let active = prometheus
+        .query(r#"ALERTS{alertname="LimitdNotReady"}"#)
+        .unwrap();
+    assert!(
+        active.is_empty(),
+        "LimitdNotReady with Redis up: {active:?}"
+    );
+
+    take_redis_away(&mut stack);
+    e2e::eventually(Duration::from_secs(30), || {
+        let active = instances(&prometheus.query(r#"ALERTS{alertname="LimitdNotReady"}"#)?);
+        let up = instances(&prometheus.query(r#"up{job="limitd"} == 1"#)?);
+        if active == limitds && up == limitds {
+            Ok(())
+        } else {
+            Err(format!(
+                "LimitdNotReady active for {active:?}, limitd up: {up:?}"
+            ))
+        }
+    })
+    .unwrap();
+    for port in stack.ports.limitd {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let readyz = http_get(addr, "/readyz", None).expect("limitd answers");
+        assert_eq!(readyz.status, 503, "/readyz agrees with limitd_ready");
+    }
+}
+
+#[test]
+fn the_not_ready_alert_holds_for_a_limitd_whose_sentinel_master_and_replicas_are_gone() {
+    let stack = Stack::for_test(EnvoyOptions::default());
+    the_not_ready_alert_holds_when_redis_is_gone(stack, |stack| {
+        for node in ["redis-master", "redis-replica-1", "redis-replica-2"] {
+            stack.kill(node);
+        }
+    });
+}
+
+#[test]
+fn the_not_ready_alert_holds_for_a_limitd_whose_redis_cluster_cannot_serve_every_slot() {
+    Binaries::require();
+    let stack = Stack::start(StackOptions {
+        redis_cluster: true,
+        ..StackOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    // The first master's slots with nobody to serve them: the master killed, and every replica,
+    // so that none is promoted. The other two masters still answer.
+    the_not_ready_alert_holds_when_redis_is_gone(stack, |stack| {
+        for node in [1, 4, 5, 6] {
+            stack.kill(&format!("redis-cluster-{node}"));
+        }
+    });
 }

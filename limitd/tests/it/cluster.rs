@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::Router;
 use limitd::AppState;
 
+use crate::metrics::{scrape, value};
 use crate::support::{cli, config, eventually, post_check, send, RedisCluster, CLUSTER_PASSWORD};
 
 /// The app on `cluster`, with the given response timeout.
@@ -142,7 +143,8 @@ async fn a_check_spanning_slots_is_all_or_nothing() {
     assert_eq!(counted(&cluster, tight), 1);
 
     // The second hit is denied now: the first hit's slot was charged, and given back before
-    // the answer.
+    // the answer, which counts that give-back.
+    assert_eq!(give_backs(&app).await, [0.0; 4]);
     assert_eq!(allowed(&app, &body).await, Some(false));
     assert_eq!(
         counted(&cluster, roomy),
@@ -150,6 +152,11 @@ async fn a_check_spanning_slots_is_all_or_nothing() {
         "the denied check consumed none of its hits"
     );
     assert_eq!(counted(&cluster, tight), 1);
+    assert_eq!(
+        give_backs(&app).await,
+        [1.0, 0.0, 0.0, 0.0],
+        "one slot group charged, found and returned"
+    );
 
     // The v2 answer describes the counters after the give-back.
     let request = axum::http::Request::post(protocol::CHECKS_PATH)
@@ -175,6 +182,23 @@ async fn a_check_spanning_slots_is_all_or_nothing() {
     );
     assert_eq!(allowed(&app, &shadowed).await, Some(false));
     assert_eq!(counted(&cluster, roomy), 1);
+    // Each denied check above gave back the one group it had charged (the shadow hit's too).
+    assert_eq!(give_backs(&app).await, [3.0, 0.0, 0.0, 0.0]);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(&text, "limitd_give_backs_in_flight"),
+        Some(0.0),
+        "given back at once, none left to the background:\n{text}"
+    );
+}
+
+/// `limitd_give_backs_total` by outcome: returned, voided, settled, failed.
+async fn give_backs(app: &Router) -> [f64; 4] {
+    let text = scrape(app).await;
+    ["returned", "voided", "settled", "failed"].map(|outcome| {
+        let series = format!(r#"limitd_give_backs_total{{outcome="{outcome}"}}"#);
+        value(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +286,10 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     let slot = cluster.slot_of(&counter(key));
     let old_master = cluster.master_of(slot).expect("a master for the key");
     let body = check_body(&[hit(key, 100_000)]);
+    // A cluster names no single master, but readiness has its series.
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, "limitd_ready"), Some(1.0), "{text}");
+    assert!(!text.contains("limitd_redis_master{"), "{text}");
 
     let mut allowed_total = 0u64;
     for _ in 0..20 {
@@ -277,6 +305,12 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     let killed = Instant::now();
     // A master that does not answer: the cluster cannot serve all its slots, and /readyz says so.
     assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(&text, "limitd_ready"),
+        Some(0.0),
+        "as /readyz:\n{text}"
+    );
     let mut failed = 0u64;
     let mut slowest_failure = Duration::ZERO;
     let recovered_after = loop {
@@ -314,7 +348,7 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
         "a check during the failover took {slowest_failure:?} to fail"
     );
     if failed > 0 {
-        let text = state.metrics().render(None);
+        let text = scrape(&app).await;
         let errors: f64 = text
             .lines()
             .filter(|l| l.starts_with("limitd_redis_errors_total{"))
@@ -334,7 +368,7 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
         (state.metrics().give_backs_in_flight() == 0).then_some(())
     })
     .await;
-    let text = state.metrics().render(None);
+    let text = scrape(&app).await;
     assert!(
         !text.lines().any(
             |l| l.starts_with("limitd_give_backs_total{outcome=\"failed\"}") && !l.ends_with(" 0")
@@ -354,4 +388,6 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
         (readyz(&app).await == StatusCode::OK).then_some(())
     })
     .await;
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, "limitd_ready"), Some(1.0), "{text}");
 }

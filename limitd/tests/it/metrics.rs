@@ -1,12 +1,14 @@
 //! `GET /metrics` read back after real checks against a real Redis.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 
-use crate::support::{app_for_redis, check_one, eventually, post_check, send, RedisProcess};
+use crate::support::{
+    app_for_redis, check_one, config, eventually, post_check, send, RedisProcess,
+};
 
 /// The text of `GET /metrics`.
 pub async fn scrape(app: &Router) -> String {
@@ -57,6 +59,7 @@ async fn metrics_count_checks_hits_and_name_the_master() {
     let master = format!(r#"limitd_redis_master{{addr="127.0.0.1:{}"}}"#, redis.port);
     assert_eq!(get(&master), 1.0);
     assert_eq!(text.matches("limitd_redis_master{").count(), 1, "{text}");
+    assert_eq!(get("limitd_ready"), 1.0);
     assert_eq!(get("limitd_reconnects_total"), 0.0);
     assert_eq!(get("limitd_failovers_total"), 0.0);
     for kind in ["timeout", "io", "readonly", "noscript", "auth", "other"] {
@@ -87,6 +90,7 @@ async fn a_reconnect_to_the_same_address_is_not_a_failover() {
         value(&text, r#"limitd_redis_errors_total{kind="io"}"#).unwrap_or(0.0) >= 1.0,
         "{text}"
     );
+    assert_eq!(value(&text, "limitd_ready"), Some(0.0), "{text}");
 
     let _again = RedisProcess::server_on(port);
     eventually(Duration::from_secs(5), "checks to work again", || async {
@@ -98,4 +102,39 @@ async fn a_reconnect_to_the_same_address_is_not_a_failover() {
     assert_eq!(value(&text, "limitd_failovers_total"), Some(0.0), "{text}");
     let master = format!(r#"limitd_redis_master{{addr="127.0.0.1:{port}"}}"#);
     assert_eq!(value(&text, &master), Some(1.0), "{text}");
+    assert_eq!(value(&text, "limitd_ready"), Some(1.0), "{text}");
+}
+
+#[tokio::test]
+async fn a_frozen_redis_is_reported_unready_without_holding_the_scrape() {
+    let redis = RedisProcess::server(&[]);
+    // A response timeout far longer than the readiness probe's own bound.
+    let state = limitd::AppState::connect(&config(&[
+        ("REDIS_URL", format!("redis://127.0.0.1:{}", redis.port)),
+        ("REDIS_RESPONSE_TIMEOUT_MS", "30000".to_owned()),
+    ]))
+    .await
+    .expect("store");
+    let app = limitd::app(state);
+    assert_eq!(value(&scrape(&app).await, "limitd_ready"), Some(1.0));
+
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let text = scrape(&app).await;
+    let readyz = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    let waited = started.elapsed();
+    redis.signal("-CONT");
+    assert_eq!(value(&text, "limitd_ready"), Some(0.0), "{text}");
+    assert_eq!(readyz.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited < Duration::from_secs(30),
+        "the scrape and /readyz waited out the response timeout ({waited:?}), not the probe's bound"
+    );
+
+    eventually(
+        Duration::from_secs(10),
+        "limitd_ready to be 1 again",
+        || async { (value(&scrape(&app).await, "limitd_ready") == Some(1.0)).then_some(()) },
+    )
+    .await;
 }

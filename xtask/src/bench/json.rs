@@ -6,6 +6,7 @@
 
 use serde::{Serialize, Serializer};
 
+use super::cpu::Shares;
 use super::report::Results;
 
 #[derive(Serialize)]
@@ -16,6 +17,7 @@ struct ResultsJson<'a> {
     duration_s: f64,
     scenarios: Vec<ScenarioJson<'a>>,
     limitd_alone: LimitdAloneJson,
+    limitd_cluster: LimitdClusterJson,
     wasm_bytes: u64,
     limitd_peak_rss_kib: &'a [u64],
     load: Vec<LoadJson<'a>>,
@@ -78,6 +80,32 @@ struct LimitdRoundJson {
     redis_rps: f64,
 }
 
+/// limitd on a Redis Cluster (all zero, no rounds, unless `limitd_cluster` was measured).
+#[derive(Serialize)]
+struct LimitdClusterJson {
+    /// Keys spread evenly over the masters.
+    limitd_spread_rps: f64,
+    /// As many keys, all on one master.
+    limitd_one_master_rps: f64,
+    /// `redis-benchmark --cluster`: EVALSHA of the same script over every master.
+    redis_evalsha_rps: f64,
+    /// `limitd_spread_rps` ÷ `redis_evalsha_rps`.
+    ratio: f64,
+    /// `limitd_spread_rps` ÷ `limitd_one_master_rps`.
+    spread_vs_one_master: f64,
+    rounds: Vec<LimitdClusterRoundJson>,
+}
+
+#[derive(Serialize)]
+struct LimitdClusterRoundJson {
+    limitd_spread_rps: f64,
+    limitd_one_master_rps: f64,
+    /// Answers not 2xx, and socket errors, over both limitd runs.
+    limitd_errors: u64,
+    redis_rps: f64,
+    cpu: CpuJson,
+}
+
 #[derive(Serialize)]
 struct LoadJson<'a> {
     when: &'a str,
@@ -89,6 +117,16 @@ struct CpuJson {
     ours: f64,
     others: f64,
     steal: f64,
+}
+
+impl From<&Shares> for CpuJson {
+    fn from(c: &Shares) -> Self {
+        CpuJson {
+            ours: round(c.ours, 3),
+            others: round(c.others, 3),
+            steal: round(c.steal, 3),
+        }
+    }
 }
 
 /// `value` rounded to `digits` decimals.
@@ -164,6 +202,7 @@ impl Results {
                     })
                     .collect(),
             },
+            limitd_cluster: self.cluster_json(),
             wasm_bytes: self.wasm_bytes,
             limitd_peak_rss_kib: &self.limitd_hwm_kib,
             load: self
@@ -171,15 +210,7 @@ impl Results {
                 .iter()
                 .map(|(when, loadavg)| LoadJson { when, loadavg })
                 .collect(),
-            cpu_per_round: self
-                .cpu
-                .iter()
-                .map(|c| CpuJson {
-                    ours: round(c.ours, 3),
-                    others: round(c.others, 3),
-                    steal: round(c.steal, 3),
-                })
-                .collect(),
+            cpu_per_round: self.cpu.iter().map(CpuJson::from).collect(),
             counters: &self.counters,
             warnings: &self.warnings,
         };
@@ -188,67 +219,38 @@ impl Results {
         text.push('\n');
         text
     }
+
+    fn cluster_json(&self) -> LimitdClusterJson {
+        let c = self.cluster_summary();
+        LimitdClusterJson {
+            limitd_spread_rps: round(c.spread, 1),
+            limitd_one_master_rps: round(c.one_master, 1),
+            redis_evalsha_rps: round(c.redis, 1),
+            ratio: round(c.ratio, 4),
+            spread_vs_one_master: round(c.spread_vs_one_master, 4),
+            rounds: self
+                .cluster
+                .iter()
+                .map(|r| LimitdClusterRoundJson {
+                    limitd_spread_rps: round(r.spread.requests_per_sec, 1),
+                    limitd_one_master_rps: round(r.one_master.requests_per_sec, 1),
+                    limitd_errors: r.spread.non_2xx
+                        + r.spread.socket_errors
+                        + r.one_master.non_2xx
+                        + r.one_master.socket_errors,
+                    redis_rps: round(r.redis_rps, 1),
+                    cpu: CpuJson::from(&r.cpu),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu::Shares;
-    use super::super::open_loop::OpenLoopResult;
-    use super::super::report::{EnvoyRound, LimitdRound};
+    use super::super::report::tests::results;
     use super::super::scenarios::SCENARIOS;
-    use super::super::wrk::WrkResult;
-    use super::*;
     use serde_json::Value;
-
-    fn wrk(rps: f64) -> WrkResult {
-        WrkResult {
-            requests_per_sec: rps,
-            requests: 1000,
-            non_2xx: 0,
-            socket_errors: 0,
-            p50_ms: 0.123_456,
-            p99_ms: 1.5,
-        }
-    }
-
-    fn results() -> Results {
-        let round = |rps| EnvoyRound {
-            wrk: wrk(rps),
-            open: OpenLoopResult {
-                ok: 500,
-                errors: 1,
-                p50_ms: 0.2,
-                p99_ms: 2.0,
-                max_ms: 9.0,
-            },
-            cpu_us_per_request: 12.345_678,
-            callouts: 10,
-        };
-        Results {
-            date: "2026-01-02".into(),
-            machine: "a \"quoted\" machine\n".into(),
-            settings: "1 round".into(),
-            seconds: 61.26,
-            scenarios: vec![
-                (SCENARIOS[0], vec![round(1000.0)]),
-                (SCENARIOS[1], vec![round(800.0), round(900.0)]),
-            ],
-            limitd: vec![LimitdRound {
-                limitd: wrk(5000.0),
-                redis_rps: 20000.0,
-            }],
-            wasm_bytes: 123_456,
-            limitd_hwm_kib: vec![10_240, 11_264],
-            load: vec![("start".into(), "0.5 0.4 0.3".into())],
-            cpu: vec![Shares {
-                ours: 0.5,
-                others: 0.25,
-                steal: 0.0,
-            }],
-            counters: vec![("zeta".into(), 2), ("alpha".into(), 1)],
-            warnings: vec!["one".into()],
-        }
-    }
 
     /// The keys of `value`'s object (sorted: serde_json's map is ordered by key).
     fn keys(value: &Value) -> Vec<&str> {
@@ -271,6 +273,7 @@ mod tests {
                 "date",
                 "duration_s",
                 "limitd_alone",
+                "limitd_cluster",
                 "limitd_peak_rss_kib",
                 "load",
                 "machine",
@@ -292,6 +295,14 @@ mod tests {
         assert_eq!(scenario["rounds"][0]["open_errors"], 1);
         assert_eq!(json["limitd_alone"]["ratio"], 0.25);
         assert_eq!(json["limitd_alone"]["rounds"][0]["redis_rps"], 20000.0);
+        let cluster = &json["limitd_cluster"];
+        assert_eq!(cluster["limitd_spread_rps"], 6000.0);
+        assert_eq!(cluster["limitd_one_master_rps"], 5000.0);
+        assert_eq!(cluster["redis_evalsha_rps"], 30000.0);
+        assert_eq!(cluster["ratio"], 0.2);
+        assert_eq!(cluster["spread_vs_one_master"], 1.2);
+        assert_eq!(cluster["rounds"][0]["limitd_errors"], 0);
+        assert_eq!(cluster["rounds"][0]["cpu"]["ours"], 0.9);
         assert_eq!(json["limitd_peak_rss_kib"][1], 11_264);
         assert_eq!(json["load"][0]["loadavg"], "0.5 0.4 0.3");
         assert_eq!(json["cpu_per_round"][0]["others"], 0.25);
@@ -299,5 +310,16 @@ mod tests {
         // Counters keep the order they were read in.
         assert!(text.find("\"zeta\"") < text.find("\"alpha\""), "{text}");
         assert_eq!(json["counters"]["alpha"], 1);
+    }
+
+    #[test]
+    fn without_the_cluster_section_its_figures_are_zero_and_it_has_no_rounds() {
+        let mut results = results();
+        results.cluster.clear();
+        let json: Value = serde_json::from_str(&results.to_json()).unwrap();
+        let cluster = &json["limitd_cluster"];
+        assert_eq!(cluster["limitd_spread_rps"], 0.0);
+        assert_eq!(cluster["ratio"], 0.0);
+        assert_eq!(cluster["rounds"].as_array().map(Vec::len), Some(0));
     }
 }

@@ -17,14 +17,16 @@
 //! - p50/p99 latency: our open-loop generator at a fixed moderate rate
 //!   ([`open_loop`]), measured from each request's scheduled send time;
 //! - limitd alone (wrk POSTing `/v2/checks` to one limitd) against
-//!   `redis-benchmark` running the same script by `EVALSHA` on the master.
+//!   `redis-benchmark` running the same script by `EVALSHA` on the master;
+//! - limitd on a Redis Cluster ([`cluster`]), after that stack is stopped: its own
+//!   stack, its own rounds.
 //!
 //! Settings (environment): `BENCH_ROUNDS` (6), `BENCH_SECONDS` per measurement
 //! (3), `BENCH_RATE` of the open loop in requests/s (1000),
 //! `BENCH_CONNECTIONS` of wrk (32), `BENCH_ENVOY_CONCURRENCY` (1), and
 //! `BENCH_SCENARIOS`: a comma-separated subset of the scenario ids (and
-//! `limitd_alone`) for a quicker comparison; `baseline` is always measured, as
-//! every ratio is to it. Default: all.
+//! `limitd_alone`, `limitd_cluster`) for a quicker comparison; `baseline` is always
+//! measured, as every ratio is to it. Default: all.
 //!
 //! Why Envoy `--concurrency 1` and `wrk -t1`: the machine has 2 cores, and in
 //! the limiter scenarios limitd, Redis and the backends need CPU too. One Envoy
@@ -32,6 +34,7 @@
 //! measures the limiter's cost rather than a fight for cores Envoy would win in
 //! the baseline only. 32 connections keep that one worker busy.
 
+mod cluster;
 mod cpu;
 mod json;
 mod open_loop;
@@ -82,6 +85,8 @@ const OPEN_LOOP_CONNECTIONS: u32 = 8;
 const WARM_UP_SECONDS: u64 = 2;
 /// The id of limitd alone against Redis in `BENCH_SCENARIOS`.
 const LIMITD_ALONE: &str = "limitd_alone";
+/// The id of limitd on a Redis Cluster in `BENCH_SCENARIOS` (see [`cluster`]).
+const LIMITD_CLUSTER: &str = "limitd_cluster";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -119,7 +124,8 @@ impl Settings {
                         .filter(|id| !id.is_empty())
                         .collect();
                     if let Some(unknown) = ids.iter().find(|id| {
-                        id.as_str() != LIMITD_ALONE && !SCENARIOS.iter().any(|s| s.id == *id)
+                        ![LIMITD_ALONE, LIMITD_CLUSTER].contains(&id.as_str())
+                            && !SCENARIOS.iter().any(|s| s.id == *id)
                     }) {
                         return Err(format!("BENCH_SCENARIOS: no scenario {unknown:?}"));
                     }
@@ -130,7 +136,7 @@ impl Settings {
         })
     }
 
-    /// Whether the scenario (or `limitd_alone`) is measured in this run.
+    /// Whether the scenario (or `limitd_alone`, `limitd_cluster`) is measured in this run.
     fn measures(&self, id: &str) -> bool {
         id == "baseline"
             || self
@@ -244,10 +250,16 @@ pub fn run() -> Result<(), String> {
             WARM_UP_SECONDS,
             Some(&lua),
         )?;
-        evalsha.push(load_check_script(master, &mut warnings)?);
+        evalsha.push(load_check_script(&[master], &mut warnings)?);
         evalsha.extend(scenarios::evalsha_arguments());
+        let key = scenarios::limitd_redis_key();
+        check_key_written(
+            &key,
+            redis_command(master, &["HGET", &key, "c"]),
+            &mut warnings,
+        );
         // Calibrates redis-benchmark's request count to about `seconds`.
-        redis_rps = redis_benchmark(master, settings.connections, 20_000, &evalsha)?;
+        redis_rps = redis_benchmark(master, false, settings.connections, 20_000, &evalsha)?;
     }
 
     let mut envoy_rounds: Vec<Vec<EnvoyRound>> = vec![Vec::new(); measured.len()];
@@ -308,7 +320,7 @@ pub fn run() -> Result<(), String> {
                     Some(&lua),
                 )?);
             }
-            redis_rps = redis_benchmark(master, settings.connections, n, &evalsha)?;
+            redis_rps = redis_benchmark(master, false, settings.connections, n, &evalsha)?;
             let limitd = match limitd {
                 Some(l) => l,
                 None => wrk::run(
@@ -325,14 +337,13 @@ pub fn run() -> Result<(), String> {
             );
             limitd_rounds.push(LimitdRound { limitd, redis_rps });
         }
-        record_load(
-            &mut load,
-            &mut cpu_rounds,
-            &mut warnings,
-            round,
+        load.push((format!("after round {}", round + 1), loadavg()));
+        cpu_rounds.push(cpu_shares(
+            &format!("round {}", round + 1),
             &cpu_start,
             &pids,
-        );
+            &mut warnings,
+        ));
     }
 
     let counters = counters(&stack);
@@ -353,6 +364,12 @@ pub fn run() -> Result<(), String> {
         .collect();
     drop(stack);
 
+    let cluster = if settings.measures(LIMITD_CLUSTER) {
+        cluster::run(&settings, &out, &token, &mut load, &mut warnings)?
+    } else {
+        Vec::new()
+    };
+
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wasm = Binaries::locate().wasm;
     let results = Results {
@@ -369,6 +386,7 @@ pub fn run() -> Result<(), String> {
             .zip(envoy_rounds)
             .collect(),
         limitd: limitd_rounds,
+        cluster,
         wasm_bytes: std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0),
         limitd_hwm_kib,
         load,
@@ -396,17 +414,14 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// After a round: the load average, and the share of the machine's CPU that
-/// the benchmark and other processes used (a warning when others used much).
-fn record_load(
-    load: &mut Vec<(String, String)>,
-    cpu_rounds: &mut Vec<cpu::Shares>,
-    warnings: &mut Vec<String>,
-    round: usize,
+/// After `round`: the share of the machine's CPU that the benchmark (`pids`)
+/// and other processes used since `cpu_start` (a warning when others used much).
+fn cpu_shares(
+    round: &str,
     cpu_start: &cpu::Snapshot,
     pids: &[u32],
-) {
-    load.push((format!("after round {}", round + 1), loadavg()));
+    warnings: &mut Vec<String>,
+) -> cpu::Shares {
     let shares = cpu_start.shares_until(&cpu::snapshot(pids));
     eprintln!(
         "    CPU: the benchmark {:.0}%, other processes {:.0}%, steal {:.0}%",
@@ -416,14 +431,13 @@ fn record_load(
     );
     if shares.others > 0.10 || shares.steal > 0.05 {
         warnings.push(format!(
-            "round {}: other processes used {:.0}% of the machine's CPU (steal {:.0}%): \
+            "{round}: other processes used {:.0}% of the machine's CPU (steal {:.0}%): \
              its figures are disturbed",
-            round + 1,
             shares.others * 100.0,
             shares.steal * 100.0
         ));
     }
-    cpu_rounds.push(shares);
+    shares
 }
 
 /// wrk, redis-benchmark (Debian redis-tools, with redis-server) and sha1sum.
@@ -497,9 +511,9 @@ fn check_scenarios(
     Ok(())
 }
 
-/// SCRIPT LOADs limitd/src/check.lua on the master and returns its SHA1,
-/// warning when limitd runs another version of it.
-fn load_check_script(master: u16, warnings: &mut Vec<String>) -> Result<String, String> {
+/// SCRIPT LOADs limitd/src/check.lua on each of the masters `ports` and returns
+/// its SHA1, warning when limitd runs another version of it there.
+fn load_check_script(ports: &[u16], warnings: &mut Vec<String>) -> Result<String, String> {
     let path = workspace_root().join("limitd/src/check.lua");
     let source = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     // limitd has loaded its own copy by now (the warm-up ran checks through it).
@@ -513,39 +527,61 @@ fn load_check_script(master: u16, warnings: &mut Vec<String>) -> Result<String, 
                 .next()
                 .map(str::to_owned)
         });
-    if let Some(digest) = &digest {
-        if redis_command(master, &["SCRIPT", "EXISTS", digest]).ok()
-            != Some(Resp::Array(Some(vec![Resp::Integer(1)])))
-        {
-            warnings.push(
-                "limitd does not run limitd/src/check.lua as it is now (rebuild limitd): \
-                 the EVALSHA comparison runs a different script"
-                    .to_owned(),
-            );
+    let mut sha = String::new();
+    for &port in ports {
+        if let Some(digest) = &digest {
+            if redis_command(port, &["SCRIPT", "EXISTS", digest]).ok()
+                != Some(Resp::Array(Some(vec![Resp::Integer(1)])))
+            {
+                warnings.push(format!(
+                    "limitd does not run limitd/src/check.lua as it is now on the Redis at port \
+                     {port} (rebuild limitd): the EVALSHA comparison runs a different script"
+                ));
+            }
         }
+        sha = match redis_command(port, &["SCRIPT", "LOAD", &source]) {
+            Ok(Resp::Bulk(Some(sha))) => sha,
+            other => {
+                return Err(format!(
+                    "SCRIPT LOAD of check.lua on port {port}: {other:?}"
+                ))
+            }
+        };
     }
-    let key = scenarios::limitd_redis_key();
-    match redis_command(master, &["HGET", &key, "c"]) {
-        Ok(Resp::Bulk(Some(_))) => {}
-        other => warnings.push(format!(
-            "limitd's check did not write {key} ({other:?}): redis-benchmark may use another key than limitd"
-        )),
-    }
-    match redis_command(master, &["SCRIPT", "LOAD", &source]) {
-        Ok(Resp::Bulk(Some(sha))) => Ok(sha),
-        other => Err(format!("SCRIPT LOAD of check.lua: {other:?}")),
+    Ok(sha)
+}
+
+/// Warns unless `reply` (to `HGET key c`) shows that limitd's checks wrote `key`: then
+/// redis-benchmark would run the script on other keys than limitd.
+fn check_key_written(
+    key: &str,
+    reply: Result<Resp, impl std::fmt::Debug>,
+    warnings: &mut Vec<String>,
+) {
+    if !matches!(reply, Ok(Resp::Bulk(Some(_)))) {
+        warnings.push(format!(
+            "limitd's check did not write {key} ({reply:?}): redis-benchmark may use another key than limitd"
+        ));
     }
 }
 
-/// Runs `redis-benchmark` with `command` on 127.0.0.1:`port`; returns requests/s.
+/// Runs `redis-benchmark` with `command` on 127.0.0.1:`port` (with `cluster`, on every
+/// master of the cluster `port` is a node of, from one thread); returns requests/s.
 fn redis_benchmark(
     port: u16,
+    cluster: bool,
     clients: u32,
     requests: u64,
     command: &[String],
 ) -> Result<f64, String> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    let mut benchmark = Command::new("redis-benchmark");
+    benchmark.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if cluster {
+        // Its default in cluster mode is one thread per master; one thread, as without
+        // --cluster and as wrk drives limitd.
+        benchmark.args(["--cluster", "--threads", "1"]);
+    }
+    let out = benchmark
         .args([
             "-c",
             &clients.to_string(),
@@ -562,11 +598,7 @@ fn redis_benchmark(
         .output()
         .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "test","rps","avg_latency_ms",... then one line per test.
-    text.lines()
-        .nth(1)
-        .and_then(|line| line.split("\",\"").nth(1))
-        .and_then(|rps| rps.trim_matches('"').parse().ok())
+    csv_requests_per_sec(&text)
         .filter(|_| out.status.success())
         .ok_or_else(|| {
             format!(
@@ -575,6 +607,22 @@ fn redis_benchmark(
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+}
+
+/// The requests/s of `redis-benchmark --csv`'s output: the line after its header
+/// `"test","rps",...` (in cluster mode, lines naming the masters come first).
+fn csv_requests_per_sec(text: &str) -> Option<f64> {
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.starts_with("\"test\",\"rps\""));
+    lines.next()?;
+    lines
+        .next()?
+        .split("\",\"")
+        .nth(1)?
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 /// The filter's counters (Envoy 0), the local_ratelimit reference's (Envoy
@@ -682,4 +730,26 @@ fn machine(cores: usize) -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let kernel = output("uname", &["-r"]).unwrap_or_default();
     format!("{cores} cores ({model}), Linux {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_benchmark_csv_is_read_with_or_without_the_cluster_preamble() {
+        let plain = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\"\n\
+                     \"EVALSHA abc 2 k\",\"11510.50\",\"2.7\",\"0.3\"\n";
+        assert_eq!(csv_requests_per_sec(plain), Some(11510.5));
+        let cluster = "Cluster has 3 master nodes:\n\n\
+                       Master 0: 5f3a 127.0.0.1:40001\n\
+                       Master 1: 9c1e 127.0.0.1:40002\n\
+                       Master 2: 07d2 127.0.0.1:40003\n\n";
+        assert_eq!(
+            csv_requests_per_sec(&format!("{cluster}{plain}")),
+            Some(11510.5)
+        );
+        assert_eq!(csv_requests_per_sec(cluster), None);
+        assert_eq!(csv_requests_per_sec(""), None);
+    }
 }

@@ -27,6 +27,31 @@ pub struct LimitdRound {
     pub redis_rps: f64,
 }
 
+/// One round of limitd on a Redis Cluster (see `cluster.rs`).
+#[derive(Debug, Clone)]
+pub struct ClusterRound {
+    /// limitd, the keys spread evenly over the cluster's masters.
+    pub spread: WrkResult,
+    /// limitd, as many keys, all on one master.
+    pub one_master: WrkResult,
+    /// `redis-benchmark --cluster`: EVALSHA of the same script over every master.
+    pub redis_rps: f64,
+    /// The machine's CPU over the round.
+    pub cpu: Shares,
+}
+
+/// The medians of limitd on a Redis Cluster and their ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClusterSummary {
+    pub spread: f64,
+    pub one_master: f64,
+    pub redis: f64,
+    /// `spread` ÷ `redis`: limitd against raw EVALSHA on the same cluster.
+    pub ratio: f64,
+    /// `spread` ÷ `one_master`: what spreading the keys over the masters gave.
+    pub spread_vs_one_master: f64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone)]
 pub struct Results {
@@ -36,6 +61,8 @@ pub struct Results {
     pub seconds: f64,
     pub scenarios: Vec<(Scenario, Vec<EnvoyRound>)>,
     pub limitd: Vec<LimitdRound>,
+    /// Empty unless `limitd_cluster` was measured.
+    pub cluster: Vec<ClusterRound>,
     pub wasm_bytes: u64,
     /// Peak RSS (VmHWM) of limitd-1 and limitd-2, in KiB.
     pub limitd_hwm_kib: Vec<u64>,
@@ -163,6 +190,20 @@ impl Results {
         (limitd, redis, ratio(limitd, redis))
     }
 
+    /// Medians over the rounds of limitd on a Redis Cluster.
+    pub fn cluster_summary(&self) -> ClusterSummary {
+        let spread = median(self.cluster.iter().map(|r| r.spread.requests_per_sec));
+        let one_master = median(self.cluster.iter().map(|r| r.one_master.requests_per_sec));
+        let redis = median(self.cluster.iter().map(|r| r.redis_rps));
+        ClusterSummary {
+            spread,
+            one_master,
+            redis,
+            ratio: ratio(spread, redis),
+            spread_vs_one_master: ratio(spread, one_master),
+        }
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut md = String::new();
         let _ = writeln!(
@@ -203,6 +244,39 @@ impl Results {
              | one limitd, one hit per check | {limitd:.0} | {redis:.0} | {r:.2} |\n"
             );
         }
+        if !self.cluster.is_empty() {
+            let c = self.cluster_summary();
+            let errors: u64 = self
+                .cluster
+                .iter()
+                .map(|r| {
+                    r.spread.non_2xx
+                        + r.spread.socket_errors
+                        + r.one_master.non_2xx
+                        + r.one_master.socket_errors
+                })
+                .sum();
+            let _ = writeln!(
+                md,
+                "| limitd on a Redis Cluster (3 masters + 3 replicas), one limitd, one hit per check | checks/s | ÷ raw EVALSHA | ÷ keys on one master |\n\
+                 | --- | ---: | ---: | ---: |\n\
+                 | keys spread over the 3 masters | {:.0} | {:.2} | {:.2} |\n\
+                 | keys all on one master | {:.0} | {:.2} | 1.00 |\n\
+                 | `redis-benchmark --cluster` EVALSHA of the same script, over the 3 masters | {:.0} | 1.00 | |\n",
+                c.spread,
+                c.ratio,
+                c.spread_vs_one_master,
+                c.one_master,
+                ratio(c.one_master, c.redis),
+                c.redis,
+            );
+            if errors > 0 {
+                let _ = writeln!(
+                    md,
+                    "- limitd on a Redis Cluster: {errors} answers not 2xx or failed\n"
+                );
+            }
+        }
         let _ = writeln!(
             md,
             "- `ratelimit.wasm`: {} bytes ({:.0} KiB)\n- limitd peak RSS (VmHWM): {}\n- load average (1/5/15 min): {}",
@@ -220,18 +294,11 @@ impl Results {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        md.push_str("- CPU of the machine per round, the benchmark / other processes / steal:");
-        for (i, c) in self.cpu.iter().enumerate() {
-            let _ = write!(
-                md,
-                " {} {:.0}% / {:.0}% / {:.0}%;",
-                i + 1,
-                c.ours * 100.0,
-                c.others * 100.0,
-                c.steal * 100.0
-            );
+        cpu_line(&mut md, "per round", &self.cpu);
+        if !self.cluster.is_empty() {
+            let cpu: Vec<Shares> = self.cluster.iter().map(|r| r.cpu).collect();
+            cpu_line(&mut md, "per cluster round", &cpu);
         }
-        md.push('\n');
         md.push_str("- req/s spread over rounds (min–max):");
         for s in self.summaries() {
             let _ = write!(md, " {} {:.0}–{:.0};", s.id, s.rps_min, s.rps_max);
@@ -257,9 +324,113 @@ impl Results {
     }
 }
 
+/// The list item of the machine's CPU shares in each round of `rounds`.
+fn cpu_line(md: &mut String, rounds: &str, shares: &[Shares]) {
+    let _ = write!(
+        md,
+        "- CPU of the machine {rounds}, the benchmark / other processes / steal:"
+    );
+    for (i, c) in shares.iter().enumerate() {
+        let _ = write!(
+            md,
+            " {} {:.0}% / {:.0}% / {:.0}%;",
+            i + 1,
+            c.ours * 100.0,
+            c.others * 100.0,
+            c.steal * 100.0
+        );
+    }
+    md.push('\n');
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use super::super::scenarios::SCENARIOS;
     use super::*;
+
+    fn wrk(rps: f64) -> WrkResult {
+        WrkResult {
+            requests_per_sec: rps,
+            requests: 1000,
+            non_2xx: 0,
+            socket_errors: 0,
+            p50_ms: 0.123_456,
+            p99_ms: 1.5,
+        }
+    }
+
+    /// Results of every kind, for the tests of the report and of `results.json`.
+    pub fn results() -> Results {
+        let round = |rps| EnvoyRound {
+            wrk: wrk(rps),
+            open: OpenLoopResult {
+                ok: 500,
+                errors: 1,
+                p50_ms: 0.2,
+                p99_ms: 2.0,
+                max_ms: 9.0,
+            },
+            cpu_us_per_request: 12.345_678,
+            callouts: 10,
+        };
+        Results {
+            date: "2026-01-02".into(),
+            machine: "a \"quoted\" machine\n".into(),
+            settings: "1 round".into(),
+            seconds: 61.26,
+            scenarios: vec![
+                (SCENARIOS[0], vec![round(1000.0)]),
+                (SCENARIOS[1], vec![round(800.0), round(900.0)]),
+            ],
+            limitd: vec![LimitdRound {
+                limitd: wrk(5000.0),
+                redis_rps: 20000.0,
+            }],
+            cluster: vec![ClusterRound {
+                spread: wrk(6000.0),
+                one_master: wrk(5000.0),
+                redis_rps: 30000.0,
+                cpu: Shares {
+                    ours: 0.9,
+                    others: 0.01,
+                    steal: 0.0,
+                },
+            }],
+            wasm_bytes: 123_456,
+            limitd_hwm_kib: vec![10_240, 11_264],
+            load: vec![("start".into(), "0.5 0.4 0.3".into())],
+            cpu: vec![Shares {
+                ours: 0.5,
+                others: 0.25,
+                steal: 0.0,
+            }],
+            counters: vec![("zeta".into(), 2), ("alpha".into(), 1)],
+            warnings: vec!["one".into()],
+        }
+    }
+
+    #[test]
+    fn the_cluster_section_is_reported_only_when_measured() {
+        let mut results = results();
+        let md = results.to_markdown();
+        assert!(
+            md.contains("| keys spread over the 3 masters | 6000 | 0.20 | 1.20 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| keys all on one master | 5000 | 0.17 | 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("EVALSHA of the same script, over the 3 masters | 30000 |"),
+            "{md}"
+        );
+        assert!(md.contains("- CPU of the machine per cluster round, the benchmark / other processes / steal: 1 90% / 1% / 0%;"), "{md}");
+        results.cluster.clear();
+        let md = results.to_markdown();
+        assert!(!md.contains("Redis Cluster"), "{md}");
+        assert!(!md.contains("cluster round"), "{md}");
+    }
 
     #[test]
     fn medians() {

@@ -305,8 +305,13 @@ pub const LIMITD_LIMIT: u64 = 1_000_000_000_000;
 pub const LIMITD_WINDOW_MS: u64 = 3_600_000;
 
 pub fn limitd_body() -> String {
+    limitd_body_for(LIMITD_KEY)
+}
+
+/// [`limitd_body`] with the client key `key`.
+pub fn limitd_body_for(key: &str) -> String {
     format!(
-        r#"{{"timeout_ms":250,"checks":[{{"hits":[{{"key":"{LIMITD_KEY}","limit":{LIMITD_LIMIT},"window_ms":{LIMITD_WINDOW_MS},"cost":1,"algorithm":"fixed_window"}}]}}]}}"#
+        r#"{{"timeout_ms":250,"checks":[{{"hits":[{{"key":"{key}","limit":{LIMITD_LIMIT},"window_ms":{LIMITD_WINDOW_MS},"cost":1,"algorithm":"fixed_window"}}]}}]}}"#
     )
 }
 
@@ -335,11 +340,42 @@ pub fn limitd_wrk_script(token: &str) -> String {
     )
 }
 
+/// The wrk script that POSTs [`limitd_body_for`] each of `keys` in turn, one per request.
+pub fn limitd_keys_wrk_script(token: &str, keys: &[String]) -> String {
+    let bodies: Vec<String> = keys
+        .iter()
+        .map(|key| format!("  '{}',\n", limitd_body_for(key)))
+        .collect();
+    format!(
+        "-- POST /v2/checks batches of one, for each of {n} keys in turn (written by cargo xtask bench)\n\
+         local bodies = {{\n{bodies}}}\n\
+         local headers = {{ [\"Content-Type\"] = \"application/json\", [\"Authorization\"] = \"Bearer {token}\" }}\n\
+         local requests = {{}}\n\
+         init = function(args)\n\
+           for i, body in ipairs(bodies) do\n\
+             requests[i] = wrk.format(\"POST\", nil, headers, body)\n\
+           end\n\
+         end\n\
+         local n = 0\n\
+         request = function()\n\
+           n = n % #requests + 1\n\
+           return requests[n]\n\
+         end\n",
+        n = keys.len(),
+        bodies = bodies.concat(),
+    )
+}
+
 /// The Redis key limitd keeps [`LIMITD_KEY`] under (limitd/src/keys.rs:
 /// `rl:v2:{<key>}:w<window_ms>` for short keys without braces). The bench checks that
 /// limitd's run did write it, so a change there cannot go unnoticed.
 pub fn limitd_redis_key() -> String {
-    format!("rl:v2:{{{LIMITD_KEY}}}:w{LIMITD_WINDOW_MS}")
+    limitd_redis_key_of(LIMITD_KEY)
+}
+
+/// [`limitd_redis_key`] of the client key `key`.
+pub fn limitd_redis_key_of(key: &str) -> String {
+    format!("rl:v2:{{{key}}}:w{LIMITD_WINDOW_MS}")
 }
 
 /// `KEYS` and `ARGV` of the same check for `EVALSHA <sha> 2 ...`, as
@@ -348,10 +384,17 @@ pub fn limitd_redis_key() -> String {
 /// the receipt's lifetime, then algorithm 0 (fixed_window), shadow 0, limit,
 /// window_ms, cost 1, then burst, token and rate (0 outside gcra), and lease 0.
 pub fn evalsha_arguments() -> Vec<String> {
+    evalsha_arguments_for(LIMITD_KEY)
+}
+
+/// [`evalsha_arguments`] for the client key `key`. With `key` = `tag`, both keys carry
+/// `redis-benchmark`'s placeholder `{tag}`, which `--cluster` replaces on each call with the
+/// hash tag of a slot of the master that client is connected to.
+pub fn evalsha_arguments_for(key: &str) -> Vec<String> {
     let mut args = vec![
         "2".to_owned(),
-        format!("rl:r1:{{{LIMITD_KEY}}}:__rand_int__"),
-        limitd_redis_key(),
+        format!("rl:r1:{{{key}}}:__rand_int__"),
+        limitd_redis_key_of(key),
         "0".to_owned(),
         "60000".to_owned(),
     ];
@@ -369,6 +412,26 @@ mod tests {
     use e2e::envoy_config::{self, EnvoyConfig, LocalAddresses};
 
     use super::*;
+
+    #[test]
+    fn the_cluster_scripts_name_each_key_and_the_slot_placeholder() {
+        let keys = ["a:1".to_owned(), "b:2".to_owned()];
+        let script = limitd_keys_wrk_script("t0ken", &keys);
+        for key in &keys {
+            assert!(
+                script.contains(&format!("'{}'", limitd_body_for(key))),
+                "{script}"
+            );
+        }
+        assert!(script.contains("Bearer t0ken"), "{script}");
+        assert_eq!(limitd_body(), limitd_body_for(LIMITD_KEY));
+        let args = evalsha_arguments_for("tag");
+        assert_eq!(
+            args[..3],
+            ["2", "rl:r1:{tag}:__rand_int__", "rl:v2:{tag}:w3600000"]
+        );
+        assert_eq!(args[3..], evalsha_arguments()[3..]);
+    }
 
     /// Every Envoy the benchmark starts applies to the shipped files: each snippet it replaces
     /// and each filter it swaps is there exactly once.
