@@ -36,15 +36,10 @@ const SENTINEL_TEMPLATE: &str = "deploy/redis/sentinel.conf";
 const CLUSTER_NODE_CONFIG: &str = "deploy/redis/cluster-node.conf";
 const CLUSTER_INIT: &str = "deploy/redis/cluster-init.sh";
 
-/// The `cluster` profile's Redis nodes.
-const CLUSTER_NODES: [&str; 6] = [
-    "redis-cluster-1",
-    "redis-cluster-2",
-    "redis-cluster-3",
-    "redis-cluster-4",
-    "redis-cluster-5",
-    "redis-cluster-6",
-];
+/// The `cluster` profile's Redis nodes: `redis-cluster-1` to `redis-cluster-6`.
+fn cluster_nodes() -> Vec<String> {
+    (1..=6).map(|i| format!("redis-cluster-{i}")).collect()
+}
 /// The `cluster` profile's limitd, each with the name it answers to on the profile's network
 /// (the name envoy.yaml gives a limitd endpoint).
 const CLUSTER_LIMITD: &[(&str, &str)] = &[
@@ -946,12 +941,13 @@ fn cluster_nodes_are_six_persistent_cluster_nodes_announcing_their_names() {
             .any(|words| words[0] == "min-replicas-to-write"),
         "{CLUSTER_NODE_CONFIG}: no min-replicas-to-write on a cluster of one replica per master"
     );
-    let port = listen_port(CLUSTER_NODES[0], service(&services, CLUSTER_NODES[0]));
-    for name in CLUSTER_NODES {
+    let nodes = cluster_nodes();
+    let port = listen_port(&nodes[0], service(&services, &nodes[0]));
+    for name in &nodes {
         let node = service(&services, name);
         assert_eq!(
             flag_value(node, "--cluster-announce-hostname").as_deref(),
-            Some(name),
+            Some(name.as_str()),
             "docker-compose.yml: `{name}` should announce its own service name"
         );
         assert_eq!(
@@ -981,7 +977,7 @@ fn cluster_nodes_are_six_persistent_cluster_nodes_announcing_their_names() {
         .filter_map(|word| word.strip_suffix(&format!(":{port}")))
         .collect();
     assert_eq!(
-        named, CLUSTER_NODES,
+        named, nodes,
         "docker-compose.yml: `redis-cluster-init` should name the six nodes at port {port}"
     );
     let script = mounts("redis-cluster-init", init)
@@ -1004,8 +1000,9 @@ fn cluster_nodes_are_six_persistent_cluster_nodes_announcing_their_names() {
 fn the_cluster_profile_has_its_own_envoy_and_limitd_on_envoy_yaml_names() {
     let services = services();
     let envoy_yaml = load_yaml("envoy.yaml");
-    let node_port = listen_port(CLUSTER_NODES[0], service(&services, CLUSTER_NODES[0]));
-    let nodes: BTreeSet<String> = CLUSTER_NODES
+    let names = cluster_nodes();
+    let node_port = listen_port(&names[0], service(&services, &names[0]));
+    let nodes: BTreeSet<String> = names
         .iter()
         .map(|name| format!("{name}:{node_port}"))
         .collect();

@@ -14,8 +14,8 @@ use super::client::Client;
 use super::docker::{docker, Project};
 use super::redis::redis_cli;
 use super::scenarios::{
-    assert_no_failures, expect, fresh_window, poll, report, resumed_after, secs, tally, unix_ms,
-    BOUND, KEY_LIMIT, LOAD_BOUND, LOAD_PATH, LOAD_RATE_PER_S, PER_KEY,
+    assert_no_failures, expect, fresh_window, poll, report, resumed_after, secs, start_keyed_load,
+    tally, unix_ms, BOUND, KEY_LIMIT, LOAD_PATH,
 };
 
 /// The cluster's nodes: their compose services, which are also the host names they announce.
@@ -198,6 +198,18 @@ fn scan(project: &Project, node: &str, pattern: &str) -> Result<Vec<String>, Str
     Ok(keys.lines().map(str::to_owned).collect())
 }
 
+/// Waits until a request with a new key through envoy-cluster is admitted and counted.
+fn deciding(c: &mut Client) -> Result<(), String> {
+    poll(BOUND, || {
+        let reply = c.get(LOAD_PATH, Some(&format!("cluster-probe-{}", unix_ms())))?;
+        if reply.status == 200 && reply.counted {
+            Ok(())
+        } else {
+            Err(format!("envoy-cluster answers {reply:?}"))
+        }
+    })
+}
+
 /// Every cluster scenario, leaving the cluster whole again.
 pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
     let started = Instant::now();
@@ -208,14 +220,7 @@ pub fn run(project: &mut Project, client_image: &str) -> Result<(), String> {
     second_up_changes_nothing(project, &pairs)?;
     let mut c = Client::start(project, "c", client_image, "envoy-cluster")?;
     // The cluster's Envoy answers, and its limitd decide.
-    poll(BOUND, || {
-        let reply = c.get(LOAD_PATH, Some(&format!("cluster-probe-{}", unix_ms())))?;
-        if reply.status == 200 && reply.counted {
-            Ok(())
-        } else {
-            Err(format!("envoy-cluster answers {reply:?}"))
-        }
-    })?;
+    deciding(&mut c)?;
     exact_limits(project, &mut c, &pairs)?;
     master_killed_under_load(project, &mut c, &pairs)?;
     restarted_at_new_addresses(project, &mut c)?;
@@ -310,14 +315,7 @@ fn restarted_at_new_addresses(project: &Project, c: &mut Client) -> Result<(), S
     let formed_again = restarted.elapsed();
     poll(BOUND, || whole(project))?;
     let whole_after = restarted.elapsed();
-    poll(BOUND, || {
-        let reply = c.get(LOAD_PATH, Some(&format!("cluster-back-{}", unix_ms())))?;
-        if reply.status == 200 && reply.counted {
-            Ok(())
-        } else {
-            Err(format!("envoy-cluster answers {reply:?}"))
-        }
-    })?;
+    deciding(c)?;
     let deciding = restarted.elapsed();
     let (ids_after, after) = (node_ids(project)?, addresses(project)?);
     expect(ids_after == ids, || {
@@ -392,13 +390,7 @@ fn master_killed_under_load(
     c: &mut Client,
     pairs: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    c.start_load(
-        LOAD_PATH,
-        &format!("clkill-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(c, "clkill")?;
     c.wait_counted(40, BOUND)?;
     // Under load the shadow counter always exists (it lives a second).
     let victim = poll(BOUND, || {

@@ -83,6 +83,18 @@ pub(super) fn fresh_window(client: &mut Client, tag: &str, need_s: u64) -> Resul
     Err(format!("no window with {need_s} s left after three tries"))
 }
 
+/// Starts the client's load on [`LOAD_PATH`]: [`LOAD_RATE_PER_S`], a new key (`TAG-<ms>-<n>`)
+/// every [`PER_KEY`] requests, for at most [`LOAD_BOUND`].
+pub(super) fn start_keyed_load(client: &mut Client, tag: &str) -> Result<(), String> {
+    client.start_load(
+        LOAD_PATH,
+        &format!("{tag}-{}", unix_ms()),
+        PER_KEY,
+        LOAD_RATE_PER_S,
+        LOAD_BOUND,
+    )
+}
+
 /// Requests that got no answer or a 5xx.
 fn failures(records: &[Record]) -> Vec<&Record> {
     records
@@ -411,13 +423,7 @@ fn master_killed_under_load(
 ) -> Result<(), String> {
     let old = current_master(project)?;
     let id = project.container(&old)?;
-    a.start_load(
-        LOAD_PATH,
-        &format!("kill-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(a, "kill")?;
     a.wait_counted(40, BOUND)?;
 
     let killed = Instant::now();
@@ -477,13 +483,7 @@ fn envoy_sees_both_limitd(project: &Project) -> Result<(), String> {
 
 /// limitd stopped and started again, one instance at a time, under load: no request fails.
 fn rolling_restart(project: &Project, a: &mut Client) -> Result<(), String> {
-    a.start_load(
-        LOAD_PATH,
-        &format!("roll-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(a, "roll")?;
     a.wait_counted(40, BOUND)?;
     let started = Instant::now();
     for service in ["limitd-1", "limitd-2"] {
