@@ -3,10 +3,12 @@
 //! docker/Dockerfile's base images.
 //!
 //! They need no Docker engine, and cover what a running stack does not show: exactly the demo's
-//! services (plus the opt-in `monitoring` profile), every port the one the local demo uses, only
-//! Envoy's listener published beyond loopback, limitd pointed at all three sentinels and the
-//! master name they monitor with quorum 2, start order by health, and base images that default
-//! to the stock images (the container test replaces them with stand-ins). Whether the images
+//! services (plus the opt-in `monitoring` and `cluster` profiles), every port the one the local
+//! demo uses, only Envoy's listener published beyond loopback, limitd pointed at all three
+//! sentinels and the master name they monitor with quorum 2, the `cluster` profile's limitd and
+//! Envoy wired to the cluster and to each other without touching the Sentinel stack, start order
+//! by health, and base images that default to the stock images (the container test replaces
+//! them with stand-ins). Whether the images
 //! build, Envoy reaches limitd and the backends, Redis persists and refuses writes without a
 //! replica, and the rules are mounted live, the container test checks by running the stack.
 
@@ -31,6 +33,22 @@ const DEMO_PORTS: &[(&str, &[u16])] = &[
 ];
 
 const SENTINEL_TEMPLATE: &str = "deploy/redis/sentinel.conf";
+const CLUSTER_NODE_CONFIG: &str = "deploy/redis/cluster-node.conf";
+const CLUSTER_INIT: &str = "deploy/redis/cluster-init.sh";
+
+/// The `cluster` profile's Redis nodes: `redis-cluster-1` to `redis-cluster-6`.
+fn cluster_nodes() -> Vec<String> {
+    (1..=6).map(|i| format!("redis-cluster-{i}")).collect()
+}
+/// The `cluster` profile's limitd, each with the name it answers to on the profile's network
+/// (the name envoy.yaml gives a limitd endpoint).
+const CLUSTER_LIMITD: &[(&str, &str)] = &[
+    ("limitd-cluster-1", "limitd-1"),
+    ("limitd-cluster-2", "limitd-2"),
+];
+/// Services that run once and exit: no healthcheck; what waits for them waits for
+/// `service_completed_successfully`.
+const ONE_SHOT: &[&str] = &["redis-cluster-init"];
 const DOCKERFILE: &str = "docker/Dockerfile";
 
 // ---------------------------------------------------------------------------------------------
@@ -161,17 +179,19 @@ fn env_var(service: &Value, key: &str) -> Option<String> {
 }
 
 /// The port the service's process listens on inside its container: `LIMITD_LISTEN` for limitd,
-/// `--port` for Redis, Sentinel and the backends, `--web.listen-address` for Prometheus. Envoy's
-/// ports come from envoy.yaml instead.
+/// `--port` for Redis, Sentinel and the backends, `--web.listen-address` for Prometheus, or the
+/// `port` of the Redis config file it mounts and starts with (the cluster nodes). Envoy's ports
+/// come from envoy.yaml instead.
 fn listen_port(name: &str, service: &Value) -> u16 {
     let text = env_var(service, "LIMITD_LISTEN")
         .or_else(|| flag_value(service, "--web.listen-address"))
         .and_then(|listen| listen.rsplit_once(':').map(|(_, port)| port.to_owned()))
         .or_else(|| flag_value(service, "--port"))
+        .or_else(|| mounted_config_directive(name, service, "port"))
         .unwrap_or_else(|| {
             panic!(
                 "docker-compose.yml: `{name}` sets none of LIMITD_LISTEN, `--port`, \
-                 `--web.listen-address`"
+                 `--web.listen-address`, a config file's `port`"
             )
         });
     text.parse()
@@ -299,6 +319,43 @@ fn dependencies(service: &Value) -> Vec<(String, Option<String>)> {
     }
 }
 
+/// The value of `directive` in the Redis config file the service starts with (a `.conf` word of
+/// its command), read from the file of this repository mounted there.
+fn mounted_config_directive(name: &str, service: &Value, directive: &str) -> Option<String> {
+    let words = command_words(service);
+    let config = words.iter().find(|word| word.ends_with(".conf"))?;
+    let mount = mounts(name, service)
+        .into_iter()
+        .find(|mount| &mount.target == config)?;
+    config_directives(&read(relative(&mount.source)))
+        .into_iter()
+        .find(|words| words.len() == 2 && words[0] == directive)
+        .map(|words| words[1].clone())
+}
+
+/// The networks a service is on, with the extra names (aliases) it has on each.
+fn networks(service: &Value) -> BTreeMap<String, Vec<String>> {
+    match service.get("networks") {
+        None => BTreeMap::new(),
+        Some(Value::Sequence(names)) => names
+            .iter()
+            .map(|name| (scalar_text(name), Vec::new()))
+            .collect(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(name, spec)| {
+                let aliases = spec
+                    .get("aliases")
+                    .and_then(Value::as_sequence)
+                    .map(|aliases| aliases.iter().map(scalar_text).collect())
+                    .unwrap_or_default();
+                (scalar_text(name), aliases)
+            })
+            .collect(),
+        Some(other) => panic!("unexpected networks form {other:?}"),
+    }
+}
+
 /// Normalises `./a/b` and `a/b` to the same relative path.
 fn relative(path: &str) -> &str {
     path.trim_start_matches("./")
@@ -403,12 +460,24 @@ fn envoy_listening_ports(envoy: &Value) -> BTreeSet<u16> {
 // Compose-only checks
 
 /// The services of opt-in profiles: (service, profile).
-const OPT_IN: &[(&str, &str)] = &[("prometheus", "monitoring")];
+const OPT_IN: &[(&str, &str)] = &[
+    ("prometheus", "monitoring"),
+    ("redis-cluster-1", "cluster"),
+    ("redis-cluster-2", "cluster"),
+    ("redis-cluster-3", "cluster"),
+    ("redis-cluster-4", "cluster"),
+    ("redis-cluster-5", "cluster"),
+    ("redis-cluster-6", "cluster"),
+    ("redis-cluster-init", "cluster"),
+    ("limitd-cluster-1", "cluster"),
+    ("limitd-cluster-2", "cluster"),
+    ("envoy-cluster", "cluster"),
+];
 
 #[test]
 fn compose_has_exactly_the_demo_services() {
     let services = services();
-    let mut opt_in = Vec::new();
+    let mut opt_in = BTreeMap::new();
     for (name, service) in &services {
         if let Some(profiles) = service.get("profiles") {
             let profiles: Vec<String> = profiles
@@ -417,10 +486,10 @@ fn compose_has_exactly_the_demo_services() {
                 .iter()
                 .map(scalar_text)
                 .collect();
-            opt_in.push((name.clone(), profiles));
+            opt_in.insert(name.clone(), profiles);
         }
     }
-    let expected_opt_in: Vec<(String, Vec<String>)> = OPT_IN
+    let expected_opt_in: BTreeMap<String, Vec<String>> = OPT_IN
         .iter()
         .map(|(name, profile)| ((*name).to_owned(), vec![(*profile).to_owned()]))
         .collect();
@@ -619,13 +688,27 @@ fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
                 services.contains_key(&dependency),
                 "docker-compose.yml: `{name}` depends on `{dependency}`, which is not a service"
             );
+            let (expected, what) = if ONE_SHOT.contains(&dependency.as_str()) {
+                ("service_completed_successfully", "to have succeeded")
+            } else {
+                ("service_healthy", "to be healthy")
+            };
             assert_eq!(
                 condition.as_deref(),
-                Some("service_healthy"),
-                "docker-compose.yml: `{name}` should wait for `{dependency}` to be healthy"
+                Some(expected),
+                "docker-compose.yml: `{name}` should wait for `{dependency}` {what}"
             );
         }
 
+        if ONE_SHOT.contains(&name.as_str()) {
+            // A one-shot is restarted by nothing: a failure stays visible, and `up` reports it.
+            assert!(
+                service.get("healthcheck").is_none()
+                    && service.get("restart").map(scalar_text).as_deref() == Some("no"),
+                "docker-compose.yml: the one-shot `{name}` should have no healthcheck and `restart: \"no\"`"
+            );
+            continue;
+        }
         let test = service
             .get("healthcheck")
             .and_then(|check| check.get("test"))
@@ -635,7 +718,7 @@ fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
             other => scalar_text(other),
         };
         // The probe must ask this service's own port (a copied block easily keeps another's).
-        let port = if name == "envoy" {
+        let port = if name.starts_with("envoy") {
             9901
         } else {
             listen_port(name, service)
@@ -660,6 +743,14 @@ fn start_order_is_by_health_and_every_service_has_a_healthcheck() {
         ("envoy", "limitd-2"),
         ("envoy", "backend-1"),
         ("envoy", "backend-2"),
+        ("redis-cluster-init", "redis-cluster-1"),
+        ("redis-cluster-init", "redis-cluster-6"),
+        ("limitd-cluster-1", "redis-cluster-init"),
+        ("limitd-cluster-2", "redis-cluster-init"),
+        ("envoy-cluster", "limitd-cluster-1"),
+        ("envoy-cluster", "limitd-cluster-2"),
+        ("envoy-cluster", "backend-1"),
+        ("envoy-cluster", "backend-2"),
     ];
     for (later, earlier) in order {
         assert!(
@@ -730,30 +821,42 @@ fn every_base_image_is_a_variable_whose_default_is_the_stock_image() {
             "docker-compose.yml: `{name}` is neither built nor a Redis service"
         );
     }
-    let redis_images: BTreeSet<&str> = raw
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("image: ${REDIS_IMAGE:-"))
+    // Every Redis service takes REDIS_IMAGE, with one default for all.
+    for line in raw.lines().map(str::trim) {
+        assert!(
+            !(line.starts_with("image:")
+                && line.contains("redis")
+                && !line.contains("${REDIS_IMAGE:-")),
+            "docker-compose.yml: `{line}`: a Redis service should take `${{REDIS_IMAGE:-redis:…}}`"
+        );
+    }
+    let redis_images: BTreeMap<&str, String> = services
+        .iter()
+        .filter(|(name, _)| name.starts_with("redis-") || name.starts_with("sentinel-"))
+        .map(|(name, service)| {
+            let image = service
+                .get("image")
+                .map(scalar_text)
+                .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` has no image"));
+            (name.as_str(), image)
+        })
         .collect();
+    let defaults: BTreeSet<&String> = redis_images.values().collect();
     assert_eq!(
-        redis_images.len(),
+        defaults.len(),
         1,
         "docker-compose.yml: every Redis service should use `${{REDIS_IMAGE:-redis:…}}` with one default, found {redis_images:?}"
     );
-    let default = redis_images.iter().next().copied().unwrap_or_default();
+    let default = defaults.into_iter().next().cloned().unwrap_or_default();
     assert!(
         default.starts_with("redis:")
             && !default.starts_with("redis:7.0")
             && !default.starts_with("redis:6"),
         "docker-compose.yml: REDIS_IMAGE defaults to `{default}`, not a maintained official Redis"
     );
-    let redis_services = services
-        .keys()
-        .filter(|name| name.starts_with("redis-") || name.starts_with("sentinel-"))
-        .count();
-    assert_eq!(
-        raw.matches("image: ${REDIS_IMAGE:-").count(),
-        redis_services,
-        "docker-compose.yml: every Redis and Sentinel service should take REDIS_IMAGE"
+    assert!(
+        raw.contains(&format!("image: ${{REDIS_IMAGE:-{default}}}")),
+        "docker-compose.yml: the Redis image should be `${{REDIS_IMAGE:-{default}}}`"
     );
 }
 
@@ -788,5 +891,195 @@ fn envoy_publishes_its_listener_and_its_admin_only_on_loopback() {
         (admin.host_ip.as_deref(), admin.host),
         (Some("127.0.0.1"), 9901),
         "docker-compose.yml: `envoy` should publish its admin endpoint (no authentication) on 127.0.0.1:9901 only"
+    );
+}
+
+/// `(host, port)` of every endpoint of the envoy.yaml cluster `name`.
+fn envoy_cluster_endpoints(envoy: &Value, name: &str) -> BTreeSet<(String, u16)> {
+    let clusters = envoy
+        .get("static_resources")
+        .and_then(|resources| resources.get("clusters"))
+        .and_then(Value::as_sequence)
+        .expect("envoy.yaml has no static_resources.clusters list");
+    let cluster = clusters
+        .iter()
+        .find(|cluster| cluster.get("name").map(scalar_text).as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("envoy.yaml has no cluster `{name}`"));
+    cluster["load_assignment"]["endpoints"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|locality| locality["lb_endpoints"].as_sequence().into_iter().flatten())
+        .map(|endpoint| socket_address(&endpoint["endpoint"]["address"]["socket_address"]))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `cluster` profile
+
+#[test]
+fn cluster_nodes_are_six_persistent_cluster_nodes_announcing_their_names() {
+    let services = services();
+    let directives = config_directives(&read(CLUSTER_NODE_CONFIG));
+    for wanted in [
+        ["cluster-enabled", "yes"],
+        ["cluster-preferred-endpoint-type", "hostname"],
+        ["appendonly", "yes"],
+        ["protected-mode", "no"],
+    ] {
+        assert!(
+            directives.iter().any(|words| words == &wanted),
+            "{CLUSTER_NODE_CONFIG} lacks `{}`",
+            wanted.join(" ")
+        );
+    }
+    // Each master has one replica: with min-replicas-to-write, a promoted master would refuse
+    // every write until the old one is back.
+    assert!(
+        !directives
+            .iter()
+            .any(|words| words[0] == "min-replicas-to-write"),
+        "{CLUSTER_NODE_CONFIG}: no min-replicas-to-write on a cluster of one replica per master"
+    );
+    let nodes = cluster_nodes();
+    let port = listen_port(&nodes[0], service(&services, &nodes[0]));
+    for name in &nodes {
+        let node = service(&services, name);
+        assert_eq!(
+            flag_value(node, "--cluster-announce-hostname").as_deref(),
+            Some(name.as_str()),
+            "docker-compose.yml: `{name}` should announce its own service name"
+        );
+        assert_eq!(
+            listen_port(name, node),
+            port,
+            "docker-compose.yml: `{name}` listens on another port than the other nodes"
+        );
+        let data = mounts(name, node)
+            .into_iter()
+            .find(|mount| mount.target == "/data");
+        assert!(
+            data.is_some_and(|mount| mount.source == format!("{name}-data")),
+            "docker-compose.yml: `{name}` should keep /data (AOF, nodes.conf) on its volume `{name}-data`"
+        );
+        assert_eq!(
+            networks(node).into_keys().collect::<Vec<_>>(),
+            ["redis-cluster"],
+            "docker-compose.yml: `{name}` should be on the `redis-cluster` network only"
+        );
+    }
+
+    // The one-shot forms them all, three masters each with a replica.
+    let init = service(&services, "redis-cluster-init");
+    let words = command_words(init);
+    let named: Vec<&str> = words
+        .iter()
+        .filter_map(|word| word.strip_suffix(&format!(":{port}")))
+        .collect();
+    assert_eq!(
+        named, nodes,
+        "docker-compose.yml: `redis-cluster-init` should name the six nodes at port {port}"
+    );
+    let script = mounts("redis-cluster-init", init)
+        .into_iter()
+        .find(|mount| relative(&mount.source) == CLUSTER_INIT)
+        .unwrap_or_else(|| {
+            panic!("docker-compose.yml: `redis-cluster-init` does not mount {CLUSTER_INIT}")
+        });
+    assert!(
+        words.contains(&script.target),
+        "docker-compose.yml: `redis-cluster-init` does not run {CLUSTER_INIT}"
+    );
+    assert!(
+        read(CLUSTER_INIT).contains("--cluster-replicas 1"),
+        "{CLUSTER_INIT} should give each master one replica"
+    );
+}
+
+#[test]
+fn the_cluster_profile_has_its_own_envoy_and_limitd_on_envoy_yaml_names() {
+    let services = services();
+    let envoy_yaml = load_yaml("envoy.yaml");
+    let names = cluster_nodes();
+    let node_port = listen_port(&names[0], service(&services, &names[0]));
+    let nodes: BTreeSet<String> = names
+        .iter()
+        .map(|name| format!("{name}:{node_port}"))
+        .collect();
+
+    // Its limitd answer, on its own network, to the names envoy.yaml gives limitd.
+    let mut answering = BTreeSet::new();
+    for (name, alias) in CLUSTER_LIMITD {
+        let limitd = service(&services, name);
+        let seeds: BTreeSet<String> = env_var(limitd, "REDIS_CLUSTER_NODES")
+            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` has no REDIS_CLUSTER_NODES"))
+            .split(',')
+            .map(|seed| seed.trim().to_owned())
+            .collect();
+        assert_eq!(
+            seeds, nodes,
+            "docker-compose.yml: `{name}` should know every cluster node"
+        );
+        for other in ["SENTINEL_HOSTS", "REDIS_URL"] {
+            assert!(
+                env_var(limitd, other).is_none(),
+                "docker-compose.yml: `{name}` sets {other} beside REDIS_CLUSTER_NODES"
+            );
+        }
+        let on = networks(limitd);
+        assert_eq!(
+            on.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["app-cluster", "redis-cluster"],
+            "docker-compose.yml: `{name}` should be on `app-cluster` and `redis-cluster` only"
+        );
+        assert_eq!(
+            on["app-cluster"],
+            [*alias],
+            "docker-compose.yml: `{name}` should answer to `{alias}` on `app-cluster`"
+        );
+        answering.insert(((*alias).to_owned(), listen_port(name, limitd)));
+    }
+    assert_eq!(
+        answering,
+        envoy_cluster_endpoints(&envoy_yaml, "limitd"),
+        "docker-compose.yml: the cluster profile's limitd do not answer where envoy.yaml sends checks"
+    );
+
+    // Its Envoy sees those limitd and the backends, and not the Sentinel stack's limitd, which
+    // answer to the same names on `app`.
+    let envoy = service(&services, "envoy-cluster");
+    assert_eq!(
+        networks(envoy).into_keys().collect::<Vec<_>>(),
+        ["app-cluster", "edge"],
+        "docker-compose.yml: `envoy-cluster` should be on `edge` and `app-cluster` only"
+    );
+    for (name, _) in envoy_cluster_endpoints(&envoy_yaml, "backends") {
+        assert!(
+            networks(service(&services, &name)).contains_key("app-cluster"),
+            "docker-compose.yml: `{name}` is not on `app-cluster`, where `envoy-cluster` looks for it"
+        );
+    }
+    for name in ["limitd-1", "limitd-2"] {
+        assert!(
+            !networks(service(&services, name)).contains_key("app-cluster"),
+            "docker-compose.yml: the Sentinel stack's `{name}` is on `app-cluster`, where its name \
+             belongs to the cluster profile's limitd"
+        );
+    }
+    assert_eq!(
+        command_words(envoy),
+        command_words(service(&services, "envoy")),
+        "docker-compose.yml: `envoy-cluster` should run Envoy as `envoy` does, on the same envoy.yaml"
+    );
+    // Only its listener is published, on every interface by default.
+    let published = published_ports("envoy-cluster", envoy);
+    assert_eq!(
+        published,
+        [Published {
+            host_ip: None,
+            host: 8010,
+            container: 8000
+        }],
+        "docker-compose.yml: `envoy-cluster` should publish its listener (8000) as 8010, and nothing else"
     );
 }

@@ -1,7 +1,8 @@
 //! Clients of the container test, each in a container of its own on the compose `edge` network,
 //! so that Envoy sees each with its own address, as it sees real clients.
 //!
-//! The client is this very program (`xtask container-client ENVOY`), mounted into a container of
+//! The client is this very program (`xtask container-client ENVOY_HOST:PORT`, the Envoy service it
+//! sends every request to), mounted into a container of
 //! the Debian base image. It reads one command per line on stdin and answers on stdout:
 //!
 //! | command | answer |
@@ -286,10 +287,17 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts client `label` on the project's `edge` network, in `image`.
-    pub fn start(project: &mut Project, label: &str, image: &str) -> Result<Client, String> {
+    /// Starts client `label` on the project's `edge` network, in `image`, sending its requests
+    /// to the compose service `envoy` (port 8000).
+    pub fn start(
+        project: &mut Project,
+        label: &str,
+        image: &str,
+        envoy: &str,
+    ) -> Result<Client, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let name = format!("{}-client-{label}", project.name);
+        let target = format!("{envoy}:8000");
         project.own_container(&name);
         let mut child = Command::new("docker")
             .args([
@@ -308,7 +316,7 @@ impl Client {
                 "/usr/local/bin/ratelimit-client",
                 image,
                 "container-client",
-                "envoy:8000",
+                &target,
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

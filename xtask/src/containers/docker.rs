@@ -225,9 +225,10 @@ impl Project {
         Ok(())
     }
 
-    /// Waits until every container of the project reports `healthy`, probing every 500 ms
-    /// for at most `within`. Returns how long it took.
-    pub fn wait_healthy(&self, within: Duration) -> Result<Duration, String> {
+    /// Waits until every container of the project reports `healthy`, or, for a one-shot service
+    /// (no healthcheck), has exited 0; probing every 500 ms for at most `within`. Returns how
+    /// long it took and how many containers there are.
+    pub fn wait_healthy(&self, within: Duration) -> Result<(Duration, usize), String> {
         let start = Instant::now();
         loop {
             let ids = self.compose(&["ps", "-q"])?;
@@ -235,7 +236,8 @@ impl Project {
             let mut args = vec![
                 "inspect",
                 "--format",
-                "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                "{{.Name}} {{.State.Status}} {{.State.ExitCode}} \
+                 {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
             ];
             args.extend(&ids);
             let states = if ids.is_empty() {
@@ -245,10 +247,19 @@ impl Project {
             };
             let waiting: Vec<&str> = states
                 .lines()
-                .filter(|line| !line.ends_with(" running healthy"))
+                .filter(|line| {
+                    !(line.ends_with(" running 0 healthy") || line.ends_with(" exited 0 none"))
+                })
                 .collect();
             if !ids.is_empty() && waiting.is_empty() {
-                return Ok(start.elapsed());
+                return Ok((start.elapsed(), ids.len()));
+            }
+            // A one-shot that failed will not succeed by waiting.
+            if let Some(failed) = waiting
+                .iter()
+                .find(|line| line.contains(" exited ") && line.ends_with(" none"))
+            {
+                return Err(format!("a one-shot service failed: {failed}"));
             }
             if start.elapsed() >= within {
                 return Err(format!(

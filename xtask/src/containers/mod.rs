@@ -7,6 +7,7 @@
 //! ([`client`], [`scenarios`]) and removes its project on the way out, also when it fails.
 
 mod client;
+mod cluster;
 mod docker;
 mod partition;
 mod redis;
@@ -51,9 +52,14 @@ pub fn test() -> Result<(), String> {
     // demo: Envoy's ports go to free loopback ports. The clients use the `edge` network.
     env.push(("ENVOY_PORT".to_owned(), "127.0.0.1:0".to_owned()));
     env.push(("ENVOY_ADMIN_PORT".to_owned(), "0".to_owned()));
-    // The opt-in monitoring profile too: Prometheus scraping the stack.
-    env.push(("COMPOSE_PROFILES".to_owned(), "monitoring".to_owned()));
+    // The opt-in profiles too: Prometheus scraping the stack, and the limiter on a Redis
+    // Cluster behind an Envoy of its own.
+    env.push((
+        "COMPOSE_PROFILES".to_owned(),
+        "monitoring,cluster".to_owned(),
+    ));
     env.push(("PROMETHEUS_PORT".to_owned(), "0".to_owned()));
+    env.push(("ENVOY_CLUSTER_PORT".to_owned(), "127.0.0.1:0".to_owned()));
     // Envoy's rules from a copy, which a scenario changes while the stack runs.
     let rules = scenarios::RulesDir::copy_of_shipped(&name)?;
     env.push(("RULES_DIR".to_owned(), rules.path().display().to_string()));
@@ -77,9 +83,12 @@ pub fn test() -> Result<(), String> {
 
     crate::step("starting the stack");
     let up_start = Instant::now();
-    project.compose(&["up", "-d"])?;
-    let healthy = match project.wait_healthy(HEALTHY_BOUND) {
-        Ok(_) => up_start.elapsed(),
+    // `up` itself fails when a one-shot service (the cluster's formation) fails.
+    let started_up = project
+        .compose(&["up", "-d"])
+        .and_then(|_| project.wait_healthy(HEALTHY_BOUND));
+    let (healthy, containers) = match started_up {
+        Ok((_, containers)) => (up_start.elapsed(), containers),
         Err(e) => {
             let logs = project
                 .compose(&["logs", "--tail", "20"])
@@ -88,7 +97,8 @@ pub fn test() -> Result<(), String> {
         }
     };
     println!(
-        "container-test: stack healthy {:.1} s after `up` (12 containers, Prometheus included)",
+        "container-test: stack healthy {:.1} s after `up` ({containers} containers, both \
+         profiles included)",
         healthy.as_secs_f64()
     );
 
@@ -106,9 +116,14 @@ pub fn test() -> Result<(), String> {
             "sentinel-1",
             "sentinel-2",
             "sentinel-3",
+            "envoy-cluster",
+            "limitd-cluster-1",
+            "limitd-cluster-2",
+            "redis-cluster-init",
         ];
         let mut args = vec!["logs", "--tail", "30"];
         args.extend(services);
+        args.extend(cluster::NODES);
         if let Ok(logs) = project.compose(&args) {
             eprintln!("{logs}");
         }

@@ -11,8 +11,8 @@ use super::client::Client;
 use super::docker::{docker, Project};
 use super::redis::{current_master, node_port, redis_cli, wait_replica};
 use super::scenarios::{
-    assert_no_failures, expect, fresh_window, poll, report, secs, tally, unix_ms, BOUND, KEY_LIMIT,
-    LOAD_BOUND, LOAD_PATH, LOAD_RATE_PER_S, PER_KEY,
+    assert_no_failures, expect, fresh_window, poll, report, secs, start_keyed_load, tally, unix_ms,
+    BOUND, KEY_LIMIT, LOAD_PATH,
 };
 
 /// The master cut off from the sentinels and the other replicas, but not from limitd-1: it
@@ -31,13 +31,7 @@ pub(super) fn run(project: &mut Project, a: &mut Client) -> Result<(), String> {
     project.create_network(&side)?;
     docker(&["network", "connect", "--alias", &master, &side, &master_id])?;
     docker(&["network", "connect", &side, &limitd_id])?;
-    a.start_load(
-        LOAD_PATH,
-        &format!("part-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(a, "part")?;
     a.wait_counted(60, BOUND)?;
 
     let cut = Instant::now();

@@ -1,6 +1,7 @@
 //! What the container test checks, through Envoy only, from client containers of their own:
-//! per-client limiting and load balancing, then the faults, each asserting what clients saw and
-//! printing its figures on lines starting `container-test:`.
+//! per-client limiting and load balancing, the `cluster` profile ([`super::cluster`]), then the
+//! faults, each asserting what clients saw and printing its figures on lines starting
+//! `container-test:`.
 //!
 //! The load requests `/api/items` with a key (`x-api-key`) that changes every [`PER_KEY`]
 //! requests: the demo rule `api_key` allows 20 per key per minute, so the load is never denied,
@@ -82,6 +83,18 @@ pub(super) fn fresh_window(client: &mut Client, tag: &str, need_s: u64) -> Resul
     Err(format!("no window with {need_s} s left after three tries"))
 }
 
+/// Starts the client's load on [`LOAD_PATH`]: [`LOAD_RATE_PER_S`], a new key (`TAG-<ms>-<n>`)
+/// every [`PER_KEY`] requests, for at most [`LOAD_BOUND`].
+pub(super) fn start_keyed_load(client: &mut Client, tag: &str) -> Result<(), String> {
+    client.start_load(
+        LOAD_PATH,
+        &format!("{tag}-{}", unix_ms()),
+        PER_KEY,
+        LOAD_RATE_PER_S,
+        LOAD_BOUND,
+    )
+}
+
 /// Requests that got no answer or a 5xx.
 fn failures(records: &[Record]) -> Vec<&Record> {
     records
@@ -102,6 +115,23 @@ pub(super) fn assert_no_failures(what: &str, records: &[Record]) -> Result<(), S
             &failed[..failed.len().min(5)]
         ))
     }
+}
+
+/// How long after `killed_ms` (this machine's clock) a load's counted decisions resumed. Checks
+/// answered just after the kill may still have been counted by the old master: the outage starts
+/// with the first request let through by the failure mode, and limiting has resumed with the
+/// first counted decision after that.
+pub(super) fn resumed_after(records: &[Record], killed_ms: u64) -> Result<u64, String> {
+    let after_kill = || records.iter().filter(|r| r.sent_unix_ms >= killed_ms);
+    let outage_ms = after_kill()
+        .filter(|r| !r.reply.counted)
+        .map(|r| r.sent_unix_ms)
+        .min();
+    after_kill()
+        .filter(|r| r.reply.counted && outage_ms.is_none_or(|outage| r.sent_unix_ms > outage))
+        .map(|r| r.sent_unix_ms - killed_ms)
+        .min()
+        .ok_or_else(|| "no counted decision after the kill".to_owned())
 }
 
 /// `(requests, admitted and counted, admitted by the failure mode)`.
@@ -157,8 +187,8 @@ impl Drop for RulesDir {
 
 /// Every scenario, in an order that leaves the stack whole for the next one.
 pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Result<(), String> {
-    let mut a = Client::start(project, "a", client_image)?;
-    let mut b = Client::start(project, "b", client_image)?;
+    let mut a = Client::start(project, "a", client_image, "envoy")?;
+    let mut b = Client::start(project, "b", client_image, "envoy")?;
     poll(BOUND, || match a.get("/", None)?.status {
         200 => Ok(()),
         other => Err(format!("Envoy answers {other}")),
@@ -166,6 +196,7 @@ pub fn run(project: &mut Project, client_image: &str, rules: &RulesDir) -> Resul
     per_client_limiting(project, &mut a, &mut b)?;
     load_balancing(&mut b)?;
     prometheus_scrapes_the_stack(project)?;
+    super::cluster::run(project, client_image)?;
     master_restarted_quickly(project, &mut a)?;
     master_killed_under_load(project, &mut a, &mut b)?;
     super::partition::run(project, &mut a)?;
@@ -392,13 +423,7 @@ fn master_killed_under_load(
 ) -> Result<(), String> {
     let old = current_master(project)?;
     let id = project.container(&old)?;
-    a.start_load(
-        LOAD_PATH,
-        &format!("kill-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(a, "kill")?;
     a.wait_counted(40, BOUND)?;
 
     let killed = Instant::now();
@@ -417,19 +442,7 @@ fn master_killed_under_load(
     expect(probe.status == 200 && probe.counted, || {
         format!("client B after the failover: {probe:?}")
     })?;
-    // Checks answered just after the kill may still have been counted by the old master: the
-    // outage starts with the first request let through by the failure mode, and limiting has
-    // resumed with the first counted decision after that.
-    let after_kill = || records.iter().filter(|r| r.sent_unix_ms >= killed_ms);
-    let outage_ms = after_kill()
-        .filter(|r| !r.reply.counted)
-        .map(|r| r.sent_unix_ms)
-        .min();
-    let resumed_ms = after_kill()
-        .filter(|r| r.reply.counted && outage_ms.is_none_or(|outage| r.sent_unix_ms > outage))
-        .map(|r| r.sent_unix_ms - killed_ms)
-        .min()
-        .ok_or("no counted decision after the kill")?;
+    let resumed_ms = resumed_after(&records, killed_ms)?;
     let (total, counted, open) = tally(&records);
     report(&format!(
         "master killed under load: {old} killed, {new} promoted after {}, counted decisions \
@@ -470,13 +483,7 @@ fn envoy_sees_both_limitd(project: &Project) -> Result<(), String> {
 
 /// limitd stopped and started again, one instance at a time, under load: no request fails.
 fn rolling_restart(project: &Project, a: &mut Client) -> Result<(), String> {
-    a.start_load(
-        LOAD_PATH,
-        &format!("roll-{}", unix_ms()),
-        PER_KEY,
-        LOAD_RATE_PER_S,
-        LOAD_BOUND,
-    )?;
+    start_keyed_load(a, "roll")?;
     a.wait_counted(40, BOUND)?;
     let started = Instant::now();
     for service in ["limitd-1", "limitd-2"] {
