@@ -347,17 +347,25 @@ impl Stack {
             let master = self.ports.redis[0].to_string();
             options = options.args(["--replicaof", "127.0.0.1", &master]);
         }
-        let port = self.ports.redis[index];
-        self.redis.remove(&name);
-        let node = RedisProcess::start(
-            &name,
-            &options,
-            &self.dir.join(&name),
-            (port != 0).then_some(port),
-        )?;
-        self.ports.redis[index] = node.port;
-        self.redis.insert(name, node);
+        self.ports.redis[index] =
+            self.start_redis_process(name, &options, self.ports.redis[index])?;
         Ok(())
+    }
+
+    /// Starts `options` as `name` (in a directory of the stack's named after it), on `port`, or
+    /// on a free one if 0, replacing any process of that name; returns its port.
+    fn start_redis_process(
+        &mut self,
+        name: String,
+        options: &RedisOptions,
+        port: u16,
+    ) -> Result<u16, String> {
+        self.redis.remove(&name);
+        let dir = self.dir.join(&name);
+        let node = RedisProcess::start(&name, options, &dir, (port != 0).then_some(port))?;
+        let port = node.port;
+        self.redis.insert(name, node);
+        Ok(port)
     }
 
     fn start_redis(&mut self) -> Result<(), String> {
@@ -477,15 +485,8 @@ impl Stack {
         });
         for i in 0..self.ports.sentinels.len() {
             let name = format!("sentinel-{}", i + 1);
-            let port = self.ports.sentinels[i];
-            let sentinel = RedisProcess::start(
-                &name,
-                &options,
-                &self.dir.join(&name),
-                (port != 0).then_some(port),
-            )?;
-            self.ports.sentinels[i] = sentinel.port;
-            self.redis.insert(name, sentinel);
+            self.ports.sentinels[i] =
+                self.start_redis_process(name, &options, self.ports.sentinels[i])?;
         }
         for i in 0..self.ports.sentinels.len() {
             let sentinel = &self.redis[&format!("sentinel-{}", i + 1)];
