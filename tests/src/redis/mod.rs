@@ -196,10 +196,10 @@ impl RedisOptions {
         Ok(command)
     }
 
-    /// The ports of one start: `port` if given, else a free one; the TLS and bus ports free.
-    fn ports(&self, port: Option<u16>) -> NodePorts {
+    /// The ports of one start on `port`: the TLS and bus ports free.
+    fn ports(&self, port: u16) -> NodePorts {
         NodePorts {
-            port: port.unwrap_or_else(free_port),
+            port,
             tls: self.tls.as_ref().map(|_| free_port()),
             bus: matches!(self.role, Role::ClusterNode { .. }).then(free_port),
         }
@@ -268,15 +268,27 @@ impl RedisProcess {
         dir: &Path,
         port: Option<u16>,
     ) -> Result<RedisProcess, String> {
-        let start = || {
-            let mut node = RedisProcess::spawn(name, options, dir, options.ports(port))?;
-            node.until_answering()?;
-            Ok(node)
-        };
         match port {
-            Some(_) => start().map_err(|e: StartError| e.to_string()),
-            None => retry_on_taken_port(start),
+            Some(port) => {
+                RedisProcess::start_once(name, options, dir, port).map_err(|e| e.to_string())
+            }
+            None => {
+                retry_on_taken_port(|| RedisProcess::start_once(name, options, dir, free_port()))
+            }
         }
+    }
+
+    /// One start of [`RedisProcess::start`], on `port` (its TLS and bus ports free): fails with
+    /// [`StartError::PortTaken`] if a port was taken.
+    pub fn start_once(
+        name: &str,
+        options: &RedisOptions,
+        dir: &Path,
+        port: u16,
+    ) -> Result<RedisProcess, StartError> {
+        let mut node = RedisProcess::spawn(name, options, dir, options.ports(port))?;
+        node.until_answering()?;
+        Ok(node)
     }
 
     /// The process of one start, not waited for.
@@ -381,4 +393,42 @@ pub fn scratch_dir(prefix: &str) -> TempDir {
         .prefix(prefix)
         .tempdir()
         .unwrap_or_else(|e| panic!("cannot create a scratch directory: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{free_listener, port_of};
+
+    #[test]
+    fn a_start_that_finds_its_port_taken_is_tried_again_on_another() {
+        let held = free_listener();
+        let taken = port_of(&held);
+        let dir = scratch_dir("retry-");
+        let mut ports = vec![taken];
+        let mut attempts = 0;
+        let node = retry_on_taken_port(|| {
+            attempts += 1;
+            let port = ports.pop().unwrap_or_else(free_port);
+            RedisProcess::start_once("redis", &RedisOptions::server(), dir.path(), port)
+        })
+        .unwrap();
+        assert_eq!(attempts, 2);
+        assert_ne!(node.port, taken);
+        assert_eq!(node.command(&["PING"]), Ok(Resp::Simple("PONG".into())));
+    }
+
+    #[test]
+    fn a_start_that_fails_otherwise_is_not_tried_again() {
+        let dir = scratch_dir("retry-");
+        let mut attempts = 0;
+        let refused = retry_on_taken_port(|| {
+            attempts += 1;
+            let options = RedisOptions::server().args(["--no-such-option", "1"]);
+            RedisProcess::start_once("redis", &options, dir.path(), free_port())
+        });
+        assert_eq!(attempts, 1);
+        let message = refused.unwrap_err();
+        assert!(message.contains("no-such-option"), "{message}");
+    }
 }
