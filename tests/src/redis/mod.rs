@@ -112,8 +112,9 @@ impl RedisOptions {
         self
     }
 
-    /// A TLS port too, with these certificates (see [`RedisProcess::tls_port`]). On a cluster
-    /// node the cluster bus and replication use TLS as well; on a sentinel, replication.
+    /// A TLS port too, with these certificates (see [`RedisProcess::tls_port`]). Connections
+    /// to a master (a replica's, a sentinel's) use TLS as well, and on a cluster node the
+    /// cluster bus.
     pub fn tls(mut self, files: TlsFiles) -> RedisOptions {
         self.tls = Some(files);
         self
