@@ -1,4 +1,5 @@
-//! The `backend` binary: parses flags and environment, sets up tracing, binds, serves until SIGTERM or Ctrl-C.
+//! The `backend` binary: parses flags and environment, sets up tracing, binds (or takes the
+//! socket a service manager passed, `LISTEN_FDS`), serves until SIGTERM or Ctrl-C.
 
 use std::io;
 use std::process::ExitCode;
@@ -6,14 +7,17 @@ use std::sync::Arc;
 
 use backend::args::Config;
 use clap::Parser;
+use listenfd::ListenFd;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // `--help` and `--version` exit 0; a command line or environment that cannot be used exits 2
     // with the flag at fault named.
     let config = Config::parse();
+    // Before the runtime starts its threads: taking the socket removes LISTEN_FDS from the
+    // environment, which is only sound while no other thread may read it.
+    let passed = ListenFd::from_env().take_tcp_listener(0);
 
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -21,7 +25,11 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    match run(config).await {
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .and_then(|runtime| runtime.block_on(run(config, passed)));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -30,11 +38,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> io::Result<()> {
-    let address = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind((config.host.as_str(), config.port))
-        .await
-        .map_err(|error| bind_error(&address, error))?;
+/// Serves on the socket passed in `LISTEN_FDS` (then `--host` and `--port` are not used), else
+/// on one bound to them.
+async fn run(config: Config, passed: io::Result<Option<std::net::TcpListener>>) -> io::Result<()> {
+    let listener = match passed.map_err(passed_error)? {
+        Some(passed) => {
+            passed.set_nonblocking(true).map_err(passed_error)?;
+            TcpListener::from_std(passed).map_err(passed_error)?
+        }
+        None => {
+            let address = format!("{}:{}", config.host, config.port);
+            TcpListener::bind((config.host.as_str(), config.port))
+                .await
+                .map_err(|error| bind_error(&address, error))?
+        }
+    };
     let name: Arc<str> = Arc::from(config.name);
     tracing::info!(
         instance = %name,
@@ -44,6 +62,13 @@ async fn run(config: Config) -> io::Result<()> {
     backend::serve(listener, name, shutdown_signal()).await?;
     tracing::info!("backend stopped");
     Ok(())
+}
+
+fn passed_error(error: io::Error) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("the socket passed in LISTEN_FDS cannot be used: {error}"),
+    )
 }
 
 /// Names the address in the error, so a port clash is obvious from the one log line.

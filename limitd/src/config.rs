@@ -260,6 +260,28 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Whether limitd may serve on `addr`, the address of a socket it was passed (socket
+    /// activation, `LISTEN_FDS`) rather than bound from `--listen`: the same rule applies.
+    pub fn check_passed_socket(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        check_reachable(addr, self.http.token.is_some())
+    }
+}
+
+/// Beyond loopback only with a token: anything that reaches the address could spend quota.
+fn check_reachable(listen: SocketAddr, has_token: bool) -> Result<(), ConfigError> {
+    if has_token || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(ConfigError::about(
+        &["listen"],
+        format!(
+            "{listen} is reachable beyond this host, so callers must authenticate: set \
+             LIMITD_TOKEN (and the filter's limitd_token), or listen on 127.0.0.1"
+        ),
+    ))
+}
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
@@ -267,16 +289,7 @@ impl TryFrom<Args> for Config {
         // An all-blank value counts as unset (for variables, clap never sees one).
         let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
         let token = given(args.token).as_deref().map(Token::new).transpose()?;
-        if token.is_none() && !args.listen.ip().is_loopback() {
-            return Err(ConfigError::about(
-                &["listen"],
-                format!(
-                    "{} is reachable beyond this host, so callers must authenticate: set \
-                     LIMITD_TOKEN (and the filter's limitd_token), or listen on 127.0.0.1",
-                    args.listen
-                ),
-            ));
-        }
+        check_reachable(args.listen, token.is_some())?;
 
         // Passwords are taken as given: spaces may be part of one.
         let password = given(args.redis_password);

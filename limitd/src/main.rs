@@ -1,5 +1,6 @@
 //! The limitd binary: reads the configuration from its flags and the environment, sets up
-//! logging, binds, and serves until SIGTERM or SIGINT, then drains and exits 0. With the
+//! logging, binds (or takes the socket a service manager passed, `LISTEN_FDS`), and serves
+//! until SIGTERM or SIGINT, then drains and exits 0. With the
 //! `convert-ratelimit` subcommand it converts a configuration instead and exits.
 
 use std::io::IsTerminal;
@@ -9,10 +10,10 @@ use clap::error::ErrorKind;
 use clap::CommandFactory;
 use limitd::args::{Args, Command, ConvertArgs};
 use limitd::{AppState, Config};
+use listenfd::ListenFd;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // `--help` and `--version` exit 0 here; a bad value exits 2 naming its flag.
     let args = Args::from_process();
     if let Some(Command::ConvertRatelimit(convert)) = &args.command {
@@ -24,6 +25,15 @@ async fn main() -> ExitCode {
             .error(ErrorKind::ValueValidation, err)
             .exit(),
     };
+    // Before the runtime starts its threads: taking the socket removes LISTEN_FDS from the
+    // environment, which is only sound while no other thread may read it.
+    let passed = match ListenFd::from_env().take_tcp_listener(0) {
+        Ok(passed) => passed,
+        Err(err) => {
+            eprintln!("limitd: the socket passed in LISTEN_FDS cannot be used: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     tracing_subscriber::fmt()
         // Colours only on a terminal, not in container logs.
@@ -33,15 +43,39 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(config, passed)),
         Err(err) => {
-            eprintln!(
-                "limitd: cannot listen on {} (--listen, LIMITD_LISTEN): {err}",
-                config.listen
-            );
-            return ExitCode::FAILURE;
+            eprintln!("limitd: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// Serves on the socket a service manager passed (systemd socket activation, see
+/// docs/operations.md), else on one bound to `--listen`, until SIGTERM or SIGINT.
+async fn run(config: Config, passed: Option<std::net::TcpListener>) -> ExitCode {
+    let listener = match passed {
+        Some(passed) => match adopt(&config, passed) {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("limitd: the socket passed in LISTEN_FDS cannot be used: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!(
+                    "limitd: cannot listen on {} (--listen, LIMITD_LISTEN): {err}",
+                    config.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let state = match AppState::connect(&config).await {
         Ok(state) => state,
@@ -66,6 +100,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A passed listening socket, held to the rule `--listen` is held to (beyond loopback only
+/// with a token); `--listen` itself is then not used.
+fn adopt(
+    config: &Config,
+    passed: std::net::TcpListener,
+) -> Result<tokio::net::TcpListener, String> {
+    let addr = passed.local_addr().map_err(|e| e.to_string())?;
+    config
+        .check_passed_socket(addr)
+        .map_err(|e| e.to_string())?;
+    passed.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpListener::from_std(passed).map_err(|e| e.to_string())
 }
 
 /// `limitd convert-ratelimit`: the rules on stdout, one line per refused entry on stderr; exit 1

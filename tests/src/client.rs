@@ -1,9 +1,10 @@
 //! Small blocking clients for the harness: HTTP/1.1 (optionally from a chosen
-//! loopback source address), Redis RESP, and a bounded `eventually` poll.
+//! loopback source address) and Redis RESP.
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
@@ -190,6 +191,28 @@ impl Resp {
     }
 }
 
+/// The reply as `redis-cli` would print it, arrays one element a line: for a test that only
+/// looks for a word in it.
+impl fmt::Display for Resp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resp::Simple(s) | Resp::Bulk(Some(s)) => f.write_str(s),
+            Resp::Error(e) => write!(f, "(error) {e}"),
+            Resp::Integer(n) => write!(f, "{n}"),
+            Resp::Bulk(None) | Resp::Array(None) => f.write_str("(nil)"),
+            Resp::Array(Some(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 fn read_resp(reader: &mut impl BufRead) -> io::Result<Resp> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -226,56 +249,35 @@ fn read_resp(reader: &mut impl BufRead) -> io::Result<Resp> {
 
 /// Sends one command to a Redis (or Sentinel) on 127.0.0.1:`port` and reads its reply.
 pub fn redis_command(port: u16, args: &[&str]) -> io::Result<Resp> {
-    let mut stream = connect(
+    redis_command_as(port, None, args)
+}
+
+/// [`redis_command`] to a server that requires `password` (`AUTH` first, on the same
+/// connection); a refused `AUTH` is the reply.
+pub fn redis_command_as(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
+    let stream = connect(
         SocketAddr::from(([127, 0, 0, 1], port)),
         None,
         Duration::from_secs(2),
     )?;
-    let mut request = format!("*{}\r\n", args.len());
+    let mut request = String::new();
+    if let Some(password) = password {
+        encode_command(&mut request, &["AUTH", password]);
+    }
+    encode_command(&mut request, args);
+    (&stream).write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    if password.is_some() {
+        if let error @ Resp::Error(_) = read_resp(&mut reader)? {
+            return Ok(error);
+        }
+    }
+    read_resp(&mut reader)
+}
+
+fn encode_command(request: &mut String, args: &[&str]) {
+    request.push_str(&format!("*{}\r\n", args.len()));
     for arg in args {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes())?;
-    read_resp(&mut BufReader::new(stream))
-}
-
-/// Polls `probe` until it returns `Some`, every 20-200 ms, for at most `within`.
-/// Returns the value, or the last failure's description.
-/// Polls `probe` every `every` for at most `within`: for moments whose timing
-/// is measured, where [`eventually`]'s backoff would blur it.
-pub fn poll_every<T>(
-    within: Duration,
-    every: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if start.elapsed() >= within => {
-                return Err(format!("not within {within:?}: {e}"))
-            }
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
-
-pub fn eventually<T>(
-    within: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if start.elapsed() >= within => {
-                return Err(format!("not within {within:?}: {e}"))
-            }
-            Err(_) => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-        }
     }
 }

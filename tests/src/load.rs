@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::{eventually, HttpConnection, HttpResponse};
+use crate::client::{HttpConnection, HttpResponse};
+use crate::poll::eventually;
 
 /// What to send, how fast, and for how long at most.
 #[derive(Debug, Clone)]

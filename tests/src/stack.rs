@@ -6,16 +6,18 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::client::{eventually, http_get, redis_command, Resp};
+use tempfile::TempDir;
+
+use crate::client::{http_get, Resp};
 use crate::envoy_config::{self, EnvoyConfig, LocalAddresses};
 use crate::paths::Binaries;
-use crate::process::Process;
-
-/// The name Sentinel monitors the master under.
-pub const MASTER_NAME: &str = "mymaster";
+use crate::ports::{free_listener, free_port, listener_on, local, port_of};
+use crate::process::{retry_on_taken_port, Process, StartError};
+use crate::redis::{
+    ClusterOptions, RedisCluster, RedisOptions, RedisProcess, SentinelOptions, MASTER_NAME,
+};
 
 /// How long any one process may take to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -45,16 +47,17 @@ impl Ports {
         }
     }
 
-    /// Free ports chosen by the OS, so tests never collide with a running demo
-    /// or with each other.
+    /// Every port 0: each is chosen when its process starts, from [`crate::ports`], so tests
+    /// never collide with a running demo or with each other (and chosen again if another
+    /// process takes it first).
     pub fn free() -> Ports {
         Ports {
-            redis: [free_port(), free_port(), free_port()],
-            sentinels: [free_port(), free_port(), free_port()],
-            limitd: [free_port(), free_port()],
-            backends: [free_port(), free_port()],
-            envoy: free_port(),
-            admin: free_port(),
+            redis: [0; 3],
+            sentinels: [0; 3],
+            limitd: [0; 2],
+            backends: [0; 2],
+            envoy: 0,
+            admin: 0,
         }
     }
 
@@ -98,30 +101,6 @@ impl Ports {
     }
 }
 
-/// The ports handed out so far by this process, as an offset into the range.
-static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
-
-/// A port that is free now and that this process has not handed out before.
-///
-/// Ports come from 10000-32767, below Linux's ephemeral range (32768-60999):
-/// a port the OS picks for port 0 is soon picked again for some outgoing
-/// connection, which would then collide with the server meant to listen there.
-pub fn free_port() -> u16 {
-    const FIRST: usize = 10_000;
-    const COUNT: usize = 32_768 - FIRST;
-    let demo = Ports::demo().all();
-    // Start somewhere that depends on the process, so concurrent runs rarely meet.
-    let start = (std::process::id() as usize * 7919) % COUNT;
-    loop {
-        let port = (FIRST + (start + NEXT_PORT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
-        if demo.iter().all(|(_, p)| *p != port)
-            && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-        {
-            return port;
-        }
-    }
-}
-
 /// Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader (Envoy
 /// watching the directory) sees the old file or the new one, never half of one.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
@@ -132,10 +111,6 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(&temporary, text)
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// Changes to an Envoy's configuration beyond addresses and the wasm path.
@@ -209,6 +184,7 @@ const DEFAULT_CONCURRENCY: u32 = 2;
 /// How to start a stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
+    /// Where each process listens; a port 0 is chosen at start ([`Ports::free`]).
     pub ports: Ports,
     pub envoy: EnvoyOptions,
     /// Keep the working directory (configs and logs) after the stack stops.
@@ -244,20 +220,23 @@ pub struct EnvoyAddrs {
 /// A running topology. Dropping it kills every process it started.
 #[derive(Debug)]
 pub struct Stack {
+    /// Configs and logs: removed on drop, unless [`StackOptions::keep_dir`] or a test failed.
     pub dir: PathBuf,
+    /// Where each process listens (every port chosen by now).
     pub ports: Ports,
     pub binaries: Binaries,
     pub envoys: Vec<EnvoyAddrs>,
+    /// limitd, backends, Envoys.
     processes: BTreeMap<String, Process>,
+    /// The Sentinel-managed master, replicas and sentinels, by process name.
+    redis: BTreeMap<String, RedisProcess>,
+    /// With [`StackOptions::redis_cluster`], the cluster (nodes `redis-cluster-1` to `-6`).
+    cluster: Option<RedisCluster>,
+    scratch: TempDir,
     keep_dir: bool,
     /// The `LIMITD_TOKEN` limitd runs with, if any.
     limitd_token: Option<String>,
-    /// With [`StackOptions::redis_cluster`], the ports of the cluster's nodes (the first three
-    /// are its masters at the start); empty with Sentinel.
-    pub cluster_ports: Vec<u16>,
 }
-
-static STACKS: AtomicUsize = AtomicUsize::new(0);
 
 impl Stack {
     /// Starts everything: Redis master and replicas, sentinels, limitd, backends, Envoy.
@@ -267,23 +246,21 @@ impl Stack {
         if !missing.is_empty() {
             return Err(format!("missing binaries:\n  {}", missing.join("\n  ")));
         }
-        let dir = std::env::temp_dir().join(format!(
-            "ratelimit-stack-{}-{}",
-            std::process::id(),
-            STACKS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let scratch = tempfile::Builder::new()
+            .prefix("ratelimit-stack-")
+            .tempdir()
+            .map_err(|e| format!("cannot create the stack's directory: {e}"))?;
         let mut stack = Stack {
-            dir,
+            dir: scratch.path().to_owned(),
             ports: options.ports.clone(),
             binaries,
             envoys: Vec::new(),
             processes: BTreeMap::new(),
+            redis: BTreeMap::new(),
+            cluster: None,
+            scratch,
             keep_dir: options.keep_dir,
             limitd_token: None,
-            cluster_ports: Vec::new(),
         };
         if !options.limitd_without_token {
             stack.limitd_token = Some(EnvoyConfig::shipped()?.limitd_token()?);
@@ -300,7 +277,10 @@ impl Stack {
         for i in 0..2 {
             stack.start_backend(i)?;
         }
-        stack.start_envoy(options.ports.envoy, options.ports.admin, &options.envoy)?;
+        let (envoy, admin) = (stack.ports.envoy, stack.ports.admin);
+        let index = stack.start_envoy(envoy, admin, &options.envoy)?;
+        stack.ports.envoy = stack.envoys[index].listener.port();
+        stack.ports.admin = stack.envoys[index].admin.port();
         Ok(stack)
     }
 
@@ -326,27 +306,13 @@ impl Stack {
     fn await_ready(
         &mut self,
         name: &str,
-        mut probe: impl FnMut() -> Result<(), String>,
-    ) -> Result<(), String> {
-        let result = eventually(READY_WITHIN, || {
-            if let Some(status) = self.processes.get_mut(name).and_then(Process::try_wait) {
-                return Ok(Err(format!("{name} exited ({status})")));
-            }
-            probe().map(Ok)
-        });
-        match result.and_then(|r| r) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let log = self
-                    .processes
-                    .get(name)
-                    .map(|p| p.log_tail(4000))
-                    .unwrap_or_default();
-                Err(format!(
-                    "{name} did not become ready: {e}\n--- {name} log ---\n{log}"
-                ))
-            }
-        }
+        probe: impl FnMut() -> Result<(), String>,
+    ) -> Result<(), StartError> {
+        let process = self
+            .processes
+            .get_mut(name)
+            .ok_or_else(|| format!("{name} is not running"))?;
+        process.await_ready(READY_WITHIN, probe)
     }
 
     /// The process name of Redis node `index`: the first master, then the replicas.
@@ -358,39 +324,17 @@ impl Stack {
         }
     }
 
-    /// `redis-server` on `port` with its data in `data`, no persistence, and the memory bound
-    /// every node of a stack has; the caller adds the node's role.
-    fn redis_server(&self, port: u16, data: &Path) -> Command {
-        let mut command = Command::new(&self.binaries.redis_server);
-        command.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+    /// Starts Redis node `index` (0: the first master; 1, 2: replicas of it) on its port (a
+    /// free one if 0), and waits until it answers.
+    fn start_redis_node(&mut self, index: usize) -> Result<(), String> {
+        let name = Stack::redis_name(index);
+        let mut options = RedisOptions::server().args([
             // Every key limitd writes expires: at the bound, evict those closest to expiring
             // rather than refuse writes (see docker-compose.yml).
             "--maxmemory",
             "256mb",
             "--maxmemory-policy",
             "volatile-ttl",
-        ]);
-        command.arg("--dir").arg(data);
-        command
-    }
-
-    /// Starts the process of Redis node `index` (0: the first master; 1, 2:
-    /// replicas of it) on its port, without waiting.
-    fn spawn_redis(&mut self, index: usize) -> Result<(), String> {
-        let name = Stack::redis_name(index);
-        let port = self.ports.redis[index];
-        let data = self.dir.join(&name);
-        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-        let mut command = self.redis_server(port, &data);
-        command.args([
             // A master that has lost its replicas (cut off, or its replica promoted in a
             // failover) refuses writes rather than accept counts the promoted master will
             // never see (docs/protocol.md, "Counted exactly when admitted").
@@ -400,24 +344,40 @@ impl Stack {
             "5",
         ]);
         if index > 0 {
-            command.args(["--replicaof", "127.0.0.1", &self.ports.redis[0].to_string()]);
+            let master = self.ports.redis[0].to_string();
+            options = options.args(["--replicaof", "127.0.0.1", &master]);
         }
-        self.spawn(&name, command)
+        self.ports.redis[index] =
+            self.start_redis_process(name, &options, self.ports.redis[index])?;
+        Ok(())
+    }
+
+    /// Starts `options` as `name` (in a directory of the stack's named after it), on `port`, or
+    /// on a free one if 0, replacing any process of that name; returns its port.
+    fn start_redis_process(
+        &mut self,
+        name: String,
+        options: &RedisOptions,
+        port: u16,
+    ) -> Result<u16, String> {
+        self.redis.remove(&name);
+        let dir = self.dir.join(&name);
+        let node = RedisProcess::start(&name, options, &dir, (port != 0).then_some(port))?;
+        let port = node.port;
+        self.redis.insert(name, node);
+        Ok(port)
     }
 
     fn start_redis(&mut self) -> Result<(), String> {
         for i in 0..self.ports.redis.len() {
-            self.spawn_redis(i)?;
+            self.start_redis_node(i)?;
         }
-        for (i, &port) in self.ports.redis.clone().iter().enumerate() {
-            self.await_ready(&Stack::redis_name(i), || {
-                match redis_command(port, &["INFO", "replication"]) {
-                    Ok(Resp::Bulk(Some(info)))
-                        if i == 0 || info.contains("master_link_status:up") =>
-                    {
-                        Ok(())
-                    }
-                    other => Err(format!("{other:?}")),
+        for i in 1..self.ports.redis.len() {
+            let replica = &self.redis[&Stack::redis_name(i)];
+            crate::poll::eventually(READY_WITHIN, || {
+                match replica.command(&["INFO", "replication"])? {
+                    Resp::Bulk(Some(info)) if info.contains("master_link_status:up") => Ok(()),
+                    other => Err(format!("{} not in sync: {other}", replica.name())),
                 }
             })?;
         }
@@ -429,14 +389,8 @@ impl Stack {
     /// it answers `PING`. The first master comes back as a master; after a
     /// failover Sentinel then turns it into a replica of the promoted one.
     pub fn restart_redis(&mut self, index: usize) -> Result<(), String> {
-        let name = Stack::redis_name(index);
-        self.kill(&name);
-        self.spawn_redis(index)?;
-        let port = self.ports.redis[index];
-        self.await_ready(&name, || match redis_command(port, &["PING"]) {
-            Ok(Resp::Simple(pong)) if pong == "PONG" => Ok(()),
-            other => Err(format!("{other:?}")),
-        })
+        self.kill(&Stack::redis_name(index));
+        self.start_redis_node(index)
     }
 
     /// Starts six cluster-enabled Redis nodes on free ports, joins them with `redis-cli --cluster
@@ -447,158 +401,65 @@ impl Stack {
     /// so after a failover the promoted master would refuse every write until the old one is
     /// back.
     fn start_redis_cluster(&mut self) -> Result<(), String> {
-        let cli = crate::paths::redis_cli();
-        if !cli.is_file() {
-            return Err(format!(
-                "redis-cli not found ({}): the cluster stack needs it to create the cluster \
-                 (apt-get install redis-tools, or set RATELIMIT_REDIS_CLI)",
-                cli.display()
-            ));
-        }
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        for (i, &port) in ports.iter().enumerate() {
-            let name = format!("redis-cluster-{}", i + 1);
-            let data = self.dir.join(&name);
-            std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-            let mut command = self.redis_server(port, &data);
-            command.args([
-                // The bus port is chosen too: the default, port + 10000, may be taken.
-                "--cluster-port",
-                &free_port().to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-            ]);
-            command
-                .arg("--cluster-config-file")
-                .arg(data.join("nodes.conf"));
-            self.spawn(&name, command)?;
-        }
-        for (i, &port) in ports.iter().enumerate() {
-            self.await_ready(&format!("redis-cluster-{}", i + 1), || match redis_command(
-                port,
-                &["PING"],
-            ) {
-                Ok(Resp::Simple(pong)) if pong == "PONG" => Ok(()),
-                other => Err(format!("{other:?}")),
-            })?;
-        }
-        // Bounded: redis-cli waits for the nodes to join for as long as it takes.
-        let mut child = Command::new(&cli)
-            .args(["--cluster", "create"])
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
-        let status = eventually(READY_WITHIN, || match child.try_wait() {
-            Ok(Some(status)) => Ok(status),
-            Ok(None) => Err("still waiting for the nodes to join".to_owned()),
-            Err(e) => Err(e.to_string()),
-        });
-        if status.is_err() {
-            let _ = child.kill();
-        }
-        let output = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            return Err(format!(
-                "redis-cli --cluster create failed ({status:?}): {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        for (i, &port) in ports.iter().enumerate() {
-            self.await_ready(&format!("redis-cluster-{}", i + 1), || {
-                let info = match redis_command(port, &["CLUSTER", "INFO"]) {
-                    Ok(Resp::Bulk(Some(info))) => info,
-                    other => return Err(format!("{other:?}")),
-                };
-                let replication = match redis_command(port, &["INFO", "replication"]) {
-                    Ok(Resp::Bulk(Some(info))) => info,
-                    other => return Err(format!("{other:?}")),
-                };
-                if info.contains("cluster_state:ok")
-                    && (replication.contains("role:master")
-                        || replication.contains("master_link_status:up"))
-                {
-                    Ok(())
-                } else {
-                    Err(format!("{info}\n{replication}"))
-                }
-            })?;
-        }
-        self.cluster_ports = ports;
+        let options = ClusterOptions {
+            node_timeout_ms: 2000,
+            args: ["--maxmemory", "256mb", "--maxmemory-policy", "volatile-ttl"]
+                .map(str::to_owned)
+                .to_vec(),
+            ..ClusterOptions::default()
+        };
+        self.cluster = Some(RedisCluster::start_in(
+            &self.dir,
+            "redis-cluster",
+            &options,
+        )?);
         Ok(())
     }
 
-    /// A command about one key on the Redis Cluster: sent to each node in turn until one
-    /// answers other than `MOVED` (the master of the key's slot).
+    /// With [`StackOptions::redis_cluster`], the ports of the cluster's nodes (the first three
+    /// are its masters at the start); empty with Sentinel.
+    pub fn cluster_ports(&self) -> Vec<u16> {
+        self.cluster
+            .iter()
+            .flat_map(|cluster| cluster.nodes.iter().map(|node| node.port))
+            .collect()
+    }
+
+    fn cluster(&self) -> Result<&RedisCluster, String> {
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| "this stack has no Redis Cluster".to_owned())
+    }
+
+    /// A command about one key on the Redis Cluster, on the master of the key's slot.
     pub fn cluster_command(&self, args: &[&str]) -> Result<Resp, String> {
-        for &port in &self.cluster_ports {
-            match redis_command(port, args) {
-                Ok(Resp::Error(e)) if e.starts_with("MOVED") => continue,
-                Ok(reply) => return Ok(reply),
-                Err(_) => continue,
-            }
-        }
-        Err(format!("no cluster node answered {args:?}"))
+        self.cluster()?.command(args)
     }
 
     /// The process name and port of the cluster master serving `key`'s slot, as the first
     /// running node that answers `CLUSTER NODES` reports it (a master it marks failed does not
     /// count).
     pub fn cluster_master_of(&self, key: &str) -> Result<(String, u16), String> {
-        let slot = match self.cluster_command(&["CLUSTER", "KEYSLOT", key])? {
-            Resp::Integer(slot) => slot,
-            other => return Err(format!("CLUSTER KEYSLOT {key}: {other:?}")),
-        };
-        for &port in &self.cluster_ports {
-            let Ok(Resp::Bulk(Some(nodes))) = redis_command(port, &["CLUSTER", "NODES"]) else {
-                continue;
-            };
-            for line in nodes.lines() {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
-                    continue;
-                };
-                if !flags.contains("master") || flags.contains("fail") {
-                    continue;
-                }
-                let serves = fields.iter().skip(8).any(|range| {
-                    let (low, high) = range.split_once('-').unwrap_or((range, range));
-                    matches!((low.parse::<i64>(), high.parse::<i64>()),
-                             (Ok(low), Ok(high)) if (low..=high).contains(&slot))
-                });
-                let node_port = addr
-                    .split(['@', ','])
-                    .next()
-                    .and_then(|a| a.rsplit(':').next())
-                    .and_then(|p| p.parse::<u16>().ok());
-                if let (true, Some(node_port)) = (serves, node_port) {
-                    let index = self
-                        .cluster_ports
-                        .iter()
-                        .position(|&p| p == node_port)
-                        .ok_or_else(|| format!("{node_port} is not a node of this stack"))?;
-                    return Ok((format!("redis-cluster-{}", index + 1), node_port));
-                }
-            }
-            return Err(format!("no live master serves slot {slot} ({port} says)"));
-        }
-        Err("no cluster node answered CLUSTER NODES".to_owned())
+        let cluster = self.cluster()?;
+        let slot = cluster.slot_of(key)?;
+        let port = cluster
+            .master_of(slot)
+            .ok_or_else(|| format!("no live master serves slot {slot}"))?;
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|node| node.port == port)
+            .ok_or_else(|| format!("{port} is not a node of this stack"))?;
+        Ok((node.name().to_owned(), port))
     }
 
     /// The port of the master as each sentinel reports it (`None` for a
     /// sentinel that does not answer), in sentinel order.
     pub fn master_ports(&self) -> Vec<Option<u16>> {
-        self.ports
-            .sentinels
-            .iter()
-            .map(|&port| {
-                match redis_command(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]) {
+        (1..=self.ports.sentinels.len())
+            .map(|i| {
+                let sentinel = self.redis.get(&format!("sentinel-{i}"))?;
+                match sentinel.command(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME]) {
                     Ok(Resp::Array(Some(addr))) => addr.get(1)?.text()?.parse().ok(),
                     _ => None,
                 }
@@ -616,29 +477,23 @@ impl Stack {
     }
 
     fn start_sentinels(&mut self) -> Result<(), String> {
-        for (i, &port) in self.ports.sentinels.clone().iter().enumerate() {
+        let options = RedisOptions::sentinel(SentinelOptions {
+            quorum: 2,
+            down_after_ms: 2000,
+            failover_timeout_ms: 10000,
+            ..SentinelOptions::watching(self.ports.redis[0])
+        });
+        for i in 0..self.ports.sentinels.len() {
             let name = format!("sentinel-{}", i + 1);
-            let conf = self.dir.join(format!("{name}.conf"));
-            // Sentinel rewrites its configuration file, so each gets its own writable copy.
-            let text = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 2000\n\
-                 sentinel failover-timeout {MASTER_NAME} 10000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
-                dir = self.dir.display(),
-                master = self.ports.redis[0],
-            );
-            std::fs::write(&conf, text).map_err(|e| e.to_string())?;
-            let mut command = Command::new(&self.binaries.redis_sentinel);
-            command.arg(&conf);
-            self.spawn(&name, command)?;
+            self.ports.sentinels[i] =
+                self.start_redis_process(name, &options, self.ports.sentinels[i])?;
         }
-        for (i, &port) in self.ports.sentinels.clone().iter().enumerate() {
-            self.await_ready(&format!("sentinel-{}", i + 1), || {
-                match redis_command(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]) {
-                    Ok(Resp::Array(Some(addr))) if addr.len() == 2 => Ok(()),
-                    other => Err(format!("{other:?}")),
+        for i in 0..self.ports.sentinels.len() {
+            let sentinel = &self.redis[&format!("sentinel-{}", i + 1)];
+            crate::poll::eventually(READY_WITHIN, || {
+                match sentinel.command(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME])? {
+                    Resp::Array(Some(addr)) if addr.len() == 2 => Ok(()),
+                    other => Err(format!("{} names no master: {other}", sentinel.name())),
                 }
             })?;
         }
@@ -653,18 +508,12 @@ impl Stack {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let store: Vec<(String, String)> = if self.cluster_ports.is_empty() {
-            vec![
+        let store: Vec<(String, String)> = match &self.cluster {
+            None => vec![
                 ("SENTINEL_HOSTS".into(), sentinels.join(",")),
                 ("REDIS_MASTER".into(), MASTER_NAME.into()),
-            ]
-        } else {
-            let nodes: Vec<String> = self
-                .cluster_ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{p}"))
-                .collect();
-            vec![("REDIS_CLUSTER_NODES".into(), nodes.join(","))]
+            ],
+            Some(cluster) => vec![("REDIS_CLUSTER_NODES".into(), cluster.seeds())],
         };
         vec![
             (
@@ -683,26 +532,45 @@ impl Stack {
         .collect()
     }
 
-    /// Starts (or restarts) limitd `index` (0 or 1) and waits until it is ready.
+    /// A listening socket for a process that takes one, on `port`, or on a free port if 0.
+    fn listener(port: u16, name: &str) -> Result<TcpListener, String> {
+        match port {
+            0 => Ok(free_listener()),
+            port => listener_on(port)
+                .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for {name}: {e}")),
+        }
+    }
+
+    /// Starts (or restarts) limitd `index` (0 or 1) on its port and waits until it is ready.
+    /// It is handed its listening socket, bound here (a free port at the first start), so no
+    /// other process can take the port between the choice and the start.
     pub fn start_limitd(&mut self, index: usize) -> Result<(), String> {
         let name = format!("limitd-{}", index + 1);
+        let listener = Stack::listener(self.ports.limitd[index], &name)?;
+        self.ports.limitd[index] = port_of(&listener);
         let mut command = Command::new(&self.binaries.limitd);
         command
             .env_remove("REDIS_URL")
             .env_remove("SENTINEL_HOSTS")
             .env_remove("REDIS_CLUSTER_NODES")
             .envs(self.limitd_env(index));
-        self.spawn(&name, command)?;
+        let process = Process::spawn_listening(&name, command, &self.dir, listener)
+            .map_err(|e| e.to_string())?;
+        self.processes.insert(name.clone(), process);
         let addr = local(self.ports.limitd[index]);
         self.await_ready(&name, || match http_get(addr, "/readyz", None) {
             Ok(r) if r.status == 200 => Ok(()),
             other => Err(format!("{other:?}")),
         })
+        .map_err(|e| e.to_string())
     }
 
+    /// Starts backend `index` on its port, handed its listening socket as limitd is.
     fn start_backend(&mut self, index: usize) -> Result<(), String> {
         let name = format!("backend-{}", index + 1);
-        let port = self.ports.backends[index];
+        let listener = Stack::listener(self.ports.backends[index], &name)?;
+        let port = port_of(&listener);
+        self.ports.backends[index] = port;
         let mut command = Command::new(&self.binaries.backend);
         command.args([
             "--name",
@@ -712,11 +580,14 @@ impl Stack {
             "--host",
             "127.0.0.1",
         ]);
-        self.spawn(&name, command)?;
+        let process = Process::spawn_listening(&name, command, &self.dir, listener)
+            .map_err(|e| e.to_string())?;
+        self.processes.insert(name.clone(), process);
         self.await_ready(&name, || match http_get(local(port), "/health", None) {
             Ok(r) if r.status == 200 => Ok(()),
             other => Err(format!("{other:?}")),
         })
+        .map_err(|e| e.to_string())
     }
 
     /// The configuration an Envoy of this stack runs with.
@@ -795,29 +666,55 @@ impl Stack {
         write_atomically(&self.rules_file(index), rules)
     }
 
-    /// Starts another Envoy in front of the same backends and limitd, and
-    /// waits until it serves. Returns its index in [`Stack::envoys`].
-    pub fn start_envoy(
+    /// Starts another Envoy in front of the same backends and limitd, on free ports, and waits
+    /// until it serves. Returns its index in [`Stack::envoys`].
+    pub fn add_envoy(&mut self, options: &EnvoyOptions) -> Result<usize, String> {
+        self.start_envoy(0, 0, options)
+    }
+
+    /// [`Stack::add_envoy`] on `port` and `admin`; a port 0 is chosen free, and chosen again
+    /// if another process takes it before Envoy binds it.
+    fn start_envoy(
         &mut self,
         port: u16,
         admin: u16,
         options: &EnvoyOptions,
     ) -> Result<usize, String> {
         let name = format!("envoy-{}", self.envoys.len() + 1);
-        let config = self.envoy_config(port, admin, options)?;
         let concurrency = options.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        self.spawn_envoy_with(&name, &config, concurrency)?;
-        let admin_addr = local(admin);
+        let chosen = |port: u16| if port == 0 { free_port() } else { port };
+        let mut start = || -> Result<EnvoyAddrs, StartError> {
+            let (listener, admin) = (local(chosen(port)), local(chosen(admin)));
+            let config = self.envoy_config(listener.port(), admin.port(), options)?;
+            self.spawn_envoy_with(&name, &config, concurrency)?;
+            self.await_envoy(&name, admin)?;
+            Ok(EnvoyAddrs {
+                listener,
+                admin,
+                name: name.clone(),
+            })
+        };
+        let envoy = if port == 0 || admin == 0 {
+            retry_on_taken_port(start)?
+        } else {
+            start().map_err(|e| e.to_string())?
+        };
+        self.envoys.push(envoy);
+        Ok(self.envoys.len() - 1)
+    }
+
+    /// Waits until the Envoy `name` is ready and sees every backend and limitd healthy.
+    fn await_envoy(&mut self, name: &str, admin: SocketAddr) -> Result<(), StartError> {
         let backends = self.ports.backends;
         let limitds = self.ports.limitd;
-        self.await_ready(&name, || {
-            let ready = http_get(admin_addr, "/ready", None).map_err(|e| e.to_string())?;
+        self.await_ready(name, || {
+            let ready = http_get(admin, "/ready", None).map_err(|e| e.to_string())?;
             if ready.status != 200 {
                 return Err(format!("/ready: {}", ready.status));
             }
             // Round robin is only visible once both backends passed their health check,
             // and checks only spread over both limitd once both passed theirs.
-            let clusters = http_get(admin_addr, "/clusters", None)
+            let clusters = http_get(admin, "/clusters", None)
                 .map_err(|e| e.to_string())?
                 .body;
             let upstreams = backends.iter().map(|p| ("backends", p));
@@ -828,13 +725,7 @@ impl Stack {
                 }
             }
             Ok(())
-        })?;
-        self.envoys.push(EnvoyAddrs {
-            listener: local(port),
-            admin: admin_addr,
-            name,
-        });
-        Ok(self.envoys.len() - 1)
+        })
     }
 
     /// Where Envoy `index` listens for clients.
@@ -885,13 +776,30 @@ impl Stack {
 
     /// A process of the stack by name (`redis-master`, `sentinel-2`, `limitd-1`, `envoy-1`, ...).
     pub fn process(&mut self, name: &str) -> Option<&mut Process> {
-        self.processes.get_mut(name)
+        if self.processes.contains_key(name) {
+            return self.processes.get_mut(name);
+        }
+        self.redis_node(name).map(RedisProcess::process)
+    }
+
+    /// A Redis process of the stack by name: `redis-master`, `sentinel-1`, `redis-cluster-3`...
+    fn redis_node(&mut self, name: &str) -> Option<&mut RedisProcess> {
+        if let Some(node) = self.redis.get_mut(name) {
+            return Some(node);
+        }
+        self.cluster
+            .as_mut()?
+            .nodes
+            .iter_mut()
+            .find(|node| node.name() == name)
     }
 
     /// Kills a process of the stack (SIGKILL) and forgets it.
     pub fn kill(&mut self, name: &str) {
         if let Some(mut process) = self.processes.remove(name) {
             process.kill();
+        } else if let Some(node) = self.redis_node(name) {
+            node.kill();
         }
     }
 
@@ -909,12 +817,15 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
+        let mut redis: Vec<&mut RedisProcess> = self.redis.values_mut().collect();
+        redis.extend(self.cluster.iter_mut().flat_map(|c| c.nodes.iter_mut()));
         if failed {
             eprintln!(
                 "--- stack {} failed; process logs follow ---",
                 self.dir.display()
             );
-            for process in self.processes.values() {
+            let processes = self.processes.values();
+            for process in processes.chain(redis.iter_mut().map(|node| &*node.process())) {
                 eprintln!("--- {} ---\n{}", process.name, process.log_tail(3000));
             }
         }
@@ -925,10 +836,13 @@ impl Drop for Stack {
             .filter(|n| n.starts_with("envoy"))
             .chain(names.iter())
         {
-            self.kill(name);
+            if let Some(mut process) = self.processes.remove(name) {
+                process.kill();
+            }
         }
-        if !failed && !self.keep_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        for node in redis {
+            node.kill();
         }
+        self.scratch.disable_cleanup(failed || self.keep_dir);
     }
 }

@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::stack::free_port;
 use e2e::{Binaries, EnvoyOptions, HttpConnection, Stack, StackOptions};
 
 const CLIENTS: usize = 64;
@@ -194,9 +193,7 @@ fn limits_hold_exactly_across_two_envoys_and_two_limitd_under_contention() {
         ..StackOptions::default()
     })
     .unwrap_or_else(|e| panic!("stack did not start: {e}"));
-    stack
-        .start_envoy(free_port(), free_port(), &options())
-        .unwrap();
+    stack.add_envoy(&options()).unwrap();
 
     // Fixed window.
     fixed_window_holds(&stack, "fixed_window", 1.0);
@@ -281,9 +278,7 @@ fn leases_never_over_admit_and_fill_the_limit_under_heavy_demand() {
         ..StackOptions::default()
     })
     .unwrap_or_else(|e| panic!("stack did not start: {e}"));
-    stack
-        .start_envoy(free_port(), free_port(), &options)
-        .unwrap();
+    stack.add_envoy(&options).unwrap();
     let stat = |name: &str| {
         stack.envoy_stat(0, &format!("wasmcustom.ratelimit.{name}"))
             + stack.envoy_stat(1, &format!("wasmcustom.ratelimit.{name}"))
@@ -361,9 +356,7 @@ fn on_a_redis_cluster_limits_hold_for_requests_whose_rules_span_slots() {
         ..StackOptions::default()
     })
     .unwrap_or_else(|e| panic!("stack did not start: {e}"));
-    stack
-        .start_envoy(free_port(), free_port(), &spanning_options())
-        .unwrap();
+    stack.add_envoy(&spanning_options()).unwrap();
     let slot = |key: &str| stack.cluster_command(&["CLUSTER", "KEYSLOT", key]);
     let per_client = format!("rl:v2:{{limited_endpoint:127.0.0.1}}:w{WINDOW_MS}");
     let global = format!("rl:v2:{{limited_endpoint_all:all}}:w{WINDOW_MS}");

@@ -8,10 +8,10 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use e2e::paths::workspace_root;
+use e2e::process::{retry_on_taken_port, Process};
 use e2e::{http_get, Binaries, EnvoyOptions, Stack, StackOptions};
 
 fn prometheus_dir() -> PathBuf {
@@ -302,22 +302,18 @@ fn an_alert_expression_is_made_to_return_data_without_changing_what_it_reads() {
 /// shipped `prometheus.yml` and `alerts.yml`, its targets pointed at a local stack and its
 /// scrape interval made 1 s.
 struct Prometheus {
-    process: e2e::process::Process,
+    /// Killed on drop.
+    _process: e2e::process::Process,
     addr: std::net::SocketAddr,
-    dir: PathBuf,
+    /// Its configuration and data (declared after the process, so removed after it stops).
+    _dir: e2e::TempDir,
 }
 
 impl Prometheus {
     fn scraping(stack: &Stack) -> Prometheus {
         // Tests of this binary run at once: each Prometheus has its own directory.
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ratelimit-prometheus-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = e2e::scratch_dir("ratelimit-prometheus-");
+        let dir = scratch.path();
         let shipped = std::fs::read_to_string(prometheus_dir().join("prometheus.yml"))
             .expect("prometheus.yml");
         let mut config = shipped.clone();
@@ -347,35 +343,37 @@ impl Prometheus {
         }
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         std::fs::copy(prometheus_dir().join("alerts.yml"), dir.join("alerts.yml")).unwrap();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::stack::free_port()));
-        let mut command = Command::new("prometheus");
-        command
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"));
-        let process = e2e::process::Process::spawn("prometheus", command, &dir).unwrap_or_else(|e| {
-            panic!("cannot run prometheus ({e}): install it (apt-get install prometheus, or `cargo xtask setup`)")
-        });
-        let prometheus = Prometheus { process, addr, dir };
-        e2e::eventually(Duration::from_secs(30), || {
-            match http_get(prometheus.addr, "/-/ready", None) {
-                Ok(r) if r.status == 200 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
+        // A port taken by another process before Prometheus binds it: start it again elsewhere.
+        let (process, addr) = retry_on_taken_port(|| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+            let mut command = Command::new("prometheus");
+            command
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"));
+            let mut process = Process::spawn("prometheus", command, dir).map_err(|e| {
+                format!("cannot run prometheus ({e}): install it (apt-get install prometheus, or `cargo xtask setup`)")
+            })?;
+            process.await_ready(Duration::from_secs(30), || {
+                match http_get(addr, "/-/ready", None) {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })?;
+            Ok((process, addr))
         })
-        .unwrap_or_else(|e| {
-            panic!(
-                "prometheus not ready: {e}\n{}",
-                prometheus.process.log_text()
-            )
-        });
-        prometheus
+        .unwrap_or_else(|e| panic!("prometheus not ready: {e}"));
+        Prometheus {
+            _process: process,
+            addr,
+            _dir: scratch,
+        }
     }
 
     /// The result of an instant query: its series (an error if Prometheus refuses the query).
@@ -394,13 +392,6 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.process.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

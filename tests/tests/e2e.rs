@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use e2e::stack::free_port;
 use e2e::{
     eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Resp, Stack,
     StackOptions,
@@ -129,9 +128,7 @@ fn a_forged_forwarded_for_header_does_not_change_the_client() {
 #[test]
 fn two_envoys_share_one_limit() {
     let mut stack = start(EnvoyOptions::default());
-    stack
-        .start_envoy(free_port(), free_port(), &EnvoyOptions::default())
-        .unwrap();
+    stack.add_envoy(&EnvoyOptions::default()).unwrap();
     let first = statuses(stack.envoy(0), "/limited_endpoint", CLIENT_1, 6);
     let second = statuses(stack.envoy(1), "/limited_endpoint", CLIENT_1, 6);
     assert_eq!(first, [200; 6]);

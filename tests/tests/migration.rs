@@ -5,7 +5,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use e2e::paths::workspace_root;
 use e2e::{http_request, Binaries, EnvoyOptions, Stack};
@@ -89,14 +88,11 @@ fn statuses(to: SocketAddr, path: &str, headers: &[(&str, &str)], count: usize) 
 
 /// Runs the built `limitd convert-ratelimit` on the two texts, with `extra` arguments.
 fn run_converter(config_yaml: &str, actions_yaml: &str, extra: &[&str]) -> Output {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "migration-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, actions): (PathBuf, PathBuf) = (dir.join("config.yaml"), dir.join("actions.yaml"));
+    let dir = e2e::scratch_dir("migration-");
+    let (config, actions): (PathBuf, PathBuf) = (
+        dir.path().join("config.yaml"),
+        dir.path().join("actions.yaml"),
+    );
     std::fs::write(&config, config_yaml).unwrap();
     std::fs::write(&actions, actions_yaml).unwrap();
     let output = Command::new(Binaries::require().limitd)
@@ -108,7 +104,6 @@ fn run_converter(config_yaml: &str, actions_yaml: &str, extra: &[&str]) -> Outpu
         .args(extra)
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     output
 }
 

@@ -141,8 +141,7 @@ fn setup_envoy() -> Result<(), String> {
 }
 
 fn is_root_with_apt() -> bool {
-    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
-        && Path::new("/usr/bin/apt-get").is_file()
+    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0") && on_path("apt-get")
 }
 
 /// Installs Debian packages with apt-get (as root).

@@ -16,7 +16,9 @@ use protocol::{Algorithm, CheckRequest, CheckResponse, Hit};
 use redis::aio::MultiplexedConnection;
 
 use crate::model::{hit, Model};
-use crate::support::{app_for_redis, eventually, post_check, resp, RedisProcess};
+use e2e::{eventually_async, RedisProcess, Resp};
+
+use crate::support::{app_for_redis, post_check, redis_connection};
 
 // ---------------------------------------------------------------------------------------------
 // The script's math against the model, at chosen times.
@@ -27,14 +29,6 @@ fn test_clock_script() -> redis::Script {
     let source = limitd::script::SOURCE;
     assert_eq!(source.matches(CLOCK).count(), 1, "the script's clock line");
     redis::Script::new(&source.replace(CLOCK, "local now = tonumber(ARGV[#ARGV])"))
-}
-
-async fn connection(redis: &RedisProcess) -> MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection")
 }
 
 /// The script's answer to `hits` at `now_ms`.
@@ -85,7 +79,7 @@ fn start_ms() -> u64 {
 /// time steps favour window boundaries.
 async fn compare_with_model(prefix: &str, rules: &[Hit], steps: usize) {
     let redis = RedisProcess::server(&[]);
-    let mut connection = connection(&redis).await;
+    let mut connection = redis_connection(&redis).await;
     let script = test_clock_script();
     let mut model = Model::default();
     let mut rng = testrng::rng(&format!("compare_with_model({prefix})"));
@@ -185,7 +179,7 @@ async fn the_script_is_exact_at_the_edge_of_large_limits() {
     // not), and check just before and at the retry time. Every answer is compared with the
     // model; the products here (counts near 1e15 times offsets near 3e10 ms) pass 2^53.
     let redis = RedisProcess::server(&[]);
-    let mut connection = connection(&redis).await;
+    let mut connection = redis_connection(&redis).await;
     let script = test_clock_script();
     let mut model = Model::default();
     let mut rng = testrng::rng("the_script_is_exact_at_the_edge_of_large_limits");
@@ -351,11 +345,12 @@ async fn early_in_a_window(app: &Router, h: &Hit, min_left_ms: u64) -> u64 {
         cost: 0,
         ..h.clone()
     };
-    eventually(Duration::from_secs(3), "the start of a window", || async {
+    eventually_async(Duration::from_secs(3), || async {
         let left = check(app, std::slice::from_ref(&read)).await.hits[0].reset_ms;
         (left >= min_left_ms).then_some(left)
     })
     .await
+    .expect("the start of a window")
 }
 
 #[tokio::test]
@@ -596,13 +591,12 @@ async fn burst_and_repeated_keys_are_validated() {
         assert!(text.contains(reason), "{text} lacks {reason}");
         assert!(!text.contains('\n'), "{text}");
     }
-    assert_eq!(resp(redis.port, &["DBSIZE"]).unwrap().trim(), ":0");
+    assert_eq!(redis.command(&["DBSIZE"]), Ok(Resp::Integer(0)));
 }
 
 fn pttl(redis: &RedisProcess, key: &str) -> i64 {
-    let ttl = resp(redis.port, &["PTTL", key]).expect("redis answers");
-    ttl.trim()
-        .trim_start_matches(':')
-        .parse()
-        .expect("an integer")
+    match redis.command(&["PTTL", key]) {
+        Ok(Resp::Integer(ttl)) => ttl,
+        other => panic!("PTTL {key}: {other:?}"),
+    }
 }

@@ -1,7 +1,6 @@
 //! Redis AUTH: `REDIS_PASSWORD` for the data nodes, `SENTINEL_PASSWORD` for the sentinels.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -9,104 +8,31 @@ use axum::Router;
 use limitd::AppState;
 
 use crate::metrics::{scrape, value};
-use crate::support::{
-    config, eventually, free_port, post_check, redis_sentinel, redis_server, resp, send, TempDir,
-};
+use e2e::eventually_async;
+use e2e::redis::{RedisOptions, RedisProcess, SentinelOptions};
+
+use crate::support::{config, post_check, send};
 
 const DATA_PASSWORD: &str = "data-secret";
 const SENTINEL_PASSWORD: &str = "sentinel-secret";
 const BODY: &str = r#"{"hits":[{"key":"auth:k","limit":100,"window_ms":60000}]}"#;
 
-/// A `redis-server` or `redis-sentinel` that may require a password, killed on drop.
-///
-/// `support::RedisProcess` probes readiness with an unauthenticated `PING`, which a protected
-/// server answers `-NOAUTH`; this one takes that answer as "up" too.
-struct Protected {
-    port: u16,
-    child: Child,
-    _dir: TempDir,
+/// A data node that requires `password`.
+fn protected_server(password: &str) -> RedisProcess {
+    RedisProcess::launch(&RedisOptions::server().password(password))
 }
 
-impl Protected {
-    fn server(password: &str) -> Self {
-        let dir = TempDir::new("auth-redis");
-        let port = free_port();
-        let child = Command::new(redis_server())
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                password,
-            ])
-            .args(["--dir", &dir.path().display().to_string()])
-            .args([
-                "--logfile",
-                &dir.path().join("redis.log").display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        Self::ready(port, child, dir)
+/// A sentinel monitoring `mymaster` at `master_port`, authenticating to it with
+/// [`DATA_PASSWORD`], and requiring `password` from its own clients if given.
+fn sentinel(master_port: u16, password: Option<&str>) -> RedisProcess {
+    let mut options = RedisOptions::sentinel(SentinelOptions {
+        auth_pass: Some(DATA_PASSWORD.to_owned()),
+        ..SentinelOptions::watching(master_port)
+    });
+    if let Some(password) = password {
+        options = options.password(password);
     }
-
-    /// A sentinel monitoring `mymaster` at `master_port`, authenticating to it with
-    /// `auth_pass`, and requiring `password` from its own clients if given.
-    fn sentinel(master_port: u16, auth_pass: &str, password: Option<&str>) -> Self {
-        let dir = TempDir::new("auth-sentinel");
-        let port = free_port();
-        let mut text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
-             sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
-             sentinel auth-pass mymaster {auth_pass}\n\
-             sentinel down-after-milliseconds mymaster 1000\n",
-            dir = dir.path().display()
-        );
-        if let Some(password) = password {
-            text.push_str(&format!("requirepass {password}\n"));
-        }
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = Command::new(redis_sentinel())
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-sentinel");
-        Self::ready(port, child, dir)
-    }
-
-    fn ready(port: u16, mut child: Child, dir: TempDir) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let up = resp(port, &["PING"])
-                .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"));
-            if up {
-                return Self {
-                    port,
-                    child,
-                    _dir: dir,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis process on port {port} exited at start-up: {status}");
-            }
-            assert!(Instant::now() < deadline, "port {port} not answering");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Protected {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    RedisProcess::launch(&options)
 }
 
 async fn app(vars: &[(&str, String)]) -> Router {
@@ -121,20 +47,22 @@ async fn readyz(app: &Router) -> StatusCode {
 }
 
 async fn works_eventually(app: &Router, what: &str) {
-    eventually(Duration::from_secs(10), what, || async {
+    eventually_async(Duration::from_secs(10), || async {
         (post_check(app, BODY).await.0 == StatusCode::OK).then_some(())
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(readyz(app).await, StatusCode::OK);
 }
 
 /// Checks and readiness answer 503, and the reason is counted as an auth error.
 async fn refused(app: &Router) {
-    eventually(Duration::from_secs(10), "an auth error", || async {
+    eventually_async(Duration::from_secs(10), || async {
         let text = scrape(app).await;
         (value(&text, r#"limitd_redis_errors_total{kind="auth"}"#)? >= 1.0).then_some(())
     })
-    .await;
+    .await
+    .expect("an auth error");
     let (status, text) = post_check(app, BODY).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert_eq!(text, r#"{"error":"redis unavailable"}"#);
@@ -143,7 +71,7 @@ async fn refused(app: &Router) {
 
 #[tokio::test]
 async fn a_protected_redis_needs_redis_password() {
-    let redis = Protected::server(DATA_PASSWORD);
+    let redis = protected_server(DATA_PASSWORD);
     let url = format!("redis://127.0.0.1:{}", redis.port);
 
     let with = app(&[
@@ -163,8 +91,8 @@ async fn a_protected_redis_needs_redis_password() {
 async fn open_sentinels_in_front_of_protected_data_nodes_are_refused_at_start() {
     // An open sentinel can be told to monitor any server, and limitd would send that server
     // REDIS_PASSWORD: limitd refuses the combination instead of starting with it.
-    let redis = Protected::server(DATA_PASSWORD);
-    let sentinel = Protected::sentinel(redis.port, DATA_PASSWORD, None);
+    let redis = protected_server(DATA_PASSWORD);
+    let sentinel = sentinel(redis.port, None);
     let hosts = format!("127.0.0.1:{}", sentinel.port);
     let err = limitd::Config::from_lookup(|name| match name {
         "SENTINEL_HOSTS" => Some(hosts.clone()),
@@ -177,8 +105,8 @@ async fn open_sentinels_in_front_of_protected_data_nodes_are_refused_at_start() 
 
 #[tokio::test]
 async fn protected_sentinels_need_sentinel_password() {
-    let redis = Protected::server(DATA_PASSWORD);
-    let sentinel = Protected::sentinel(redis.port, DATA_PASSWORD, Some(SENTINEL_PASSWORD));
+    let redis = protected_server(DATA_PASSWORD);
+    let sentinel = sentinel(redis.port, Some(SENTINEL_PASSWORD));
     let hosts = format!("127.0.0.1:{}", sentinel.port);
 
     let with = app(&[

@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use protocol::{BatchResponse, CheckResult, ErrorKind};
 
-use crate::support::{app_for_redis, check_one, resp, send, RedisProcess};
+use e2e::{RedisProcess, Resp};
+
+use crate::support::{app_for_redis, check_one, send};
 
 pub async fn post_batch(app: &axum::Router, path: &str, body: &str) -> (StatusCode, String) {
     let request = Request::post(path)
@@ -102,8 +104,8 @@ async fn an_invalid_check_gets_its_own_error_and_the_others_are_decided() {
         8
     );
     assert_eq!(
-        resp(redis.port, &["EXISTS", "rl:v2:{batch:bad}:w1000"]).as_deref(),
-        Some(":0\r\n")
+        redis.command(&["EXISTS", "rl:v2:{batch:bad}:w1000"]),
+        Ok(Resp::Integer(0))
     );
 }
 
@@ -113,8 +115,8 @@ async fn a_script_error_on_one_key_fails_only_its_check_and_counts_nothing_for_i
     let (app, _) = app_for_redis(redis.port).await;
     // A key of the wrong type makes the script fail for the checks that touch it.
     assert_eq!(
-        resp(redis.port, &["LPUSH", "rl:v2:{batch:broken}:w60000", "x"]).as_deref(),
-        Some(":1\r\n")
+        redis.command(&["LPUSH", "rl:v2:{batch:broken}:w60000", "x"]),
+        Ok(Resp::Integer(1))
     );
     let body = format!(
         r#"{{"checks":[{{"hits":[{ok}]}},{{"hits":[{ok},{broken}]}},{{"hits":[{ok}]}}]}}"#,

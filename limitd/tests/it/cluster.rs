@@ -9,8 +9,22 @@ use axum::http::StatusCode;
 use axum::Router;
 use limitd::AppState;
 
+use e2e::{eventually_async, ClusterOptions, RedisCluster, Resp};
+
 use crate::metrics::{scrape, value};
-use crate::support::{cli, config, eventually, post_check, send, RedisCluster, CLUSTER_PASSWORD};
+use crate::support::{config, post_check, send};
+
+/// The password of every node of the clusters here (`requirepass` and `masterauth`): limitd
+/// authenticates to a cluster as to one Redis.
+pub(crate) const CLUSTER_PASSWORD: &str = "cluster-test-password";
+
+/// A cluster whose every node requires [`CLUSTER_PASSWORD`].
+pub(crate) fn protected() -> ClusterOptions {
+    ClusterOptions {
+        password: Some(CLUSTER_PASSWORD.to_owned()),
+        ..ClusterOptions::default()
+    }
+}
 
 /// The app on `cluster`, with the given response timeout.
 async fn app_on(cluster: &RedisCluster, response_timeout_ms: u64) -> (Router, AppState) {
@@ -41,7 +55,7 @@ fn keys_on_different_masters(cluster: &RedisCluster, prefix: &str, count: usize)
     for i in 0.. {
         let key = format!("{prefix}{i}");
         let master = cluster
-            .master_of(cluster.slot_of(&counter(&key)))
+            .master_of(cluster.slot_of(&counter(&key)).expect("a slot"))
             .expect("every slot served");
         if keys.iter().all(|(_, m)| *m != master) {
             keys.push((key, master));
@@ -55,8 +69,11 @@ fn keys_on_different_masters(cluster: &RedisCluster, prefix: &str, count: usize)
 
 /// The units counted in the current window of the counter of `key`, read from the cluster.
 fn counted(cluster: &RedisCluster, key: &str) -> u64 {
-    let reply = cluster.command(&["HGET", &counter(key), "c"]);
-    reply.trim().parse().unwrap_or(0)
+    match cluster.command(&["HGET", &counter(key), "c"]) {
+        Ok(Resp::Bulk(None)) => 0,
+        Ok(reply) => reply.to_string().parse().expect("a count"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn hit(key: &str, limit: u64) -> String {
@@ -88,7 +105,7 @@ async fn readyz(app: &Router) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_slot_checks_are_exact_on_a_cluster() {
-    let cluster = RedisCluster::start();
+    let cluster = RedisCluster::start(&protected());
     let (app, _state) = app_on(&cluster, 1000).await;
 
     let body = check_body(&[hit("one:k", 5)]);
@@ -101,7 +118,7 @@ async fn single_slot_checks_are_exact_on_a_cluster() {
     // Two hits whose keys happen to hash to one slot: one script run, all or nothing as with
     // one master.
     let first = "one:t0";
-    let slot = cluster.slot_of(&counter(first));
+    let slot = cluster.slot_of(&counter(first)).expect("a slot");
     // limitd's own grouping finds a candidate quickly; the cluster confirms it.
     let hit_of = |key: &str| protocol::Hit {
         key: key.to_owned(),
@@ -117,7 +134,7 @@ async fn single_slot_checks_are_exact_on_a_cluster() {
         .map(|i| format!("one:t{i}"))
         .find(|key| limitd::cluster::slot_groups(&[hit_of(first), hit_of(key)]).len() == 1)
         .expect("a key in the same slot");
-    assert_eq!(cluster.slot_of(&counter(&second)), slot);
+    assert_eq!(cluster.slot_of(&counter(&second)).expect("a slot"), slot);
     let both = check_body(&[hit(first, 3), hit(&second, 2)]);
     assert_eq!(allowed(&app, &both).await, Some(true));
     assert_eq!(allowed(&app, &both).await, Some(true));
@@ -128,7 +145,7 @@ async fn single_slot_checks_are_exact_on_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_spanning_slots_is_all_or_nothing() {
-    let cluster = RedisCluster::start();
+    let cluster = RedisCluster::start(&protected());
     let (app, _state) = app_on(&cluster, 1000).await;
     let keys = keys_on_different_masters(&cluster, "span:", 2);
     let (roomy, tight) = (&keys[0], &keys[1]);
@@ -203,7 +220,7 @@ async fn give_backs(app: &Router) -> [f64; 4] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checks_spanning_slots_never_admit_more_than_the_limit() {
-    let cluster = RedisCluster::start();
+    let cluster = RedisCluster::start(&protected());
     let (app, state) = app_on(&cluster, 2000).await;
     let keys = keys_on_different_masters(&cluster, "many:", 3);
     let limits: HashMap<&str, u64> = [(&keys[0], 20), (&keys[1], 1000), (&keys[2], 15)]
@@ -246,10 +263,11 @@ async fn concurrent_checks_spanning_slots_never_admit_more_than_the_limit() {
         }
     }
     // Checks in doubt are given back in the background: let them settle before reading.
-    eventually(Duration::from_secs(40), "give-backs to settle", || async {
+    eventually_async(Duration::from_secs(40), || async {
         (state.metrics().give_backs_in_flight() == 0).then_some(())
     })
-    .await;
+    .await
+    .expect("give-backs to settle");
     println!("concurrent: admitted {admitted:?}, errors {errors}");
     for key in &keys {
         let got = admitted.get(key).copied().unwrap_or(0);
@@ -280,10 +298,10 @@ async fn concurrent_checks_spanning_slots_never_admit_more_than_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
-    let mut cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::start(&protected());
     let (app, state) = app_on(&cluster, 250).await;
     let key = "failover:k";
-    let slot = cluster.slot_of(&counter(key));
+    let slot = cluster.slot_of(&counter(key)).expect("a slot");
     let old_master = cluster.master_of(slot).expect("a master for the key");
     let body = check_body(&[hit(key, 100_000)]);
     // A cluster names no single master, but readiness has its series.
@@ -298,10 +316,15 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     }
     // Replication is asynchronous: make sure the replica has every acknowledged count before
     // the kill, so that what the new master holds can be compared exactly.
-    let acked = cli(old_master, &["WAIT", "1", "5000"]);
-    assert_eq!(acked.trim(), "1", "the replica acknowledged the writes");
+    let old = cluster.node_mut(old_master).expect("a node of the cluster");
+    let acked = old.command(&["WAIT", "1", "5000"]);
+    assert_eq!(
+        acked,
+        Ok(Resp::Integer(1)),
+        "the replica acknowledged the writes"
+    );
 
-    cluster.node(old_master).kill();
+    old.kill();
     let killed = Instant::now();
     // A master that does not answer: the cluster cannot serve all its slots, and /readyz says so.
     assert_eq!(readyz(&app).await, StatusCode::SERVICE_UNAVAILABLE);
@@ -333,12 +356,11 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // The node asked may learn of the promotion a moment after limitd used it.
-    let new_master = eventually(
-        Duration::from_secs(10),
-        "the cluster to name the promoted replica",
-        || async { cluster.master_of(slot).filter(|m| *m != old_master) },
-    )
-    .await;
+    let new_master = eventually_async(Duration::from_secs(10), || async {
+        cluster.master_of(slot).filter(|m| *m != old_master)
+    })
+    .await
+    .expect("the cluster to name the promoted replica");
     println!(
         "master killed: checks answered again after {recovered_after:?}; {failed} failed \
          meanwhile, the slowest in {slowest_failure:?}"
@@ -364,10 +386,11 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
         assert_eq!(allowed(&app, &body).await, Some(true));
         allowed_total += 1;
     }
-    eventually(Duration::from_secs(40), "give-backs to settle", || async {
+    eventually_async(Duration::from_secs(40), || async {
         (state.metrics().give_backs_in_flight() == 0).then_some(())
     })
-    .await;
+    .await
+    .expect("give-backs to settle");
     let text = scrape(&app).await;
     assert!(
         !text.lines().any(
@@ -377,17 +400,19 @@ async fn a_killed_master_is_replaced_and_limitd_follows_without_a_restart() {
     );
     // Counts acknowledged by the replica before the kill survive; checks that failed were
     // given back or never ran: the new master holds exactly the allowed checks.
+    let new_master = cluster.node(new_master).expect("a node of the cluster");
     assert_eq!(
-        cli(new_master, &["HGET", &counter(key), "c"]).trim(),
-        allowed_total.to_string(),
+        new_master.command(&["HGET", &counter(key), "c"]),
+        Ok(Resp::Bulk(Some(allowed_total.to_string()))),
         "{failed} checks failed during the failover; metrics:\n{text}"
     );
 
     // /readyz: every master answers again.
-    eventually(Duration::from_secs(10), "/readyz to answer 200", || async {
+    eventually_async(Duration::from_secs(10), || async {
         (readyz(&app).await == StatusCode::OK).then_some(())
     })
-    .await;
+    .await
+    .expect("/readyz to answer 200");
     let text = scrape(&app).await;
     assert_eq!(value(&text, "limitd_ready"), Some(1.0), "{text}");
 }

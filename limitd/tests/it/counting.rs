@@ -5,9 +5,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use protocol::CheckResponse;
 
-use crate::support::{
-    app_for_redis, check_one, eventually, post_check, resp, until_checks_work, RedisProcess,
-};
+use e2e::{eventually_async, RedisProcess, Resp};
+
+use crate::support::{app_for_redis, check_one, post_check, until_checks_work};
 
 #[tokio::test]
 async fn ten_are_allowed_then_the_eleventh_is_denied() {
@@ -97,25 +97,23 @@ async fn the_counter_resets_when_its_window_ends() {
     let (app, _) = app_for_redis(redis.port).await;
     // The first check may land at the very end of a window, so exhaust then observe a denial
     // within one window before waiting for the reset.
-    let denied = eventually(
-        Duration::from_secs(3),
-        "a denial inside one window",
-        || async {
-            check_one(&app, "reset:client", 1, 300, 1).await;
-            let second = check_one(&app, "reset:client", 1, 300, 1).await;
-            (!second.allowed).then_some(second)
-        },
-    )
-    .await;
+    let denied = eventually_async(Duration::from_secs(3), || async {
+        check_one(&app, "reset:client", 1, 300, 1).await;
+        let second = check_one(&app, "reset:client", 1, 300, 1).await;
+        (!second.allowed).then_some(second)
+    })
+    .await
+    .expect("a denial inside one window");
     let retry = denied.hits[0].retry_after_ms;
     assert!(retry > 0 && retry <= 300, "{retry}");
-    eventually(Duration::from_secs(3), "the window to reset", || async {
+    eventually_async(Duration::from_secs(3), || async {
         check_one(&app, "reset:client", 1, 300, 1)
             .await
             .allowed
             .then_some(())
     })
-    .await;
+    .await
+    .expect("the window to reset");
 }
 
 #[tokio::test]
@@ -129,7 +127,10 @@ async fn long_keys_are_stored_hashed_and_expire() {
         4
     );
 
-    let keys = resp(redis.port, &["KEYS", "*"]).expect("redis answers");
+    let keys = redis
+        .command(&["KEYS", "*"])
+        .expect("redis answers")
+        .to_string();
     let stored = keys
         .lines()
         .find(|l| l.starts_with("rl:v2:"))
@@ -149,9 +150,11 @@ async fn long_keys_are_stored_hashed_and_expire() {
         stored.starts_with("rl:v2:{h:") && stored.len() < 90,
         "{stored}"
     );
-    let ttl = resp(redis.port, &["PTTL", stored]).expect("redis answers");
-    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
-    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    let ttl = redis.command(&["PTTL", stored]);
+    assert!(
+        matches!(ttl, Ok(Resp::Integer(ttl)) if ttl > 0 && ttl <= 60_000),
+        "{ttl:?}"
+    );
 }
 
 #[tokio::test]
@@ -167,8 +170,7 @@ async fn malformed_bodies_get_400_and_touch_nothing() {
         let (status, text) = post_check(&app, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
     }
-    let keys = resp(redis.port, &["DBSIZE"]).expect("redis answers");
-    assert_eq!(keys.trim(), ":0");
+    assert_eq!(redis.command(&["DBSIZE"]), Ok(Resp::Integer(0)));
 }
 
 #[tokio::test]
@@ -211,17 +213,18 @@ async fn a_frozen_redis_times_out_with_503_then_recovers() {
     let body = r#"{"hits":[{"key":"frozen:k","limit":5,"window_ms":60000}]}"#;
     assert_eq!(post_check(&app, body).await.0, StatusCode::OK);
 
-    redis.signal("-STOP");
+    redis.signal(libc::SIGSTOP);
     let started = std::time::Instant::now();
     let (status, text) = post_check(&app, body).await;
     let elapsed = started.elapsed();
-    redis.signal("-CONT");
+    redis.signal(libc::SIGCONT);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     // The response timeout is 250 ms by default; allow for a slow test machine.
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 
-    eventually(Duration::from_secs(5), "checks to work again", || async {
+    eventually_async(Duration::from_secs(5), || async {
         (post_check(&app, body).await.0 == StatusCode::OK).then_some(())
     })
-    .await;
+    .await
+    .expect("checks to work again");
 }

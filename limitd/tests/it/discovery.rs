@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use limitd::AppState;
 
-use crate::support::{config, free_port, post_check, until_checks_work, RedisProcess};
+use e2e::{free_port, RedisProcess};
+
+use crate::support::{config, post_check, until_checks_work};
 
 #[tokio::test]
 async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
@@ -17,7 +19,7 @@ async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
         RedisProcess::sentinel(master.port),
         RedisProcess::sentinel(master.port),
     ];
-    frozen.signal("-STOP");
+    frozen.signal(libc::SIGSTOP);
     // The frozen sentinel first, then a closed port, then three that answer: a majority of five.
     let hosts = format!(
         "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
@@ -50,7 +52,7 @@ async fn the_master_is_found_with_one_sentinel_frozen_and_one_refusing() {
         state.store().master_addr(),
         Some(format!("127.0.0.1:{}", master.port))
     );
-    frozen.signal("-CONT");
+    frozen.signal(libc::SIGCONT);
 }
 
 #[tokio::test]
@@ -58,7 +60,7 @@ async fn one_answering_sentinel_of_three_is_not_trusted_until_a_second_answers()
     let master = RedisProcess::server(&[]);
     let frozen = RedisProcess::sentinel(master.port);
     let healthy = RedisProcess::sentinel(master.port);
-    frozen.signal("-STOP");
+    frozen.signal(libc::SIGSTOP);
     let hosts = format!(
         "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
         frozen.port,
@@ -77,7 +79,7 @@ async fn one_answering_sentinel_of_three_is_not_trusted_until_a_second_answers()
     assert_eq!(state.store().master_addr(), None);
 
     // Thawed, the second sentinel makes two of three, and checks work without a restart.
-    frozen.signal("-CONT");
+    frozen.signal(libc::SIGCONT);
     until_checks_work(
         &app,
         body,
@@ -95,7 +97,7 @@ async fn one_answering_sentinel_of_three_is_not_trusted_until_a_second_answers()
 async fn with_every_sentinel_frozen_connect_returns_and_checks_fail_fast() {
     let master = RedisProcess::server(&[]);
     let sentinel = RedisProcess::sentinel(master.port);
-    sentinel.signal("-STOP");
+    sentinel.signal(libc::SIGSTOP);
     let started = Instant::now();
     let state = AppState::connect(&config(&[(
         "SENTINEL_HOSTS",
@@ -125,7 +127,7 @@ async fn with_every_sentinel_frozen_connect_returns_and_checks_fail_fast() {
     );
 
     // Thawed, the sentinel answers again and the store connects by itself.
-    sentinel.signal("-CONT");
+    sentinel.signal(libc::SIGCONT);
     until_checks_work(
         &app,
         r#"{"hits":[{"key":"disc:k","limit":3,"window_ms":60000}]}"#,

@@ -13,7 +13,9 @@ use protocol::{CheckResult, ErrorKind};
 
 use crate::batch::post_v2;
 use crate::metrics::{scrape, value};
-use crate::support::{app_for_redis, eventually, resp, RedisProcess};
+use e2e::{eventually_async, redis_command, RedisProcess, Resp};
+
+use crate::support::app_for_redis;
 
 const KEYS: usize = 8;
 /// The longest window: no window boundary falls inside a test run, so one counter per key.
@@ -44,22 +46,16 @@ fn batch(first: usize, n: usize, timeout_ms: Option<u64>) -> (String, Vec<usize>
 
 /// The count Redis holds for key `i` (its fixed-window hash's `c`), 0 if absent.
 fn stored(port: u16, i: usize) -> u64 {
-    let reply = resp(
-        port,
-        &["HGET", &format!("rl:v2:{{{}}}:w{WINDOW_MS}", key(i)), "c"],
-    )
-    .expect("redis");
-    // `$-1` (absent) or `$<len>\r\n<digits>\r\n`.
-    reply
-        .lines()
-        .nth(1)
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or(0)
+    let counter = format!("rl:v2:{{{}}}:w{WINDOW_MS}", key(i));
+    match redis_command(port, &["HGET", &counter, "c"]).expect("redis") {
+        Resp::Bulk(None) => 0,
+        reply => reply.to_string().parse().expect("a count"),
+    }
 }
 
 /// Waits until no give-back is running, then returns the give-backs by outcome.
 async fn give_backs_settled(app: &Router) -> HashMap<&'static str, f64> {
-    eventually(Duration::from_secs(45), "give-backs to finish", || async {
+    eventually_async(Duration::from_secs(45), || async {
         let text = scrape(app).await;
         (value(&text, "limitd_give_backs_in_flight") == Some(0.0)).then(|| {
             ["returned", "voided", "settled", "failed"]
@@ -72,6 +68,7 @@ async fn give_backs_settled(app: &Router) -> HashMap<&'static str, f64> {
         })
     })
     .await
+    .expect("give-backs to finish")
 }
 
 #[derive(Default)]
@@ -136,10 +133,11 @@ impl Load {
     /// Waits until `more` checks have been allowed since the call.
     async fn admits(&self, more: u64, what: &str) {
         let target = self.admitted.load(Ordering::Relaxed) + more;
-        eventually(Duration::from_secs(20), what, || async {
+        eventually_async(Duration::from_secs(20), || async {
             (self.admitted.load(Ordering::Relaxed) >= target).then_some(())
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 
     async fn stop(self) -> Tally {
@@ -171,9 +169,8 @@ async fn connections_killed_mid_pipeline_leave_every_counter_equal_to_its_admiss
             let mut kills = 0;
             while Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(15));
-                if resp(port, &["CLIENT", "KILL", "TYPE", "normal"])
-                    .is_some_and(|r| r.starts_with(':') && r != ":0\r\n")
-                {
+                let killed = redis_command(port, &["CLIENT", "KILL", "TYPE", "normal"]);
+                if matches!(killed, Ok(Resp::Integer(n)) if n > 0) {
                     kills += 1;
                 }
             }
@@ -231,57 +228,47 @@ async fn a_forced_failover_under_load_counts_nothing_that_was_not_admitted() {
     .expect("store");
     let app = limitd::app(state.clone());
     let (probe, _) = batch(0, 1, None);
-    eventually(
-        Duration::from_secs(10),
-        "checks through sentinel",
-        || async {
-            matches!(post_v2(&app, &probe).await[0], CheckResult::Allowed { .. }).then_some(())
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(10), || async {
+        matches!(post_v2(&app, &probe).await[0], CheckResult::Allowed { .. }).then_some(())
+    })
+    .await
+    .expect("checks through sentinel");
     let mut total_probes = 0;
     let load = Load::start(&app);
     load.admits(200, "checks on the first master").await;
-    let reply = resp(sentinel.port, &["SENTINEL", "FAILOVER", "mymaster"]);
-    assert!(
-        reply.is_some_and(|r| r.starts_with("+OK")),
+    assert_eq!(
+        sentinel.command(&["SENTINEL", "FAILOVER", "mymaster"]),
+        Ok(Resp::Simple("OK".into())),
         "SENTINEL FAILOVER refused"
     );
     let started = Instant::now();
     let promoted = format!("127.0.0.1:{}", replica.port);
-    eventually(
-        Duration::from_secs(20),
-        "the replica to be promoted",
-        || async {
-            resp(replica.port, &["ROLE"])
-                .filter(|r| r.contains("master"))
-                .map(|_| ())
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        replica
+            .command(&["ROLE"])
+            .ok()
+            .filter(|r| r.to_string().starts_with("master"))
+            .map(|_| ())
+    })
+    .await
+    .expect("the replica to be promoted");
     let promotion = started.elapsed();
-    eventually(
-        Duration::from_secs(20),
-        "limitd to follow the failover",
-        || async {
-            (state.store().master_addr().as_deref() == Some(promoted.as_str())).then_some(())
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        (state.store().master_addr().as_deref() == Some(promoted.as_str())).then_some(())
+    })
+    .await
+    .expect("limitd to follow the failover");
     println!(
         "promoted after {promotion:?}, limitd followed after {:?}",
         started.elapsed()
     );
     // Admissions on the promoted master (once the old one replicates from it), then stop.
     let (probe, _) = batch(1, 1, None);
-    eventually(
-        Duration::from_secs(20),
-        "checks on the promoted master",
-        || async {
-            matches!(post_v2(&app, &probe).await[0], CheckResult::Allowed { .. }).then_some(())
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        matches!(post_v2(&app, &probe).await[0], CheckResult::Allowed { .. }).then_some(())
+    })
+    .await
+    .expect("checks on the promoted master");
     total_probes += 1;
     load.admits(200, "checks of the load on the promoted master")
         .await;
@@ -319,10 +306,10 @@ async fn checks_past_the_batch_timeout_are_reported_and_then_given_back() {
     let redis = RedisProcess::server(&[]);
     let (app, _) = app_for_redis(redis.port).await;
     // A frozen Redis: the scripts go out and wait in its socket, to run when it thaws.
-    redis.signal("-STOP");
+    redis.signal(libc::SIGSTOP);
     let (body, _) = batch(0, 4, Some(200));
     let results = post_v2(&app, &body).await;
-    redis.signal("-CONT");
+    redis.signal(libc::SIGCONT);
     for result in &results {
         assert!(
             matches!(

@@ -19,7 +19,9 @@ use protocol::CheckRequest;
 use testrng::{Cases, Rng};
 
 use crate::metrics::{scrape, value};
-use crate::support::{config, free_port, post_check, resp, send, RedisProcess};
+use e2e::{free_port, RedisProcess, Resp};
+
+use crate::support::{config, post_check, send};
 
 /// The body limit of the generated cases: small, so oversized bodies are cheap to make.
 const FUZZ_MAX_BODY: usize = 8192;
@@ -283,7 +285,7 @@ async fn a_one_megabyte_key_is_refused_by_its_bound_even_when_the_body_limit_all
         text.contains("hits[0].key: must be 1 to 2048 bytes long, got 1050000"),
         "{text}"
     );
-    assert_eq!(resp(redis.port, &["DBSIZE"]).as_deref(), Some(":0\r\n"));
+    assert_eq!(redis.command(&["DBSIZE"]), Ok(Resp::Integer(0)));
 }
 
 #[tokio::test]
@@ -298,7 +300,9 @@ async fn refused_bodies_never_reach_a_real_redis() {
     let app = limitd::app(state);
     // redis-rs' connection set-up itself draws errors from Redis 7.0 (`CLIENT SETINFO` is
     // 7.2+): compare with what is there before the bodies are sent.
-    let errors_before = resp(redis.port, &["INFO", "errorstats"]).expect("redis answers");
+    let errors_before = redis
+        .command(&["INFO", "errorstats"])
+        .expect("redis answers");
     let mut rng = testrng::rng("refused_bodies_never_reach_a_real_redis");
     let mut refused = 0;
     while refused < 300 {
@@ -308,14 +312,19 @@ async fn refused_bodies_never_reach_a_real_redis() {
         refused += 1;
     }
     // Only the start-up `SCRIPT LOAD` (and whatever Redis runs by itself) may be there.
-    let stats = resp(redis.port, &["INFO", "commandstats"]).expect("redis answers");
+    let stats = redis
+        .command(&["INFO", "commandstats"])
+        .expect("redis answers")
+        .to_string();
     assert!(
         !stats.contains("cmdstat_evalsha") && !stats.contains("cmdstat_eval:"),
         "{stats}"
     );
-    let errors = resp(redis.port, &["INFO", "errorstats"]).expect("redis answers");
+    let errors = redis
+        .command(&["INFO", "errorstats"])
+        .expect("redis answers");
     assert_eq!(errors, errors_before);
-    assert_eq!(resp(redis.port, &["DBSIZE"]).as_deref(), Some(":0\r\n"));
+    assert_eq!(redis.command(&["DBSIZE"]), Ok(Resp::Integer(0)));
 }
 
 #[tokio::test]

@@ -3,10 +3,11 @@
 //! returns the lease with the cost, and a lease on a shadow hit is refused.
 
 use protocol::{CheckRequest, CheckResult, ErrorKind, HitResult};
-use redis::aio::MultiplexedConnection;
 
 use crate::batch::post_v2;
-use crate::support::{app_for_redis, check_one, RedisProcess};
+use e2e::RedisProcess;
+
+use crate::support::{app_for_redis, check_one, redis_connection};
 
 fn leased_hit(key: &str, limit: u64, extra: &str, lease: u64) -> String {
     format!(r#"{{"key":"{key}","limit":{limit},"window_ms":60000,"lease":{lease}{extra}}}"#)
@@ -118,19 +119,11 @@ async fn a_shadow_hit_may_not_ask_for_a_lease() {
     }
 }
 
-async fn connection(redis: &RedisProcess) -> MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection")
-}
-
 #[tokio::test]
 async fn a_give_back_returns_the_lease_with_the_cost() {
     let redis = RedisProcess::server(&[]);
     let (app, _) = app_for_redis(redis.port).await;
-    let mut conn = connection(&redis).await;
+    let mut conn = redis_connection(&redis).await;
     let script = limitd::script::CheckScript::default();
     let request: CheckRequest = serde_json::from_str(&format!(
         r#"{{"hits":[{},{{"key":"l:other","limit":50,"window_ms":60000,"cost":2}}]}}"#,
@@ -175,7 +168,7 @@ async fn a_receipt_of_the_previous_script_is_still_given_back() {
     // Receipts written before leases existed: '<time> <1|0 per hit>', the 1 meaning "its cost".
     let redis = RedisProcess::server(&[]);
     let (app, _) = app_for_redis(redis.port).await;
-    let mut conn = connection(&redis).await;
+    let mut conn = redis_connection(&redis).await;
     let script = limitd::script::CheckScript::default();
     let request: CheckRequest =
         serde_json::from_str(r#"{"hits":[{"key":"l:old","limit":10,"window_ms":60000,"cost":3}]}"#)

@@ -6,9 +6,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 
-use crate::support::{
-    app_for_redis, check_one, config, eventually, post_check, send, RedisProcess,
-};
+use e2e::{eventually_async, RedisProcess};
+
+use crate::support::{app_for_redis, check_one, config, post_check, send};
 
 /// The text of `GET /metrics`.
 pub async fn scrape(app: &Router) -> String {
@@ -93,10 +93,11 @@ async fn a_reconnect_to_the_same_address_is_not_a_failover() {
     assert_eq!(value(&text, "limitd_ready"), Some(0.0), "{text}");
 
     let _again = RedisProcess::server_on(port);
-    eventually(Duration::from_secs(5), "checks to work again", || async {
+    eventually_async(Duration::from_secs(5), || async {
         (post_check(&app, body).await.0 == StatusCode::OK).then_some(())
     })
-    .await;
+    .await
+    .expect("checks to work again");
     let text = scrape(&app).await;
     assert_eq!(value(&text, "limitd_reconnects_total"), Some(1.0), "{text}");
     assert_eq!(value(&text, "limitd_failovers_total"), Some(0.0), "{text}");
@@ -118,12 +119,12 @@ async fn a_frozen_redis_is_reported_unready_without_holding_the_scrape() {
     let app = limitd::app(state);
     assert_eq!(value(&scrape(&app).await, "limitd_ready"), Some(1.0));
 
-    redis.signal("-STOP");
+    redis.signal(libc::SIGSTOP);
     let started = Instant::now();
     let text = scrape(&app).await;
     let readyz = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     let waited = started.elapsed();
-    redis.signal("-CONT");
+    redis.signal(libc::SIGCONT);
     assert_eq!(value(&text, "limitd_ready"), Some(0.0), "{text}");
     assert_eq!(readyz.0, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -131,10 +132,9 @@ async fn a_frozen_redis_is_reported_unready_without_holding_the_scrape() {
         "the scrape and /readyz waited out the response timeout ({waited:?}), not the probe's bound"
     );
 
-    eventually(
-        Duration::from_secs(10),
-        "limitd_ready to be 1 again",
-        || async { (value(&scrape(&app).await, "limitd_ready") == Some(1.0)).then_some(()) },
-    )
-    .await;
+    eventually_async(Duration::from_secs(10), || async {
+        (value(&scrape(&app).await, "limitd_ready") == Some(1.0)).then_some(())
+    })
+    .await
+    .expect("limitd_ready to be 1 again");
 }

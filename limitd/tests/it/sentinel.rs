@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use limitd::AppState;
 
-use crate::support::{
-    check_one, config, eventually, free_port, resp, until_checks_work, RedisProcess,
-};
+use e2e::{eventually_async, free_port, RedisProcess, Resp};
+
+use crate::support::{check_one, config, until_checks_work};
 
 #[tokio::test]
 async fn the_master_is_found_through_sentinel_even_with_a_sentinel_down() {
@@ -61,23 +61,25 @@ pub(crate) async fn master_replica_sentinel_with(
     let replica_of = format!("127.0.0.1 {}", master.port);
     let replica = RedisProcess::server(&["--replicaof", &replica_of]);
     let sentinel = RedisProcess::sentinel(master.port);
-    eventually(Duration::from_secs(10), "the replica to sync", || async {
-        resp(replica.port, &["INFO", "replication"])
-            .filter(|info| info.contains("master_link_status:up"))
+    eventually_async(Duration::from_secs(10), || async {
+        replica
+            .command(&["INFO", "replication"])
+            .ok()
+            .filter(|info| info.to_string().contains("master_link_status:up"))
             .map(|_| ())
     })
-    .await;
+    .await
+    .expect("the replica to sync");
     let replica_addr = format!("{}", replica.port);
-    eventually(
-        Duration::from_secs(15),
-        "sentinel to know the replica",
-        || async {
-            resp(sentinel.port, &["SENTINEL", "replicas", "mymaster"])
-                .filter(|reply| reply.contains(&replica_addr))
-                .map(|_| ())
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(15), || async {
+        sentinel
+            .command(&["SENTINEL", "replicas", "mymaster"])
+            .ok()
+            .filter(|reply| reply.to_string().contains(&replica_addr))
+            .map(|_| ())
+    })
+    .await
+    .expect("sentinel to know the replica");
     (master, replica, sentinel)
 }
 
@@ -144,25 +146,27 @@ async fn a_forced_failover_is_followed_on_the_sentinels_announcement() {
     );
     // Let the subscription be in place before the failover starts (Sentinel
     // has no PUBSUB command; its client list shows subscribers as sub=1).
-    eventually(Duration::from_secs(5), "limitd to subscribe", || async {
-        resp(sentinel.port, &["CLIENT", "LIST"])
-            .filter(|clients| clients.contains(" sub=1 "))
+    eventually_async(Duration::from_secs(5), || async {
+        sentinel
+            .command(&["CLIENT", "LIST"])
+            .ok()
+            .filter(|clients| clients.to_string().contains(" sub=1 "))
             .map(|_| ())
     })
-    .await;
+    .await
+    .expect("limitd to subscribe");
 
-    let reply = resp(sentinel.port, &["SENTINEL", "FAILOVER", "mymaster"]);
-    assert!(
-        reply.is_some_and(|r| r.starts_with("+OK")),
+    assert_eq!(
+        sentinel.command(&["SENTINEL", "FAILOVER", "mymaster"]),
+        Ok(Resp::Simple("OK".into())),
         "SENTINEL FAILOVER refused"
     );
     let promoted = format!("127.0.0.1:{}", replica.port);
-    eventually(
-        Duration::from_secs(20),
-        "limitd to follow the announcement",
-        || async { (store.master_addr().as_deref() == Some(promoted.as_str())).then_some(()) },
-    )
-    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        (store.master_addr().as_deref() == Some(promoted.as_str())).then_some(())
+    })
+    .await
+    .expect("limitd to follow the announcement");
 }
 
 /// Three sentinels monitoring `master`, the first of which an attacker re-pointed at `rogue`.
@@ -173,8 +177,9 @@ fn sentinels_one_turned(master: &RedisProcess, rogue: &RedisProcess) -> [RedisPr
         RedisProcess::sentinel(master.port),
     ];
     // What an attacker who reaches an open sentinel can do.
-    let turned = sentinels[0].port;
-    assert!(resp(turned, &["SENTINEL", "REMOVE", "mymaster"]).is_some_and(|r| r.starts_with("+OK")));
+    let turned = &sentinels[0];
+    let ok = Ok(Resp::Simple("OK".into()));
+    assert_eq!(turned.command(&["SENTINEL", "REMOVE", "mymaster"]), ok);
     let monitor = [
         "SENTINEL",
         "MONITOR",
@@ -183,7 +188,7 @@ fn sentinels_one_turned(master: &RedisProcess, rogue: &RedisProcess) -> [RedisPr
         &rogue.port.to_string(),
         "1",
     ];
-    assert!(resp(turned, &monitor).is_some_and(|r| r.starts_with("+OK")));
+    assert_eq!(turned.command(&monitor), ok);
     sentinels
 }
 
@@ -191,7 +196,10 @@ fn sentinels_one_turned(master: &RedisProcess, rogue: &RedisProcess) -> [RedisPr
 /// it asks any master it resolved) and the scripts. The sentinel that monitors a server talks to
 /// it too, but only with PING, INFO, PUBLISH, SUBSCRIBE and CLIENT.
 fn limitd_commands_seen(redis: &RedisProcess) -> Vec<String> {
-    let info = resp(redis.port, &["INFO", "commandstats"]).expect("INFO commandstats");
+    let info = redis
+        .command(&["INFO", "commandstats"])
+        .expect("INFO commandstats")
+        .to_string();
     info.lines()
         .filter_map(|l| l.strip_prefix("cmdstat_"))
         .filter_map(|l| l.split(':').next())
@@ -231,7 +239,9 @@ async fn one_sentinel_naming_another_master_is_outvoted_and_its_server_never_use
         Some(format!("127.0.0.1:{}", master.port))
     );
     // A reconnect resolves the master again: still the majority's.
-    assert!(resp(master.port, &["CLIENT", "KILL", "TYPE", "normal"]).is_some());
+    assert!(master
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .is_ok());
     until_checks_work(
         &app,
         body,
@@ -277,7 +287,7 @@ async fn a_master_outside_the_allowlist_is_never_used() {
     .unwrap();
     let app = limitd::app(state.clone());
     // Resolution fails, counted; checks are refused; nothing is connected.
-    eventually(Duration::from_secs(10), "a refused resolution", || async {
+    eventually_async(Duration::from_secs(10), || async {
         let (_, text) = crate::support::send(
             &app,
             axum::http::Request::get("/metrics")
@@ -289,7 +299,8 @@ async fn a_master_outside_the_allowlist_is_never_used() {
             .any(|l| l.starts_with(r#"limitd_redis_errors_total{kind="io"}"#) && !l.ends_with(" 0"))
             .then_some(())
     })
-    .await;
+    .await
+    .expect("a refused resolution");
     let (status, _) = crate::support::post_check(&app, body).await;
     assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(state.store().master_addr(), None);

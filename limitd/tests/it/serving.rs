@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use limitd::AppState;
 
-use crate::support::{config, eventually, free_port, post_check, RedisProcess};
+use e2e::{eventually_async, free_port, RedisProcess};
+
+use crate::support::{config, post_check};
 
 /// Sends `request` on a fresh connection and reads until the server closes it.
 async fn raw_http(addr: SocketAddr, request: String) -> String {
@@ -99,19 +101,16 @@ async fn serve_returns_by_the_drain_deadline_with_a_stalled_client() {
         .unwrap();
     stalled.set_nonblocking(true).unwrap();
     let mut reply = Vec::new();
-    eventually(
-        Duration::from_secs(5),
-        "the handler to ask for the body",
-        || {
-            let mut buf = [0; 256];
-            if let Ok(n) = stalled.read(&mut buf) {
-                reply.extend_from_slice(&buf[..n]);
-            }
-            let asked = reply.starts_with(b"HTTP/1.1 100 Continue\r\n");
-            async move { asked.then_some(()) }
-        },
-    )
-    .await;
+    eventually_async(Duration::from_secs(5), || {
+        let mut buf = [0; 256];
+        if let Ok(n) = stalled.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let asked = reply.starts_with(b"HTTP/1.1 100 Continue\r\n");
+        async move { asked.then_some(()) }
+    })
+    .await
+    .expect("the handler to ask for the body");
     stalled.write_all(b"{\"hits\"").unwrap();
 
     let started = Instant::now();

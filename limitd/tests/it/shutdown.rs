@@ -1,115 +1,88 @@
-//! Graceful shutdown of the real `limitd` binary: on SIGTERM (or SIGINT) it stops accepting,
-//! lets the checks in flight finish, and exits 0.
+//! The real `limitd` binary: graceful shutdown on SIGTERM (or SIGINT) — it stops accepting,
+//! lets the checks in flight finish, and exits 0 — its logging during an outage, and serving on
+//! a socket passed by a service manager (`LISTEN_FDS`).
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, RedisProcess, TempDir};
+use e2e::process::Process;
+use e2e::{eventually, free_listener, free_port, http_get, http_request, scratch_dir};
+use e2e::{HttpResponse, RedisProcess, TempDir};
 
-/// The `limitd` binary as a child process, killed on drop (if a test fails half-way).
+/// The `limitd` binary as a child process, serving on a listening socket bound here and passed
+/// to it (`LISTEN_FDS`), killed on drop (if a test fails half-way).
 struct Limitd {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl Limitd {
     fn start(redis_port: u16, extra: &[(&str, &str)]) -> Self {
-        let dir = TempDir::new("limitd-bin");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = File::create(dir.path().join("limitd.log")).unwrap();
+        let dir = scratch_dir("limitd-bin-");
+        let listener = free_listener();
+        let addr = listener.local_addr().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_limitd"));
         command
             .env_clear()
             .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-            .env("LIMITD_LISTEN", addr.to_string())
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let child = command.spawn().expect("start limitd");
-        let limitd = Self { child, addr, dir };
-        limitd.wait_for(Duration::from_secs(10), "limitd to listen", || {
-            http(
-                addr,
-                "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            )
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            .envs(extra.iter().copied());
+        let process = Process::spawn_listening("limitd", command, dir.path(), listener)
+            .expect("start limitd");
+        let limitd = Self {
+            process,
+            addr,
+            _dir: dir,
+        };
+        limitd.wait_for(Duration::from_secs(10), "limitd to answer", || {
+            limitd.get("/healthz").is_some_and(|r| r.status == 200)
         });
         limitd
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("limitd.log")).unwrap_or_default()
+        self.process.log_text()
     }
 
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+    /// `GET path`, or `None` if it cannot connect.
+    fn get(&self, path: &str) -> Option<HttpResponse> {
+        http_get(self.addr, path, None).ok()
     }
 
     fn wait_for(&self, within: Duration, what: &str, mut probe: impl FnMut() -> bool) {
-        let deadline = Instant::now() + within;
-        while !probe() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(within, || probe().then_some(()))
+            .unwrap_or_else(|e| panic!("timed out waiting for {what} ({e}); log:\n{}", self.log()));
     }
 
     fn exit_status(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        self.process.wait_exit(within).unwrap_or_else(|| {
+            panic!(
                 "limitd still running after {within:?}; log:\n{}",
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     fn metric(&self, series: &str) -> Option<f64> {
-        let reply = http(
-            self.addr,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )?;
-        crate::metrics::value(reply.split_once("\r\n\r\n")?.1, series)
+        crate::metrics::value(&self.get("/metrics")?.body, series)
     }
 }
 
-impl Drop for Limitd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One request on a fresh connection; the whole reply, or `None` if it cannot connect.
-fn http(addr: SocketAddr, request: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    Some(reply)
+/// `POST /v1/check` of `body` on a fresh connection; the response, or `None` if it cannot
+/// connect.
+fn post_check(addr: SocketAddr, body: &str) -> Option<HttpResponse> {
+    let headers = [("content-type", "application/json")];
+    http_request(
+        "POST",
+        addr,
+        protocol::v1::CHECK_PATH,
+        &headers,
+        body.as_bytes(),
+        None,
+    )
+    .ok()
 }
 
 #[test]
@@ -124,40 +97,31 @@ fn sigterm_drains_the_check_in_flight_and_exits_0() {
     );
     let addr = limitd.addr;
     limitd.wait_for(Duration::from_secs(10), "readiness", || {
-        http(
-            addr,
-            "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        limitd.get("/readyz").is_some_and(|r| r.status == 200)
     });
 
     // A frozen Redis keeps the next check in flight for as long as we like.
-    redis.signal("-STOP");
+    redis.signal(libc::SIGSTOP);
     let body = r#"{"hits":[{"key":"drain:k","limit":5,"window_ms":60000}]}"#;
-    let request = format!(
-        "POST /v1/check HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let in_flight = std::thread::spawn(move || http(addr, &request));
+    let in_flight = std::thread::spawn(move || post_check(addr, body));
     limitd.wait_for(Duration::from_secs(10), "the check to be in flight", || {
         limitd.metric("limitd_checks_in_flight") == Some(1.0)
     });
 
-    limitd.signal("-TERM");
+    limitd.process.signal(libc::SIGTERM);
     // It stops accepting at once, but keeps running while the check is pending.
     limitd.wait_for(Duration::from_secs(5), "the listener to close", || {
         TcpStream::connect(addr).is_err()
     });
-    assert!(limitd.child.try_wait().unwrap().is_none(), "exited early");
+    assert!(limitd.process.try_wait().is_none(), "exited early");
 
-    redis.signal("-CONT");
+    redis.signal(libc::SIGCONT);
     let reply = in_flight
         .join()
         .unwrap()
         .expect("the in-flight check got a reply");
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains(r#""allowed":true"#), "{reply}");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains(r#""allowed":true"#), "{reply:?}");
     let status = limitd.exit_status(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "log:\n{}", limitd.log());
 }
@@ -168,7 +132,7 @@ fn sigint_on_an_idle_server_exits_0_at_once() {
     // A drain deadline far beyond the bound below: only waiting for it trips the test.
     let mut limitd = Limitd::start(free_port(), &[("LIMITD_SHUTDOWN_GRACE_MS", "60000")]);
     let started = Instant::now();
-    limitd.signal("-INT");
+    limitd.process.signal(libc::SIGINT);
     let status = limitd.exit_status(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "log:\n{}", limitd.log());
     assert!(
@@ -182,23 +146,10 @@ fn sigint_on_an_idle_server_exits_0_at_once() {
 fn an_outage_logs_a_line_per_interval_not_per_request() {
     // No Redis at all: every check fails, and each would log.
     let limitd = Limitd::start(free_port(), &[]);
-    let addr = limitd.addr;
-    limitd.wait_for(Duration::from_secs(10), "the listener", || {
-        http(
-            addr,
-            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
     let body = r#"{"hits":[{"key":"log:k","limit":5,"window_ms":60000}]}"#;
-    let request = format!(
-        "POST /v1/check HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     for _ in 0..200 {
-        let reply = http(addr, &request).expect("a reply");
-        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+        let reply = post_check(limitd.addr, body).expect("a reply");
+        assert_eq!(reply.status, 503, "{reply:?}");
     }
     let log = limitd.log();
     let lines = log
@@ -208,5 +159,40 @@ fn an_outage_logs_a_line_per_interval_not_per_request() {
     assert!(
         (1..=2).contains(&lines),
         "{lines} lines for 200 failures:\n{log}"
+    );
+}
+
+#[test]
+fn a_passed_socket_is_served_and_held_to_the_loopback_rule() {
+    // Served: `Limitd::start` passes its socket, and LIMITD_LISTEN names another port, which
+    // limitd then does not bind.
+    let unused = free_port();
+    let listen = format!("127.0.0.1:{unused}");
+    let limitd = Limitd::start(free_port(), &[("LIMITD_LISTEN", &listen)]);
+    assert_eq!(limitd.get("/healthz").map(|r| r.status), Some(200));
+    assert!(
+        TcpStream::connect(("127.0.0.1", unused)).is_err(),
+        "limitd bound LIMITD_LISTEN too"
+    );
+
+    // A passed socket beyond loopback needs a token, as LIMITD_LISTEN does.
+    let dir = scratch_dir("limitd-bin-");
+    let wide = std::net::TcpListener::bind("0.0.0.0:0").expect("a wildcard socket");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_limitd"));
+    command
+        .env_clear()
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()));
+    let mut refused = Process::spawn_listening("limitd", command, dir.path(), wide).unwrap();
+    let status = refused.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        refused.log_text()
+    );
+    assert!(
+        refused.log_text().contains("LIMITD_TOKEN"),
+        "{}",
+        refused.log_text()
     );
 }

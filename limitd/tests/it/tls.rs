@@ -9,10 +9,13 @@ use axum::http::StatusCode;
 use limitd::AppState;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-use crate::support::{
-    config, eventually, free_port, post_check, until_checks_work, RedisCluster, RedisProcess,
-    TempDir, CLUSTER_PASSWORD,
+use e2e::redis::{
+    ClusterOptions, RedisCluster, RedisOptions, RedisProcess, SentinelOptions, TlsFiles,
 };
+use e2e::{eventually_async, scratch_dir, TempDir};
+
+use crate::cluster::{protected, CLUSTER_PASSWORD};
+use crate::support::{config, post_check, until_checks_work};
 
 const BODY: &str = r#"{"hits":[{"key":"tls:k","limit":3,"window_ms":60000}]}"#;
 
@@ -23,7 +26,7 @@ struct Certificates {
 
 impl Certificates {
     fn new() -> Self {
-        let dir = TempDir::new("tls");
+        let dir = scratch_dir("tls-");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         // Names of their own: OpenSSL (a cluster node checking another's certificate) takes a
@@ -49,31 +52,21 @@ impl Certificates {
         self.dir.path().join(name).display().to_string()
     }
 
-    /// The `redis-server` arguments of a TLS port with these certificates.
-    fn server_args(&self, tls_port: &str) -> Vec<String> {
-        [
-            "--tls-port",
-            tls_port,
-            "--tls-cert-file",
-            &self.file("server.pem"),
-            "--tls-key-file",
-            &self.file("server.key"),
-            "--tls-ca-cert-file",
-            &self.file("ca.pem"),
-            "--tls-auth-clients",
-            "no",
-        ]
-        .map(str::to_owned)
-        .to_vec()
+    /// The files of a TLS port with these certificates.
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            ca: self.dir.path().join("ca.pem"),
+        }
     }
 }
 
 /// A data node with a plain port (for the harness' probes) and a TLS port.
 fn tls_server(certs: &Certificates) -> (RedisProcess, u16) {
-    let tls_port = free_port();
-    let args = certs.server_args(&tls_port.to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (RedisProcess::server(&args), tls_port)
+    let redis = RedisProcess::launch(&RedisOptions::server().tls(certs.files()));
+    let tls_port = redis.tls_port.expect("a TLS port");
+    (redis, tls_port)
 }
 
 #[tokio::test]
@@ -97,10 +90,11 @@ async fn a_rediss_url_with_the_ca_checks_over_tls_and_without_it_nothing_is_sent
         .await
         .unwrap();
     let app = limitd::app(state.clone());
-    eventually(Duration::from_secs(10), "a refused certificate", || async {
+    eventually_async(Duration::from_secs(10), || async {
         (post_check(&app, BODY).await.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
-    .await;
+    .await
+    .expect("a refused certificate");
     assert_eq!(state.store().master_addr(), None);
 }
 
@@ -108,15 +102,10 @@ async fn a_rediss_url_with_the_ca_checks_over_tls_and_without_it_nothing_is_sent
 async fn sentinels_and_the_master_over_tls() {
     let certs = Certificates::new();
     let (_master, master_tls) = tls_server(&certs);
-    let sentinel_tls = free_port();
-    let extra = format!(
-        "tls-port {sentinel_tls}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
-         tls-auth-clients no\ntls-replication yes\n",
-        certs.file("server.pem"),
-        certs.file("server.key"),
-        certs.file("ca.pem"),
+    let sentinel = RedisProcess::launch(
+        &RedisOptions::sentinel(SentinelOptions::watching(master_tls)).tls(certs.files()),
     );
-    let _sentinel = RedisProcess::sentinel_with(master_tls, &extra);
+    let sentinel_tls = sentinel.tls_port.expect("a TLS port");
 
     let state = AppState::connect(&config(&[
         ("SENTINEL_HOSTS", format!("127.0.0.1:{sentinel_tls}")),
@@ -144,19 +133,11 @@ async fn a_cluster_over_tls_with_its_ca_and_nothing_sent_without_it() {
     let certs = Certificates::new();
     // Each node also has a TLS port, which its cluster bus and replication use too, and which it
     // announces to TLS clients.
-    let mut tls_ports = Vec::new();
-    let _cluster = RedisCluster::start_with(|_| {
-        let port = free_port();
-        tls_ports.push(port);
-        let mut args = certs.server_args(&port.to_string());
-        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));
-        args
+    let cluster = RedisCluster::start(&ClusterOptions {
+        tls: Some(certs.files()),
+        ..protected()
     });
-    let seeds = tls_ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let seeds = cluster.tls_seeds();
     // Two keys (almost surely in two slots): the per-slot path over TLS too.
     let body = r#"{"hits":[{"key":"tls:a","limit":3,"window_ms":60000},
                             {"key":"tls:b","limit":3,"window_ms":60000}]}"#;

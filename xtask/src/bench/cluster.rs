@@ -96,7 +96,8 @@ pub fn run(
     wrk(&spread_lua, WARM_UP_SECONDS)?;
     wrk(&one_master_lua, WARM_UP_SECONDS)?;
     // The harness's cluster starts with its first three nodes as masters.
-    let masters = &stack.cluster_ports[..MASTERS];
+    let nodes = stack.cluster_ports();
+    let masters = &nodes[..MASTERS];
     let mut evalsha = vec!["EVALSHA".to_owned(), load_check_script(masters, warnings)?];
     evalsha.extend(scenarios::evalsha_arguments_for("tag"));
     for key in [&spread_keys[0], &one_master_keys[0]] {

@@ -47,7 +47,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::paths::workspace_root;
-use e2e::stack::free_port;
 use e2e::{http_get, redis_command, Binaries, Resp, Stack, StackOptions};
 
 use self::report::{EnvoyRound, LimitdRound, Results};
@@ -175,21 +174,13 @@ pub fn run() -> Result<(), String> {
         ..StackOptions::default()
     })?;
     // Starting them also proves the rewritten configurations are valid.
-    stack.start_envoy(free_port(), free_port(), &scenarios::baseline(c))?;
-    stack.start_envoy(free_port(), free_port(), &scenarios::local_ratelimit(c))?;
-    stack.start_envoy(free_port(), free_port(), &scenarios::ours_per_request(c))?;
-    stack.start_envoy(free_port(), free_port(), &scenarios::shipped(c))?;
-    stack.start_envoy(
-        free_port(),
-        free_port(),
-        &scenarios::leases(c, settings.rate),
-    )?;
-    stack.start_envoy(
-        free_port(),
-        free_port(),
-        &scenarios::local_ratelimit_denying(c),
-    )?;
-    stack.start_envoy(free_port(), free_port(), &scenarios::noop(c, &noop_wasm))?;
+    stack.add_envoy(&scenarios::baseline(c))?;
+    stack.add_envoy(&scenarios::local_ratelimit(c))?;
+    stack.add_envoy(&scenarios::ours_per_request(c))?;
+    stack.add_envoy(&scenarios::shipped(c))?;
+    stack.add_envoy(&scenarios::leases(c, settings.rate))?;
+    stack.add_envoy(&scenarios::local_ratelimit_denying(c))?;
+    stack.add_envoy(&scenarios::noop(c, &noop_wasm))?;
     let measured: Vec<usize> = (0..SCENARIOS.len())
         .filter(|&i| settings.measures(SCENARIOS[i].id))
         .collect();
