@@ -27,5 +27,7 @@ pub use paths::Binaries;
 pub use poll::{eventually, eventually_async, poll_every};
 pub use ports::{free_listener, free_port};
 pub use redis::{scratch_dir, ClusterOptions, RedisCluster, RedisOptions, RedisProcess};
-pub use stack::{EnvoyOptions, Ports, Stack, StackOptions};
+pub use stack::{
+    await_window_left, EnvoyOptions, Ports, Stack, StackOptions, COUNTED_SPAN, SHIPPED_WINDOW,
+};
 pub use tempfile::TempDir;

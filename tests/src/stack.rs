@@ -101,6 +101,29 @@ impl Ports {
     }
 }
 
+/// The window of the shipped rules' fixed-window limits (`rules/ratelimit.yaml`: `60s`).
+pub const SHIPPED_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a test's counted requests may take, even on a loaded machine.
+pub const COUNTED_SPAN: Duration = Duration::from_secs(25);
+
+/// Waits, if needed, until the current fixed window of length `window` has at least `need` left.
+/// Fixed windows are aligned to the epoch by Redis `TIME`, which for a local Redis is this
+/// machine's clock, so this is a wait for the clock, not for readiness: counts that a test makes
+/// right after it all fall in one window, and a window boundary cannot reset them midway.
+pub fn await_window_left(window: Duration, need: Duration) {
+    let window_ms = window.as_millis().max(1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let left_ms = window_ms - now_ms % window_ms;
+    if left_ms < need.as_millis() {
+        // The next window starts in `left_ms`; a little more, so that Redis' clock is past it too.
+        let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(u64::MAX));
+        std::thread::sleep(left + Duration::from_millis(100));
+    }
+}
+
 /// Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader (Envoy
 /// watching the directory) sees the old file or the new one, never half of one.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
@@ -287,13 +310,19 @@ impl Stack {
     /// For tests: starts a stack on free ports with `envoy`, or panics saying
     /// why (every missing binary included): a test that cannot run its real
     /// parts fails loudly rather than skip.
+    ///
+    /// Returns at the start of a fixed window of the shipped rules' length with at least
+    /// [`COUNTED_SPAN`] left (see [`await_window_left`]): a test that counts requests against a
+    /// shipped 60 s limit right after the start counts them all in one window.
     pub fn for_test(envoy: EnvoyOptions) -> Stack {
         Binaries::require();
-        Stack::start(StackOptions {
+        let stack = Stack::start(StackOptions {
             envoy,
             ..StackOptions::default()
         })
-        .unwrap_or_else(|e| panic!("stack did not start: {e}"))
+        .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+        await_window_left(SHIPPED_WINDOW, COUNTED_SPAN);
+        stack
     }
 
     fn spawn(&mut self, name: &str, command: Command) -> Result<(), String> {

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse, Resp, Stack,
-    StackOptions,
+    await_window_left, eventually, http_get, Binaries, EnvoyOptions, HttpConnection, HttpResponse,
+    Resp, Stack, StackOptions, COUNTED_SPAN, SHIPPED_WINDOW,
 };
 
 const CLIENT_1: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
@@ -290,6 +290,7 @@ fn a_filter_released_before_v2_keeps_working_against_this_limitd() {
             ..StackOptions::default()
         })
         .unwrap();
+        await_window_left(SHIPPED_WINDOW, COUNTED_SPAN);
         let envoy = stack.envoy(0);
         assert_eq!(
             statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
@@ -504,6 +505,7 @@ fn on_a_redis_cluster_limits_hold_and_a_denied_request_consumes_none_of_its_hits
         ..StackOptions::default()
     })
     .unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    await_window_left(SHIPPED_WINDOW, COUNTED_SPAN);
     let envoy = stack.envoy(0);
     assert_eq!(
         statuses(envoy, "/limited_endpoint", CLIENT_1, 11),
