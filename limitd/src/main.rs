@@ -58,6 +58,7 @@ fn main() -> ExitCode {
 /// Serves on the socket a service manager passed (systemd socket activation, see
 /// docs/operations.md), else on one bound to `--listen`, until SIGTERM or SIGINT.
 async fn run(config: Config, passed: Option<std::net::TcpListener>) -> ExitCode {
+    let shutdown = shutdown_signal();
     let listener = match passed {
         Some(passed) => match adopt(&config, passed) {
             Ok(listener) => listener,
@@ -93,7 +94,7 @@ async fn run(config: Config, passed: Option<std::net::TcpListener>) -> ExitCode 
         );
     }
 
-    match limitd::serve(listener, state, shutdown_signal()).await {
+    match limitd::serve(listener, state, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");
@@ -155,28 +156,35 @@ fn convert_ratelimit(args: &ConvertArgs) -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                // Without a SIGTERM handler only Ctrl-C stops us; say so, do not exit.
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// A future that resolves on the first SIGTERM or SIGINT (Ctrl-C) received from now on.
+///
+/// The handlers are installed here, before the future is first polled: a signal that arrives
+/// once limitd answers (its `/healthz`) is never lost in the moment before the serve loop first
+/// polls its shutdown future. A signal that cannot be listened for is logged; the other still
+/// stops limitd.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for {name}");
+            None
         }
     };
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = received(terminate) => tracing::info!("SIGTERM received"),
+            () = received(interrupt) => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received"),
-        () = interrupt => tracing::info!("SIGINT received"),
     }
 }
