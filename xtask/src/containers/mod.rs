@@ -78,7 +78,8 @@ pub fn test() -> Result<(), String> {
         "building the images with docker-compose.yml (project {name})"
     ));
     let build_start = Instant::now();
-    project.compose_shown(&["build"])?;
+    // `--force-rm`: a failed build step leaves no intermediate container behind.
+    project.compose_shown(&["build", "--force-rm"])?;
     let built = build_start.elapsed();
 
     crate::step("starting the stack");

@@ -215,6 +215,7 @@ fn build(
     let mut args = vec![
         "build",
         "-q",
+        "--force-rm",
         "-f",
         &dockerfile,
         "--build-arg",
