@@ -16,7 +16,7 @@ use protocol::{Algorithm, CheckRequest, CheckResponse, Hit};
 use redis::aio::MultiplexedConnection;
 
 use crate::model::{hit, Model};
-use e2e::{eventually_async, RedisProcess, Resp};
+use e2e::{RedisProcess, Resp};
 
 use crate::support::{app_for_redis, post_check, redis_connection};
 
@@ -339,18 +339,24 @@ async fn gcra_retry_after_is_the_interval_times_the_missing_units() {
     assert!(check(&app, &[Hit { cost: 1, ..h }]).await.allowed);
 }
 
-/// Waits (polling a cost-0 read) until at least `min_left_ms` of the current window remain.
+/// Waits until at least `min_left_ms` of the current window remain: reads the time left (a
+/// cost-0 check), sleeps to the window's end when too little is left, and reads again. Polling
+/// at a fixed pace could stay in step with a short window and never land early in one.
 async fn early_in_a_window(app: &Router, h: &Hit, min_left_ms: u64) -> u64 {
     let read = Hit {
         cost: 0,
         ..h.clone()
     };
-    eventually_async(Duration::from_secs(3), || async {
+    let mut seen = Vec::new();
+    for _ in 0..5 {
         let left = check(app, std::slice::from_ref(&read)).await.hits[0].reset_ms;
-        (left >= min_left_ms).then_some(left)
-    })
-    .await
-    .expect("the start of a window")
+        if left >= min_left_ms {
+            return left;
+        }
+        seen.push(left);
+        tokio::time::sleep(Duration::from_millis(left + 5)).await;
+    }
+    panic!("never {min_left_ms} ms left of a window; left at each read: {seen:?}");
 }
 
 #[tokio::test]
