@@ -65,6 +65,21 @@ fn two_workers_spend_one_block_and_never_more_than_was_leased() {
         let request = get_from(vm, "/hot", "10.0.0.1");
         assert!(vm.request_forwarded(request), "request {i} from the block");
     }
+    // Admissions from a block are counted at each worker's next timer tick (every 100 ms),
+    // not one host call at a time: the first request, checked by limitd, is counted at once.
+    assert_eq!(a.tick_period_ms(), 100);
+    assert_eq!(metric(&a, "lease_admitted"), 0);
+    assert_eq!(metric(&a, "allowed"), 1);
+    a.tick().unwrap();
+    assert_eq!(metric(&a, "lease_admitted"), 3, "worker a's three");
+    assert_eq!(metric(&a, "allowed"), 4);
+    b.tick().unwrap();
+    assert_eq!(metric(&a, "lease_admitted"), 6);
+    assert_eq!(metric(&a, "allowed"), 7);
+    assert_eq!(a.metric("ratelimit.rule.hot.lease_admitted"), Some(6));
+    assert_eq!(a.metric("ratelimit.rule.hot.allowed"), Some(7));
+    // A tick with nothing deferred adds nothing.
+    a.tick().unwrap();
     assert_eq!(metric(&a, "lease_admitted"), 6);
     assert_eq!(metric(&a, "lease_units"), 6);
 

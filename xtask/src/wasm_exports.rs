@@ -16,12 +16,13 @@
 
 /// The callbacks the filter implements (see `filter/src/glue/`), and those the
 /// SDK needs to keep its contexts (`proxy_on_context_create`, `proxy_on_delete`).
-pub const KEPT_CALLBACKS: [&str; 9] = [
+pub const KEPT_CALLBACKS: [&str; 10] = [
     "proxy_on_memory_allocate",
     "proxy_on_context_create",
     "proxy_on_vm_start",
     "proxy_on_configure",
     "proxy_on_queue_ready",
+    "proxy_on_tick",
     "proxy_on_request_headers",
     "proxy_on_response_headers",
     "proxy_on_http_call_response",

@@ -1,6 +1,11 @@
 //! The filter's counters and histogram, defined once per VM.
+//!
+//! Most counts go to Envoy at once. The counts of a request admitted from a lease block (the
+//! path that must cost almost nothing) are kept in the VM and added every [`FLUSH_PERIOD`] by
+//! the root's timer: one host call per counter and period instead of four per request.
 
-use std::time::SystemTime;
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -35,7 +40,16 @@ pub(super) struct Metrics {
     pub(super) callout_latency_us: Option<u32>,
     /// Per rule (in the policy's order): its decisions by outcome.
     pub(super) rules: Vec<RuleMetrics>,
+    /// Counts not yet added to Envoy's counters: (metric, count). An entry stays once made, at
+    /// 0 after a flush, so the list stops growing after the first requests.
+    deferred: RefCell<Vec<(u32, u64)>>,
+    /// Whether a timer flushes deferred counts; if not, nothing is deferred.
+    timer: bool,
 }
+
+/// How often deferred counts reach Envoy's counters: they lag by at most this (plus a timer's
+/// jitter) in `/stats`.
+pub(super) const FLUSH_PERIOD: Duration = Duration::from_millis(100);
 
 // What happened to the requests one rule matched is counted as `ratelimit.rule.<rule>.<outcome>`
 // (outcomes: [`RuleOutcome`]); `envoy.yaml`'s `stats_tags` turn the rule and the outcome into
@@ -46,7 +60,8 @@ pub(super) struct Metrics {
 pub(super) struct RuleMetrics([Option<u32>; 7]);
 
 impl Metrics {
-    pub(super) fn define(rules: &[String]) -> Self {
+    /// `timer`: whether the root's timer runs to flush deferred counts.
+    pub(super) fn define(rules: &[String], timer: bool) -> Self {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         let rules =
             rules
@@ -79,6 +94,8 @@ impl Metrics {
             )
             .ok(),
             rules,
+            deferred: RefCell::new(Vec::new()),
+            timer,
         }
     }
 
@@ -91,13 +108,46 @@ impl Metrics {
 
     /// Counts `outcome` for each rule (indices into the policy's rules).
     pub(super) fn rules(&self, rules: impl IntoIterator<Item = usize>, outcome: RuleOutcome) {
-        let at = RuleOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
         for rule in rules {
-            if let Some(metrics) = self.rules.get(rule) {
-                Metrics::bump(metrics.0[at]);
+            Metrics::bump(self.rule(rule, outcome));
+        }
+    }
+
+    /// [`Metrics::rules`], deferred to the next flush.
+    pub(super) fn rules_later(&self, rules: impl IntoIterator<Item = usize>, outcome: RuleOutcome) {
+        for rule in rules {
+            self.later(self.rule(rule, outcome));
+        }
+    }
+
+    /// The counter of `outcome` for `rule` (an index into the policy's rules).
+    fn rule(&self, rule: usize, outcome: RuleOutcome) -> Option<u32> {
+        let at = RuleOutcome::ALL.iter().position(|o| *o == outcome)?;
+        self.rules.get(rule)?.0.get(at).copied().flatten()
+    }
+
+    /// Counts one for `id` at the next flush.
+    pub(super) fn later(&self, id: Option<u32>) {
+        let Some(id) = id else {
+            return;
+        };
+        if !self.timer {
+            return Metrics::bump(Some(id));
+        }
+        let mut deferred = self.deferred.borrow_mut();
+        match deferred.iter_mut().find(|(metric, _)| *metric == id) {
+            Some((_, n)) => *n += 1,
+            None => deferred.push((id, 1)),
+        }
+    }
+
+    /// Adds the deferred counts to Envoy's counters, in the order they were first deferred.
+    pub(super) fn flush(&self) {
+        // Incrementing a counter does not re-enter the VM: the borrow can be held.
+        for (id, n) in self.deferred.borrow_mut().iter_mut() {
+            if *n > 0 {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                *n = 0;
             }
         }
     }
@@ -122,5 +172,12 @@ impl Metrics {
                 u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             );
         }
+    }
+}
+
+/// Counts still deferred when a configuration's VM state goes are not lost.
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

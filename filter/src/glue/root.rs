@@ -15,7 +15,7 @@ use crate::deny_cache::DenyCache;
 use crate::log_limit::LogLimit;
 use crate::verdict::{CalloutError, Decision};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, FLUSH_PERIOD};
 use super::request::Request;
 use super::vm::Vm;
 use super::{log, now, now_ms, VM_SEQUENCE_KEY};
@@ -174,6 +174,18 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // The timer that adds deferred counts to Envoy's counters (see `metrics`); without
+        // one, everything is counted at once.
+        let timer = match hostcalls::set_tick_period(FLUSH_PERIOD) {
+            Ok(()) => true,
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("ratelimit: no timer, every count goes to Envoy at once: {status:?}"),
+                );
+                false
+            }
+        };
         if policy.batch.enabled && self.queue.is_none() {
             self.queue = self.register_queue();
             if self.queue.is_none() {
@@ -208,13 +220,19 @@ impl RootContext for Root {
         let names: Vec<String> = policy.rules.iter().map(|r| r.name.clone()).collect();
         self.vm = Some(Rc::new(Vm {
             policy,
-            metrics: Metrics::define(&names),
+            metrics: Metrics::define(&names, timer),
             batcher: RefCell::new(batcher),
             live: RefCell::new(Live::default()),
             deny_cache: RefCell::new(DenyCache::default()),
             failure_log: RefCell::new(LogLimit::default()),
         }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        for vm in self.vm.iter().chain(&self.retired) {
+            vm.metrics.flush();
+        }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

@@ -297,6 +297,22 @@ impl Vm {
         Some(denial)
     }
 
+    /// [`Vm::carry_out`] for a request that was not paused, with an admission counted at the
+    /// next flush of the metrics (the lease path's): a local reply is counted at once.
+    pub(super) fn carry_out_counted_later(&self, decision: Decision) -> (Action, Headers) {
+        match decision {
+            Decision::Allow { outcome, headers } => {
+                self.metrics.later(match outcome {
+                    Outcome::Allowed => self.metrics.allowed,
+                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
+                    Outcome::FallbackAllowed => self.metrics.fallback_allowed,
+                });
+                (Action::Continue, headers)
+            }
+            reply @ Decision::Reply(_) => self.carry_out(reply, false),
+        }
+    }
+
     /// Carries out a decision for the current (effective) request context.
     /// Returns the headers to add to the upstream's response, if any.
     pub(super) fn carry_out(&self, decision: Decision, paused: bool) -> (Action, Headers) {
