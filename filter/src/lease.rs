@@ -20,10 +20,17 @@
 //!   it marks the block as refilling and has a refill (a check of cost 0 asking for a lease) sent
 //!   in the background; requests keep spending the rest meanwhile. Only a request that finds the
 //!   block empty waits for a callout, and it asks for the lease itself if no refill is out.
+//! - **Slices for each worker.** A worker that spends from a block of more than [`SLICE_SHARE`]
+//!   units takes a share of it (a quarter) into its own VM, and spends that with no host call;
+//!   only the next slice costs a shared-data read and write. Near the limit blocks hold a few
+//!   units, slices shrink to the request's own cost and every spend goes through the block again.
+//!   A slice keeps its block's expiry; what a worker has not spent within [`SLICE_IDLE_MS`] goes
+//!   back to the block (if it is still that block), so idle workers strand little.
 //! - **All or nothing across rules.** A request takes a unit from the block of every rule it
 //!   matches; if one is empty (or the request has a rule without leases), the units taken are put
 //!   back and the whole request is checked by limitd as before.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use protocol::{Algorithm, Hit, HitResult};
@@ -36,6 +43,16 @@ pub const SLOTS: u64 = 4096;
 
 /// Compare-and-swap attempts before giving up (then the request is checked by limitd).
 const ATTEMPTS: usize = 16;
+
+/// A worker's slice is this fraction of what its block holds (1 ÷ `SLICE_SHARE`), and at least
+/// the request's cost.
+pub const SLICE_SHARE: u64 = 4;
+
+/// A slice unused for this long goes back to its block, for the other workers.
+pub const SLICE_IDLE_MS: u64 = 200;
+
+/// The most keys one worker holds slices of; beyond, a worker spends from blocks unit by unit.
+const SLICE_KEYS: usize = 1024;
 
 /// A rule's lease settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,12 +214,14 @@ pub enum Spend {
 /// is taken as lost.
 pub fn spend(
     store: &impl LocalCounters,
+    slices: &mut Slices,
     hits: &[Hit],
     leases: &[Option<LeaseRule>],
     stale_ms: u64,
 ) -> Spend {
     let now_ms = store.now_ms();
-    let mut taken: Vec<usize> = Vec::new();
+    // Each hit taken, and whether from a slice (`None`) or its block (the block's expiry).
+    let mut taken: Vec<(usize, Option<u64>)> = Vec::new();
     let mut results = Vec::with_capacity(hits.len());
     let mut refills = Vec::new();
     let mut short = false;
@@ -212,33 +231,55 @@ pub fn spend(
             break;
         };
         let id = block_id(hit);
+        // This worker's slice first: no host call.
+        if let Some(result) = slices.spend(id, hit, now_ms) {
+            taken.push((i, None));
+            results.push(result);
+            continue;
+        }
+        let slicing = slices.has_room(id);
         let took = update(store, id, now_ms, |block| {
             let units = block.live_units(now_ms);
             if units < hit.cost {
                 return (None, false);
             }
-            block.units = units - hit.cost;
+            let take = if slicing {
+                (units / slices.share).clamp(hit.cost, units)
+            } else {
+                hit.cost
+            };
+            block.units = units - take;
             let refill = block.units < block.size.div_ceil(2)
                 && !block.refilling(now_ms, stale_ms)
                 && block.units < lease.max_units;
             if refill {
                 block.refill_ms = now_ms.max(1);
             }
+            let slice = Slice {
+                units: take - hit.cost,
+                expires_ms: block.expires_ms,
+                remaining: block.remaining.saturating_add(block.units),
+                used_ms: now_ms,
+            };
             let result = HitResult {
                 allowed: true,
                 limit: hit.limit,
-                remaining: block.remaining.saturating_add(block.units),
+                remaining: slice.remaining.saturating_add(slice.units),
                 reset_ms: block.expires_ms.saturating_sub(now_ms),
                 retry_after_ms: 0,
                 leased: 0,
                 lease_ms: 0,
             };
             let ask = refill.then(|| lease.max_units - block.units);
-            (Some((result, ask)), true)
+            (Some((result, ask, slice)), true)
         });
         match took.flatten() {
-            Some((result, ask)) => {
-                taken.push(i);
+            Some((result, ask, slice)) => {
+                let expires_ms = slice.expires_ms;
+                if slice.units > 0 {
+                    slices.keep(id, slice);
+                }
+                taken.push((i, Some(expires_ms)));
                 results.push(result);
                 if let Some(ask) = ask {
                     refills.push((
@@ -260,8 +301,13 @@ pub fn spend(
     if !short {
         return Spend::Admitted { results, refills };
     }
-    for &i in &taken {
-        put_back(store, &hits[i], hits[i].cost);
+    // What was taken goes back where it came from: a slice, or the block.
+    for &(i, from_block) in &taken {
+        let id = block_id(&hits[i]);
+        match from_block {
+            None => slices.put_back(id, hits[i].cost, now_ms),
+            Some(expires_ms) => put_back(store, id, hits[i].cost, expires_ms),
+        }
     }
     // Refills marked above will not be sent: clear their marks.
     for (_, refill) in &refills {
@@ -296,17 +342,140 @@ pub fn spend(
     Spend::Check { hits }
 }
 
-/// Returns `units` to a hit's block, if the block is still live (an expired one's units are
-/// lost: they belong to a window that is over).
-pub fn put_back(store: &impl LocalCounters, hit: &Hit, units: u64) {
+/// Returns `units` that expire at `expires_ms` to the block `id`, if it is live and expires no
+/// later: units never outlive the grant they came from (those of a block that expired, or was
+/// replaced by the next window's, are lost: their window is over).
+fn put_back(store: &impl LocalCounters, id: u64, units: u64, expires_ms: u64) {
     let now_ms = store.now_ms();
-    update(store, block_id(hit), now_ms, |block| {
-        if block.live_units(now_ms) == 0 {
+    update(store, id, now_ms, |block| {
+        // An empty block that has not expired takes units back; an expired one does not.
+        if block.expires_ms <= now_ms || block.expires_ms > expires_ms {
             return ((), false);
         }
         block.units += units;
         ((), true)
     });
+}
+
+/// Units a worker took from its Envoy's block for one key, spent without host calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slice {
+    units: u64,
+    /// The block's expiry when the slice was taken.
+    expires_ms: u64,
+    /// The global figure for the rate-limit headers, less this slice: limitd's `remaining` plus
+    /// what the block held when the slice was taken.
+    remaining: u64,
+    /// When a unit was last spent from it.
+    used_ms: u64,
+}
+
+impl Slice {
+    fn live_units(&self, now_ms: u64) -> u64 {
+        if self.expires_ms > now_ms {
+            self.units
+        } else {
+            0
+        }
+    }
+}
+
+/// One worker's slices, by block id (one VM, one thread: no sharing, no host call).
+#[derive(Debug)]
+pub struct Slices {
+    slices: HashMap<u64, Slice>,
+    /// A slice is 1 ÷ `share` of its block; 0: no slices, every unit spent from the block.
+    share: u64,
+}
+
+impl Default for Slices {
+    fn default() -> Self {
+        Slices {
+            slices: HashMap::new(),
+            share: SLICE_SHARE,
+        }
+    }
+}
+
+impl Slices {
+    /// No slices: every spend goes to the block (for tests of the blocks alone).
+    pub fn none() -> Self {
+        Slices {
+            slices: HashMap::new(),
+            share: 0,
+        }
+    }
+
+    /// Spends a hit's cost from its slice, if the slice holds it.
+    fn spend(&mut self, id: u64, hit: &Hit, now_ms: u64) -> Option<HitResult> {
+        let slice = self.slices.get_mut(&id)?;
+        if slice.live_units(now_ms) < hit.cost {
+            return None;
+        }
+        slice.units -= hit.cost;
+        slice.used_ms = now_ms;
+        Some(HitResult {
+            allowed: true,
+            limit: hit.limit,
+            remaining: slice.remaining.saturating_add(slice.units),
+            reset_ms: slice.expires_ms.saturating_sub(now_ms),
+            retry_after_ms: 0,
+            leased: 0,
+            lease_ms: 0,
+        })
+    }
+
+    /// Whether a slice of `id` may be kept (the map is bounded).
+    fn has_room(&self, id: u64) -> bool {
+        self.share > 0 && (self.slices.len() < SLICE_KEYS || self.slices.contains_key(&id))
+    }
+
+    /// Keeps a new slice of `id`. Units the old one still holds (fewer than a request's cost)
+    /// join it and take the earlier expiry, as grants joining a block do.
+    fn keep(&mut self, id: u64, mut slice: Slice) {
+        if let Some(old) = self.slices.get(&id) {
+            let units = old.live_units(slice.used_ms);
+            if units > 0 {
+                slice.units += units;
+                slice.expires_ms = slice.expires_ms.min(old.expires_ms);
+            }
+        }
+        self.slices.insert(id, slice);
+    }
+
+    /// Puts units back into the slice of `id` (a request that could not be admitted after all).
+    fn put_back(&mut self, id: u64, units: u64, now_ms: u64) {
+        if let Some(slice) = self.slices.get_mut(&id) {
+            if slice.expires_ms > now_ms {
+                slice.units += units;
+            }
+        }
+    }
+
+    /// Units this worker holds for a hit's key at `now_ms`.
+    pub fn units(&self, hit: &Hit, now_ms: u64) -> u64 {
+        self.slices
+            .get(&block_id(hit))
+            .map_or(0, |slice| slice.live_units(now_ms))
+    }
+
+    /// Returns to their blocks the slices not spent from for [`SLICE_IDLE_MS`] (all of them if
+    /// `all`), and forgets those returned or expired. Host calls happen here, on the worker's
+    /// timer, not on a request's path.
+    pub fn return_idle(&mut self, store: &impl LocalCounters, all: bool) {
+        let now_ms = store.now_ms();
+        self.slices.retain(|&id, slice| {
+            let units = slice.live_units(now_ms);
+            if units == 0 {
+                return false;
+            }
+            if !all && slice.used_ms.saturating_add(SLICE_IDLE_MS) > now_ms {
+                return true;
+            }
+            put_back(store, id, units, slice.expires_ms);
+            false
+        });
+    }
 }
 
 /// The answer to a check that asked for a lease on `hit` (sent at `sent_ms`, proxy clock), or
@@ -398,8 +567,15 @@ mod tests {
         store
     }
 
+    /// One request's spend, by a worker without slices (each unit from the block).
     fn spend_one(store: &impl LocalCounters, h: &Hit) -> Spend {
-        spend(store, std::slice::from_ref(h), &[Some(WINDOWED)], 400)
+        spend(
+            store,
+            &mut Slices::none(),
+            std::slice::from_ref(h),
+            &[Some(WINDOWED)],
+            400,
+        )
     }
 
     /// The hits of a check the request must send, or a panic.
@@ -524,13 +700,25 @@ mod tests {
             1_000,
         );
         let both = [a.clone(), b.clone()];
-        let hits = must_check(spend(&store, &both, &[Some(WINDOWED); 2], 400));
+        let hits = must_check(spend(
+            &store,
+            &mut Slices::none(),
+            &both,
+            &[Some(WINDOWED); 2],
+            400,
+        ));
         assert_eq!(units(&store, &a), 5, "the unit taken from a is back");
         // b has no block: the check asks for one; a's block asks for the rest of its size.
         assert_eq!((hits[0].lease, hits[1].lease), (35, 40));
         // A rule that checks every request sends the whole request to limitd too.
         let mixed = [hit("r:c"), b];
-        let hits = must_check(spend(&store, &mixed, &[Some(WINDOWED), None], 400));
+        let hits = must_check(spend(
+            &store,
+            &mut Slices::none(),
+            &mixed,
+            &[Some(WINDOWED), None],
+            400,
+        ));
         assert_eq!(hits[1].lease, 0);
     }
 
@@ -634,6 +822,159 @@ mod tests {
                 Spend::Check { .. } => assert_eq!((left, conflicts), (0, 3)),
             }
         }
+    }
+
+    /// Writes to a key's slot so far (the CAS version counts them).
+    fn writes(store: &FakeCounters, h: &Hit) -> u32 {
+        store
+            .data
+            .borrow()
+            .get(&slot_key(block_id(h)))
+            .map_or(0, |(_, version)| *version)
+    }
+
+    fn spend_sliced(store: &FakeCounters, slices: &mut Slices, h: &Hit) -> Spend {
+        spend(
+            store,
+            slices,
+            std::slice::from_ref(h),
+            &[Some(WINDOWED)],
+            400,
+        )
+    }
+
+    #[test]
+    fn a_worker_spends_a_quarter_of_the_block_as_its_slice_without_touching_the_block() {
+        let store = store_at(1_000);
+        let h = hit("r:slice");
+        settled(
+            &store,
+            &asking(&h, 40),
+            &WINDOWED,
+            Some(&granted(40, 50_000, 500)),
+            1_000,
+        );
+        let mut worker = Slices::default();
+        let written = writes(&store, &h);
+        let (results, _) = admitted(spend_sliced(&store, &mut worker, &h));
+        // 40 / 4 = 10 taken: one for this request, nine in the slice.
+        assert_eq!((units(&store, &h), worker.units(&h, 1_000)), (30, 9));
+        assert_eq!(writes(&store, &h), written + 1);
+        assert_eq!(results[0].remaining, 500 + 39);
+        for i in 0..9u64 {
+            let (results, _) = admitted(spend_sliced(&store, &mut worker, &h));
+            assert_eq!(results[0].remaining, 500 + 30 + 8 - i, "spend {i}");
+        }
+        assert_eq!(writes(&store, &h), written + 1, "nine spends, no write");
+        assert_eq!(worker.units(&h, 1_000), 0);
+        // The slice is spent: the next takes a quarter of what is left (7 of 30).
+        admitted(spend_sliced(&store, &mut worker, &h));
+        assert_eq!((units(&store, &h), worker.units(&h, 1_000)), (23, 6));
+    }
+
+    #[test]
+    fn workers_with_slices_admit_exactly_what_was_granted_and_no_more() {
+        let store = store_at(1_000);
+        let h = hit("r:fair");
+        settled(
+            &store,
+            &asking(&h, 40),
+            &WINDOWED,
+            Some(&granted(40, 50_000, 0)),
+            1_000,
+        );
+        let mut workers = [Slices::default(), Slices::default(), Slices::default()];
+        let mut admissions = 0;
+        for round in 0..100 {
+            let worker = &mut workers[round % 3];
+            if matches!(spend_sliced(&store, worker, &h), Spend::Admitted { .. }) {
+                admissions += 1;
+            }
+        }
+        // Near the end blocks hold a few units and slices shrink to single units: a worker may
+        // find the block empty while another still holds a unit or two, but never admit more.
+        assert!((36..=40).contains(&admissions), "{admissions}");
+        let held: u64 = workers.iter().map(|w| w.units(&h, 1_000)).sum();
+        assert_eq!(admissions + held + units(&store, &h), 40);
+        // What the others hold goes back to the block once idle, and is spent.
+        store.now.set(1_000 + SLICE_IDLE_MS);
+        for worker in &mut workers {
+            worker.return_idle(&store, false);
+        }
+        assert_eq!(units(&store, &h), held);
+        let mut last = Slices::none();
+        for _ in 0..held {
+            admitted(spend_sliced(&store, &mut last, &h));
+        }
+        assert!(matches!(
+            spend_sliced(&store, &mut last, &h),
+            Spend::Check { .. }
+        ));
+    }
+
+    #[test]
+    fn a_slice_in_use_is_kept_and_one_of_an_expired_block_never_joins_the_next_windows() {
+        let store = store_at(1_000);
+        let h = hit("r:idle");
+        settled(
+            &store,
+            &asking(&h, 40),
+            &WINDOWED,
+            Some(&granted(40, 2_000, 0)),
+            1_000,
+        );
+        let mut worker = Slices::default();
+        admitted(spend_sliced(&store, &mut worker, &h));
+        assert_eq!(worker.units(&h, 1_000), 9);
+        store.now.set(1_000 + SLICE_IDLE_MS - 1);
+        worker.return_idle(&store, false);
+        assert_eq!(
+            worker.units(&h, 1_000),
+            9,
+            "used within the idle time: kept"
+        );
+        // The block (and the slice) expire with the window; the next window's grant must not
+        // receive the old slice's units.
+        store.now.set(3_000);
+        settled(
+            &store,
+            &asking(&h, 40),
+            &WINDOWED,
+            Some(&granted(5, 60_000, 0)),
+            3_000,
+        );
+        worker.return_idle(&store, true);
+        assert_eq!(units(&store, &h), 5);
+        // A block of five is spent unit by unit: a quarter of it is less than one request.
+        let mut other = Slices::default();
+        store.now.set(3_001);
+        admitted(spend_sliced(&store, &mut other, &h));
+        assert_eq!((units(&store, &h), other.units(&h, 3_001)), (4, 0));
+    }
+
+    #[test]
+    fn a_request_over_two_rules_puts_its_slice_unit_back_when_the_other_block_is_empty() {
+        let store = store_at(1_000);
+        let (a, b) = (hit("r:a"), hit("r:b"));
+        settled(
+            &store,
+            &asking(&a, 40),
+            &WINDOWED,
+            Some(&granted(40, 50_000, 0)),
+            1_000,
+        );
+        let mut worker = Slices::default();
+        admitted(spend_sliced(&store, &mut worker, &a));
+        assert_eq!(worker.units(&a, 1_000), 9);
+        let both = [a.clone(), b];
+        let hits = must_check(spend(&store, &mut worker, &both, &[Some(WINDOWED); 2], 400));
+        assert_eq!(
+            worker.units(&a, 1_000),
+            9,
+            "the unit taken from the slice is back"
+        );
+        assert_eq!(units(&store, &a), 30);
+        assert_eq!(hits[1].lease, 40);
     }
 
     #[test]

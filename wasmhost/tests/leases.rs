@@ -107,3 +107,96 @@ fn two_workers_spend_one_block_and_never_more_than_was_leased() {
     assert_eq!(batch_of(&call).checks[0].hits[0].lease, 10);
     assert_eq!(metric(&a, "lease_admitted"), 6);
 }
+
+/// One rule whose blocks are large enough to be sliced (a quarter of 40 is 10 units).
+const SLICED: &str = r#"{
+    "limitd_cluster": "limitd",
+    "timeout": "250ms",
+    "rules": [{
+        "name": "hot",
+        "match": { "path": { "prefix": "/hot" } },
+        "key": [ { "constant": "all" } ],
+        "limit": { "requests": 1000, "window": "60s" },
+        "lease": { "max_units": 40 }
+    }]
+}"#;
+
+/// Sends one request to `vm`: whether it was admitted without a callout. A background refill
+/// it set off is answered at once with nothing more to lease.
+fn admitted_from_lease(vm: &mut Vm) -> bool {
+    let request = get_from(vm, "/hot", "10.0.0.1");
+    let forwarded = vm.request_forwarded(request);
+    if forwarded {
+        for call in vm.pending_calls() {
+            assert_eq!(
+                batch_of(&call).checks[0].hits[0].cost,
+                0,
+                "only refills go out"
+            );
+            vm.respond_to_call(call.token, &[(":status", "200")], &leased(0, 900))
+                .unwrap();
+        }
+    }
+    forwarded
+}
+
+#[test]
+fn sliced_workers_admit_every_leased_unit_once_and_idle_slices_go_back_on_the_timer() {
+    let host = host();
+    let mut a = host.start(SLICED).unwrap();
+    let mut b = host.start(SLICED).unwrap();
+    let first = get_from(&mut a, "/hot", "10.0.0.1");
+    let call = a.pending_calls().pop().expect("a check");
+    assert_eq!(batch_of(&call).checks[0].hits[0].lease, 40);
+    a.respond_to_call(call.token, &[(":status", "200")], &leased(40, 900))
+        .unwrap();
+    assert!(a.request_forwarded(first));
+
+    // Worker a takes a quarter of the block and spends it with no shared-data write.
+    let slot = host_slot(&a);
+    assert!(admitted_from_lease(&mut a));
+    let version = a.shared_data(&slot).expect("the block").1;
+    for _ in 0..9 {
+        assert!(admitted_from_lease(&mut a));
+    }
+    assert_eq!(
+        a.shared_data(&slot).unwrap().1,
+        version,
+        "spent from a's slice"
+    );
+
+    // b spends until the block and its own slices run dry; a still holds a slice of 7.
+    assert!(admitted_from_lease(&mut a));
+    let mut from_b = 0;
+    while admitted_from_lease(&mut b) {
+        from_b += 1;
+        assert!(from_b <= 40, "b admitted more than was leased");
+    }
+    assert_eq!(
+        from_b, 23,
+        "40 less a's 10 and the slice of 7 it took with its 11th"
+    );
+    b.pending_calls().into_iter().for_each(|call| {
+        b.respond_to_call(call.token, &[(":status", "429")], b"")
+            .unwrap();
+    });
+
+    // a's slice, idle for the timer's idle time, goes back to the block, where b spends it.
+    a.advance_time(std::time::Duration::from_millis(300))
+        .unwrap();
+    let mut later = 0;
+    while admitted_from_lease(&mut b) {
+        later += 1;
+        assert!(later <= 6, "more than a's slice came back");
+    }
+    assert_eq!(later, 6, "a's six unspent units");
+}
+
+/// The shared-data key of the one lease block the test uses (the only `ratelimit.lease.*` of
+/// the filter's 4,096 slots).
+fn host_slot(vm: &Vm) -> String {
+    (0..4096)
+        .map(|slot| format!("ratelimit.lease.{slot}"))
+        .find(|key| vm.shared_data(key).is_some())
+        .expect("a lease block in shared data")
+}

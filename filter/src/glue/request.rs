@@ -70,7 +70,14 @@ impl Request {
             return None;
         }
         let stale_ms = self.vm.policy.timeout_ms.saturating_mul(2);
-        match lease::spend(&SharedCounters, &check.hits, &leases, stale_ms) {
+        let spent = lease::spend(
+            &SharedCounters,
+            &mut self.vm.slices.borrow_mut(),
+            &check.hits,
+            &leases,
+            stale_ms,
+        );
+        match spent {
             Spend::Admitted { results, refills } => {
                 // Counted at the next flush: four host calls fewer on the path leases are for.
                 let metrics = &self.vm.metrics;

@@ -12,12 +12,13 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, Status};
 use crate::batch::{encode_batch, remaining_ms, Batcher, Live};
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
+use crate::lease::Slices;
 use crate::log_limit::LogLimit;
 use crate::verdict::{CalloutError, Decision};
 
 use super::metrics::{Metrics, FLUSH_PERIOD};
 use super::request::Request;
-use super::vm::Vm;
+use super::vm::{SharedCounters, Vm};
 use super::{log, now, now_ms, VM_SEQUENCE_KEY};
 
 pub(super) struct Root {
@@ -174,8 +175,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // The timer that adds deferred counts to Envoy's counters (see `metrics`); without
-        // one, everything is counted at once.
+        // The timer that adds deferred counts to Envoy's counters (see `metrics`) and returns
+        // idle lease slices; without one, everything is counted at once and nothing sliced.
         let timer = match hostcalls::set_tick_period(FLUSH_PERIOD) {
             Ok(()) => true,
             Err(status) => {
@@ -213,6 +214,11 @@ impl RootContext for Root {
         // Checks of the previous configuration still waiting or in flight keep
         // their VM until they are answered: none is dropped or left hanging.
         if let Some(previous) = self.vm.take() {
+            // The new configuration's requests spend from the blocks, not from these slices.
+            previous
+                .slices
+                .borrow_mut()
+                .return_idle(&SharedCounters, true);
             if !previous.batcher.borrow().is_idle() {
                 self.retired.push(previous);
             }
@@ -225,13 +231,22 @@ impl RootContext for Root {
             live: RefCell::new(Live::default()),
             deny_cache: RefCell::new(DenyCache::default()),
             failure_log: RefCell::new(LogLimit::default()),
+            // Idle slices go back on the timer: without one, every unit comes from the block.
+            slices: RefCell::new(if timer {
+                Slices::default()
+            } else {
+                Slices::none()
+            }),
         }));
         true
     }
 
+    /// Every [`FLUSH_PERIOD`]: deferred counts go to Envoy, idle lease slices back to their
+    /// blocks.
     fn on_tick(&mut self) {
         for vm in self.vm.iter().chain(&self.retired) {
             vm.metrics.flush();
+            vm.slices.borrow_mut().return_idle(&SharedCounters, false);
         }
     }
 

@@ -11,7 +11,7 @@ use crate::batch::{answer_fits, read_batch_answer, Batcher, CheckAnswer, Entry, 
 use crate::config::Policy;
 use crate::deny_cache::DenyCache;
 use crate::fallback::LocalCounters;
-use crate::lease::{self, LeaseRule};
+use crate::lease::{self, LeaseRule, Slices};
 use crate::log_limit::{more_like_this, LogLimit};
 use crate::settle::{enforced_rules, rule_outcomes, sort_answers, sort_failed, Fate};
 use crate::verdict::{CalloutError, Check, Decision, Headers, Outcome, ReplyKind};
@@ -29,6 +29,8 @@ pub(super) struct Vm {
     pub(super) deny_cache: RefCell<DenyCache>,
     /// Failed callouts are logged once per interval, with a count of the rest.
     pub(super) failure_log: RefCell<LogLimit>,
+    /// This worker's slices of its Envoy's lease blocks.
+    pub(super) slices: RefCell<Slices>,
 }
 
 impl Vm {
