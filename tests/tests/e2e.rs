@@ -98,9 +98,20 @@ fn the_limited_endpoint_admits_ten_per_client_then_answers_429() {
     assert_eq!(statuses(envoy, "/", CLIENT_1, 15), [200; 15]);
     assert_eq!(statuses(envoy, "/health", CLIENT_1, 15), [200; 15]);
     assert_eq!(get(envoy, "/limited_endpoint", CLIENT_1).status, 429);
-    assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.denied"), 2);
+    // A denial from the worker's deny cache is counted at its next timer tick (100 ms).
+    eventually(STATS_LAG, || {
+        match stack.envoy_stat(0, "wasmcustom.ratelimit.denied") {
+            2 => Ok(()),
+            n => Err(format!("{n} denials counted")),
+        }
+    })
+    .unwrap();
     assert_eq!(stack.envoy_stat(0, "wasmcustom.ratelimit.allowed"), 11);
 }
+
+/// How long the filter's counts of decisions made without a callout (lease admissions, denials
+/// from the deny cache) may take to reach Envoy's counters: they are added every 100 ms.
+const STATS_LAG: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_forged_forwarded_for_header_does_not_change_the_client() {
@@ -450,9 +461,25 @@ fn each_rule_counts_its_decisions_under_rule_and_outcome_labels() {
         statuses(envoy, "/limited_endpoint", CLIENT_1, 12),
         [[200; 10].as_slice(), &[429; 2]].concat()
     );
-    let text = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
-        .unwrap()
-        .body;
+    // Denials from a deny cache reach the counters at the worker's next tick: read once both
+    // denials are counted (a flush adds the rule's `deny_cache_hits` before its `denied`).
+    let text = eventually(STATS_LAG, || {
+        let text = http_get(stack.envoys[0].admin, "/stats/prometheus", None)
+            .map_err(|e| e.to_string())?
+            .body;
+        let denied = text.lines().any(|l| {
+            l.starts_with("ratelimit_rule{")
+                && l.contains("rule=\"limited_endpoint\"")
+                && l.contains("outcome=\"denied\"")
+                && l.ends_with(" 2")
+        });
+        if denied {
+            Ok(text)
+        } else {
+            Err("the two denials not counted yet".to_owned())
+        }
+    })
+    .unwrap();
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("ratelimit_rule{"))

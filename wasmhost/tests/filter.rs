@@ -734,6 +734,10 @@ fn a_learnt_denial_answers_the_same_client_without_a_callout_until_it_expires() 
     let reply = vm.local_reply(cached.id).expect("a local reply");
     assert_eq!(reply.status, 429);
     assert_eq!(reply.headers.get("retry-after").as_deref(), Some("2"));
+    // A denial from the cache is counted at the worker's next timer tick.
+    assert_eq!(metric(&vm, "deny_cache_hits"), 0);
+    assert_eq!(metric(&vm, "denied"), 1);
+    vm.tick().unwrap();
     assert_eq!(metric(&vm, "deny_cache_hits"), 1);
     assert_eq!(metric(&vm, "denied"), 2);
     assert_eq!(metric(&vm, "checks"), 1);

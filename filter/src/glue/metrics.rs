@@ -1,8 +1,9 @@
 //! The filter's counters and histogram, defined once per VM.
 //!
-//! Most counts go to Envoy at once. The counts of a request admitted from a lease block (the
-//! path that must cost almost nothing) are kept in the VM and added every [`FLUSH_PERIOD`] by
-//! the root's timer: one host call per counter and period instead of four per request.
+//! Most counts go to Envoy at once. The counts of a request decided inside this Envoy, admitted
+//! from a lease block or denied from the deny cache (the paths that must cost almost nothing),
+//! are kept in the VM and added every [`FLUSH_PERIOD`] by the root's timer: one host call per
+//! counter and period instead of four per request.
 
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};

@@ -278,10 +278,11 @@ impl HttpContext for Request {
                     return action;
                 }
                 if let Some(denial) = self.vm.cached_denial(&check) {
-                    Metrics::bump(self.vm.metrics.deny_cache_hits);
+                    // Decided here, as an admission from a lease: counted at the next flush.
+                    self.vm.metrics.later(self.vm.metrics.deny_cache_hits);
                     // The leases this check would have asked for are not asked after all.
                     self.vm.leases_settled(&check, None, None);
-                    let (action, _) = self.vm.carry_out(denial, false);
+                    let (action, _) = self.vm.carry_out_counted_later(denial);
                     return action;
                 }
                 Metrics::bump(self.vm.metrics.checks);

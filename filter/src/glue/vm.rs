@@ -293,38 +293,47 @@ impl Vm {
             .filter(|(_, hit)| !hit.shadow && cache.denied_for(&hit.key, now_ms).is_some())
             .map(|(&rule, _)| rule)
             .collect();
+        // Counted at the next flush, as the denial itself (see `Request`).
         self.metrics
-            .rules(cached.iter().copied(), RuleOutcome::DenyCacheHits);
-        self.metrics.rules(cached, RuleOutcome::Denied);
+            .rules_later(cached.iter().copied(), RuleOutcome::DenyCacheHits);
+        self.metrics.rules_later(cached, RuleOutcome::Denied);
         Some(denial)
     }
 
-    /// [`Vm::carry_out`] for a request that was not paused, with an admission counted at the
-    /// next flush of the metrics (the lease path's): a local reply is counted at once.
+    /// [`Vm::carry_out`] for a request that was not paused, decided inside this Envoy (from a
+    /// lease block or the deny cache): its decision is counted at the next flush of the metrics.
     pub(super) fn carry_out_counted_later(&self, decision: Decision) -> (Action, Headers) {
-        match decision {
-            Decision::Allow { outcome, headers } => {
-                self.metrics.later(match outcome {
-                    Outcome::Allowed => self.metrics.allowed,
-                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
-                    Outcome::FallbackAllowed => self.metrics.fallback_allowed,
-                });
-                (Action::Continue, headers)
-            }
-            reply @ Decision::Reply(_) => self.carry_out(reply, false),
-        }
+        self.metrics.later(self.counter_of(&decision));
+        self.act(decision, false)
     }
 
     /// Carries out a decision for the current (effective) request context.
     /// Returns the headers to add to the upstream's response, if any.
     pub(super) fn carry_out(&self, decision: Decision, paused: bool) -> (Action, Headers) {
+        Metrics::bump(self.counter_of(&decision));
+        self.act(decision, paused)
+    }
+
+    /// The counter a decision adds to.
+    fn counter_of(&self, decision: &Decision) -> Option<u32> {
         match decision {
-            Decision::Allow { outcome, headers } => {
-                Metrics::bump(match outcome {
-                    Outcome::Allowed => self.metrics.allowed,
-                    Outcome::FailedOpen => self.metrics.failure_mode_allowed,
-                    Outcome::FallbackAllowed => self.metrics.fallback_allowed,
-                });
+            Decision::Allow { outcome, .. } => match outcome {
+                Outcome::Allowed => self.metrics.allowed,
+                Outcome::FailedOpen => self.metrics.failure_mode_allowed,
+                Outcome::FallbackAllowed => self.metrics.fallback_allowed,
+            },
+            Decision::Reply(reply) => match reply.kind {
+                ReplyKind::OverLimit => self.metrics.denied,
+                ReplyKind::FallbackOverLimit => self.metrics.fallback_denied,
+                ReplyKind::Unavailable => self.metrics.failure_mode_denied,
+            },
+        }
+    }
+
+    /// Resumes the request (if `paused`) or sends the local reply.
+    fn act(&self, decision: Decision, paused: bool) -> (Action, Headers) {
+        match decision {
+            Decision::Allow { headers, .. } => {
                 if paused {
                     if let Err(status) = hostcalls::resume_http_request() {
                         log(
@@ -336,11 +345,6 @@ impl Vm {
                 (Action::Continue, headers)
             }
             Decision::Reply(reply) => {
-                Metrics::bump(match reply.kind {
-                    ReplyKind::OverLimit => self.metrics.denied,
-                    ReplyKind::FallbackOverLimit => self.metrics.fallback_denied,
-                    ReplyKind::Unavailable => self.metrics.failure_mode_denied,
-                });
                 let headers: Vec<(&str, &str)> = reply
                     .headers
                     .iter()
