@@ -154,6 +154,10 @@ pub fn combine(
     }
 }
 
+/// How many times [`ClusterStore::ping`] asks for the slot map and pings its masters before it
+/// reports the cluster not ready.
+pub const READY_ATTEMPTS: usize = 3;
+
 /// The distinct `(host, port)` of the master of each slot range in a `CLUSTER SLOTS` reply
 /// (`[[start, end, [host, port, id…], replicas…], …]`); entries of another shape are skipped.
 pub fn masters_of(slots: &redis::Value) -> Vec<(String, u16)> {
@@ -452,7 +456,23 @@ impl ClusterStore {
     /// out to the masters but falls back to a replica where a master is unreachable, so it
     /// answers while the slots of a dead master cannot be written.) A master that does not
     /// answer also makes the client refresh its slot map.
+    ///
+    /// Right after a failover the node asked may be the dead master itself, still among the
+    /// client's connections, or one whose view of the slots is a moment old: the check is made
+    /// again from another node, up to [`READY_ATTEMPTS`] times, before it reports not ready.
+    /// A master that is really down fails every attempt.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut last = Err(StoreError::NotConnected);
+        for _ in 0..READY_ATTEMPTS {
+            last = self.ping_once().await;
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
+    }
+
+    async fn ping_once(&self) -> Result<(), StoreError> {
         let mut connection = self.connection()?;
         let slots = connection
             .route_command(
