@@ -108,18 +108,12 @@ fn two_workers_spend_one_block_and_never_more_than_was_leased() {
     assert_eq!(metric(&a, "lease_admitted"), 6);
 }
 
-/// One rule whose blocks are large enough to be sliced (a quarter of 40 is 10 units).
-const SLICED: &str = r#"{
-    "limitd_cluster": "limitd",
-    "timeout": "250ms",
-    "rules": [{
-        "name": "hot",
-        "match": { "path": { "prefix": "/hot" } },
-        "key": [ { "constant": "all" } ],
-        "limit": { "requests": 1000, "window": "60s" },
-        "lease": { "max_units": 40 }
-    }]
-}"#;
+/// [`CONFIG`] with blocks large enough to be sliced (a quarter of 40 is 10 units).
+fn sliced_config() -> String {
+    let config = CONFIG.replace(r#""max_units": 10"#, r#""max_units": 40"#);
+    assert_ne!(config, CONFIG);
+    config
+}
 
 /// Sends one request to `vm`: whether it was admitted without a callout. A background refill
 /// it set off is answered at once with nothing more to lease.
@@ -143,8 +137,8 @@ fn admitted_from_lease(vm: &mut Vm) -> bool {
 #[test]
 fn sliced_workers_admit_every_leased_unit_once_and_idle_slices_go_back_on_the_timer() {
     let host = host();
-    let mut a = host.start(SLICED).unwrap();
-    let mut b = host.start(SLICED).unwrap();
+    let mut a = host.start(sliced_config()).unwrap();
+    let mut b = host.start(sliced_config()).unwrap();
     let first = get_from(&mut a, "/hot", "10.0.0.1");
     let call = a.pending_calls().pop().expect("a check");
     assert_eq!(batch_of(&call).checks[0].hits[0].lease, 40);
