@@ -237,17 +237,12 @@ pub fn spend(
             results.push(result);
             continue;
         }
-        let slicing = slices.has_room(id);
         let took = update(store, id, now_ms, |block| {
             let units = block.live_units(now_ms);
             if units < hit.cost {
                 return (None, false);
             }
-            let take = if slicing {
-                (units / slices.share).clamp(hit.cost, units)
-            } else {
-                hit.cost
-            };
+            let take = slices.take(id, units, hit.cost);
             block.units = units - take;
             let refill = block.units < block.size.div_ceil(2)
                 && !block.refilling(now_ms, stale_ms)
@@ -261,15 +256,7 @@ pub fn spend(
                 remaining: block.remaining.saturating_add(block.units),
                 used_ms: now_ms,
             };
-            let result = HitResult {
-                allowed: true,
-                limit: hit.limit,
-                remaining: slice.remaining.saturating_add(slice.units),
-                reset_ms: block.expires_ms.saturating_sub(now_ms),
-                retry_after_ms: 0,
-                leased: 0,
-                lease_ms: 0,
-            };
+            let result = admitted_locally(hit, &slice, now_ms);
             let ask = refill.then(|| lease.max_units - block.units);
             (Some((result, ask, slice)), true)
         });
@@ -357,6 +344,20 @@ fn put_back(store: &impl LocalCounters, id: u64, units: u64, expires_ms: u64) {
     });
 }
 
+/// What a hit spent inside this Envoy looks like as a limitd answer (for the rate-limit headers):
+/// `remaining` is the global estimate, `slice` what this worker still holds after the spend.
+fn admitted_locally(hit: &Hit, slice: &Slice, now_ms: u64) -> HitResult {
+    HitResult {
+        allowed: true,
+        limit: hit.limit,
+        remaining: slice.remaining.saturating_add(slice.units),
+        reset_ms: slice.expires_ms.saturating_sub(now_ms),
+        retry_after_ms: 0,
+        leased: 0,
+        lease_ms: 0,
+    }
+}
+
 /// Units a worker took from its Envoy's block for one key, spent without host calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slice {
@@ -414,20 +415,19 @@ impl Slices {
         }
         slice.units -= hit.cost;
         slice.used_ms = now_ms;
-        Some(HitResult {
-            allowed: true,
-            limit: hit.limit,
-            remaining: slice.remaining.saturating_add(slice.units),
-            reset_ms: slice.expires_ms.saturating_sub(now_ms),
-            retry_after_ms: 0,
-            leased: 0,
-            lease_ms: 0,
-        })
+        Some(admitted_locally(hit, slice, now_ms))
     }
 
-    /// Whether a slice of `id` may be kept (the map is bounded).
-    fn has_room(&self, id: u64) -> bool {
-        self.share > 0 && (self.slices.len() < SLICE_KEYS || self.slices.contains_key(&id))
+    /// How many of a block's `units` a request of `cost` takes: a share as this worker's slice
+    /// of `id` (and its own cost), or only its cost when there are no slices or no room for one
+    /// more key.
+    fn take(&self, id: u64, units: u64, cost: u64) -> u64 {
+        let room = self.slices.len() < SLICE_KEYS || self.slices.contains_key(&id);
+        if self.share > 0 && room {
+            (units / self.share).clamp(cost, units)
+        } else {
+            cost
+        }
     }
 
     /// Keeps a new slice of `id`. Units the old one still holds (fewer than a request's cost)
@@ -453,7 +453,8 @@ impl Slices {
     }
 
     /// Units this worker holds for a hit's key at `now_ms`.
-    pub fn units(&self, hit: &Hit, now_ms: u64) -> u64 {
+    #[cfg(test)]
+    fn units(&self, hit: &Hit, now_ms: u64) -> u64 {
         self.slices
             .get(&block_id(hit))
             .map_or(0, |slice| slice.live_units(now_ms))
