@@ -213,9 +213,9 @@ fn build() -> Result<(), String> {
     optimize_wasm(&wasm, &wasm_exports::KEPT_CALLBACKS)
 }
 
-/// Builds the bench's `noop.wasm` (`filter/examples/noop.rs`) as `ratelimit.wasm` is built, and
-/// returns its path.
-fn build_noop_wasm() -> Result<PathBuf, String> {
+/// Builds one of the bench's modules, `filter/examples/<name>.rs`, as `ratelimit.wasm` is
+/// built, keeping the callbacks `kept`, and returns its path.
+fn build_example_wasm(name: &str, kept: &[&str]) -> Result<PathBuf, String> {
     run(
         "cargo",
         &[
@@ -223,7 +223,7 @@ fn build_noop_wasm() -> Result<PathBuf, String> {
             "--package",
             "filter",
             "--example",
-            "noop",
+            name,
             "--target",
             WASM_TARGET,
             "--profile",
@@ -232,8 +232,8 @@ fn build_noop_wasm() -> Result<PathBuf, String> {
     )?;
     let wasm = target_dir()
         .join(WASM_TARGET)
-        .join("wasm/examples/noop.wasm");
-    optimize_wasm(&wasm, &wasm_exports::NOOP_CALLBACKS)?;
+        .join(format!("wasm/examples/{name}.wasm"));
+    optimize_wasm(&wasm, kept)?;
     Ok(wasm)
 }
 

@@ -38,6 +38,16 @@ pub const NOOP_CALLBACKS: [&str; 4] = [
     "proxy_on_delete",
 ];
 
+/// The callbacks of the bench's `floor.wasm` (`filter/examples/floor.rs`): the no-op's, and the
+/// response-headers callback that adds the `RateLimit` headers.
+pub const FLOOR_CALLBACKS: [&str; 5] = [
+    "proxy_on_memory_allocate",
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_response_headers",
+    "proxy_on_delete",
+];
+
 const MAGIC: &[u8; 8] = b"\0asm\x01\0\0\0";
 const EXPORT_SECTION: u8 = 7;
 

@@ -2,9 +2,11 @@
 //! machine in one run, all on loopback.
 //!
 //! One stack (Redis master + 2 replicas + 3 sentinels, 2 limitd, 2 backends)
-//! with eight Envoys in front of the same backends: no limiter, Envoy's own
+//! with nine Envoys in front of the same backends: no limiter, Envoy's own
 //! `local_ratelimit` (passing everything, and denying everything), a proxy-wasm filter that
-//! does nothing (the wasm runtime's floor), and ours in four configurations: checked per
+//! does nothing (the wasm runtime's floor), one that makes only the host calls a decision inside
+//! Envoy needs (the floor of a lease admission and of a cached denial), and ours in four
+//! configurations: checked per
 //! request with and without group commit, idle (the shipped rules), and in lease mode (see
 //! [`scenarios`]). Each round measures every
 //! scenario in turn (the order rotates each round), so slow drifts of a shared
@@ -51,10 +53,10 @@ use e2e::{http_get, redis_command, Binaries, Resp, Stack, StackOptions};
 
 use self::report::{EnvoyRound, LimitdRound, Results};
 use self::scenarios::{Scenario, SCENARIOS};
-use super::{apt_install, is_root_with_apt, on_path, output, step};
+use super::{apt_install, is_root_with_apt, on_path, output, step, wasm_exports};
 
 /// The stack's processes, whose CPU time is the benchmark's own.
-const STACK_PROCESSES: [&str; 17] = [
+const STACK_PROCESSES: [&str; 19] = [
     "redis-master",
     "redis-replica-1",
     "redis-replica-2",
@@ -72,10 +74,12 @@ const STACK_PROCESSES: [&str; 17] = [
     "envoy-5",
     "envoy-6",
     "envoy-7",
+    "envoy-8",
+    "envoy-9",
 ];
 
 /// How many Envoys the stack runs (see [`scenarios`]).
-const ENVOYS: usize = 8;
+const ENVOYS: usize = 9;
 /// wrk's threads (see the module's comment).
 const WRK_THREADS: u32 = 1;
 /// Connections of the open-loop generator: at 1000 req/s, one request every
@@ -166,8 +170,9 @@ pub fn run() -> Result<(), String> {
     let mut load = vec![("start".to_owned(), loadavg())];
     let mut warnings = Vec::new();
 
-    let noop_wasm = super::build_noop_wasm()?;
-    step("starting Redis, sentinels, 2 limitd, 2 backends and 8 Envoys (ours, none, local_ratelimit, ours per request, shipped rules, leases, local_ratelimit denying, noop wasm)");
+    let noop_wasm = super::build_example_wasm("noop", &wasm_exports::NOOP_CALLBACKS)?;
+    let floor_wasm = super::build_example_wasm("floor", &wasm_exports::FLOOR_CALLBACKS)?;
+    step("starting Redis, sentinels, 2 limitd, 2 backends and 9 Envoys (ours, none, local_ratelimit, ours per request, shipped rules, leases, local_ratelimit denying, noop wasm, floor wasm)");
     let c = settings.concurrency;
     let mut stack = Stack::start(StackOptions {
         envoy: scenarios::ours(c),
@@ -181,6 +186,7 @@ pub fn run() -> Result<(), String> {
     stack.add_envoy(&scenarios::leases(c, settings.rate))?;
     stack.add_envoy(&scenarios::local_ratelimit_denying(c))?;
     stack.add_envoy(&scenarios::noop(c, &noop_wasm))?;
+    stack.add_envoy(&scenarios::floor(c, &floor_wasm))?;
     let measured: Vec<usize> = (0..SCENARIOS.len())
         .filter(|&i| settings.measures(SCENARIOS[i].id))
         .collect();
@@ -482,9 +488,10 @@ fn check_scenarios(
                     "allowed: no bench_allowed RateLimit-Policy ({policy:?})"
                 ))
             }
-            "leased" if !policy.contains("bench_leased") => {
+            "leased" | "wasm_floor_admit" if !policy.contains("bench_leased") => {
                 return Err(format!(
-                    "leased: no bench_leased RateLimit-Policy ({policy:?})"
+                    "{}: no bench_leased RateLimit-Policy ({policy:?})",
+                    s.id
                 ))
             }
             "many_keys" | "many_keys_per_request" if !policy.contains("bench_many") => {

@@ -68,7 +68,7 @@ impl Scenario {
 pub const MANY_KEYS: u32 = 1000;
 
 /// The Envoy scenarios, baseline first.
-pub const SCENARIOS: [Scenario; 13] = [
+pub const SCENARIOS: [Scenario; 15] = [
     Scenario {
         id: "baseline",
         what: "Envoy without any limiter (wasm filter removed)",
@@ -93,6 +93,24 @@ pub const SCENARIOS: [Scenario; 13] = [
         envoy: 7,
         path: ALLOWED_PATH,
         status: 200,
+        keys: 0,
+        mixed: false,
+    },
+    Scenario {
+        id: "wasm_floor_admit",
+        what: "a proxy-wasm filter making only the host calls an admission from a lease needs",
+        envoy: 8,
+        path: ALLOWED_PATH,
+        status: 200,
+        keys: 0,
+        mixed: false,
+    },
+    Scenario {
+        id: "wasm_floor_deny",
+        what: "a proxy-wasm filter making only the host calls a cached denial needs: 429",
+        envoy: 8,
+        path: DENIED_PATH,
+        status: 429,
         keys: 0,
         mixed: false,
     },
@@ -249,6 +267,12 @@ pub fn shipped(concurrency: u32) -> EnvoyOptions {
 /// and VM configuration.
 pub fn noop(concurrency: u32, noop: &std::path::Path) -> EnvoyOptions {
     EnvoyOptions::default().wasm(noop).concurrency(concurrency)
+}
+
+/// The floor module `floor` in place of ours (index 8), with the same plugin settings and VM
+/// configuration.
+pub fn floor(concurrency: u32, floor: &std::path::Path) -> EnvoyOptions {
+    EnvoyOptions::default().wasm(floor).concurrency(concurrency)
 }
 
 /// No limiter (index 1).
@@ -455,6 +479,7 @@ mod tests {
             ("leases", leases(1, 1000)),
             ("local_ratelimit_denying", local_ratelimit_denying(1)),
             ("noop", noop(1, Path::new("/noop.wasm"))),
+            ("floor", floor(1, Path::new("/floor.wasm"))),
         ] {
             let mut config = envoy_config::rewrite(&files, &local, &options.replacements)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
