@@ -70,10 +70,13 @@ pub const DEFAULT_GCRA_LIFETIME_MS: u64 = 1000;
 /// The largest block of a rule when the rule does not say.
 pub const DEFAULT_MAX_UNITS: u64 = 100;
 
-/// One key's block, as stored in its slot.
+/// One key's block, as stored in its slot: these fields, then the key itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Block {
-    /// Which key (and rule parameters) the block is for: see [`block_id`].
+    /// Which rule parameters (and key) the block is for: see [`block_id`]. The id picks the
+    /// slot and tells a rule's blocks from those of the same key under other parameters; the
+    /// key stored with it tells two keys apart whose ids collide, which a client choosing a
+    /// header value could otherwise arrange to spend another client's block.
     id: u64,
     /// Units left to spend.
     units: u64,
@@ -90,25 +93,30 @@ struct Block {
 const BLOCK_BYTES: usize = 48;
 
 impl Block {
-    fn decode(bytes: Option<&[u8]>) -> Option<Block> {
-        let bytes: &[u8; BLOCK_BYTES] = bytes?.try_into().ok()?;
+    /// The block in a slot's value, and the key it is for.
+    fn decode(value: Option<&[u8]>) -> Option<(Block, &[u8])> {
+        let value = value?;
+        let (bytes, key) = value.split_at_checked(BLOCK_BYTES)?;
+        let bytes: &[u8; BLOCK_BYTES] = bytes.try_into().ok()?;
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
             u64::from_le_bytes(w)
         };
-        Some(Block {
+        let block = Block {
             id: word(0),
             units: word(1),
             expires_ms: word(2),
             remaining: word(3),
             size: word(4),
             refill_ms: word(5),
-        })
+        };
+        Some((block, key))
     }
 
-    fn encode(&self) -> [u8; BLOCK_BYTES] {
-        let mut bytes = [0u8; BLOCK_BYTES];
+    /// The slot's value for this block of `key`.
+    fn encode(&self, key: &str) -> Vec<u8> {
+        let mut bytes = vec![0u8; BLOCK_BYTES];
         let words = [
             self.id,
             self.units,
@@ -120,6 +128,7 @@ impl Block {
         for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
             chunk.copy_from_slice(&word.to_le_bytes());
         }
+        bytes.extend_from_slice(key.as_bytes());
         bytes
     }
 
@@ -165,29 +174,30 @@ fn slot_key(id: u64) -> String {
     key
 }
 
-/// Reads a slot, applies `change` to the block for `id` (a fresh one if the slot is empty, holds
-/// an expired block, or one of another key that is spent), and writes it back with
+/// Reads a slot, applies `change` to the block of `key` with `id` (a fresh one if the slot is
+/// empty, holds an expired block, or one of another key that is spent), and writes it back with
 /// compare-and-swap, again on a conflict. `change` returns what to report and whether to write.
 /// `None` when the slot belongs to another key's live block, or the writes kept conflicting.
 fn update<T>(
     store: &impl LocalCounters,
     id: u64,
+    key: &str,
     now_ms: u64,
     mut change: impl FnMut(&mut Block) -> (T, bool),
 ) -> Option<T> {
-    let key = slot_key(id);
+    let slot = slot_key(id);
     for _ in 0..ATTEMPTS {
-        let (value, cas) = store.load(&key);
+        let (value, cas) = store.load(&slot);
         let mut block = match Block::decode(value.as_deref()) {
-            Some(block) if block.id == id => block,
-            Some(block) if block.live_units(now_ms) > 0 => return None,
+            Some((block, of)) if block.id == id && of == key.as_bytes() => block,
+            Some((block, _)) if block.live_units(now_ms) > 0 => return None,
             _ => Block {
                 id,
                 ..Block::default()
             },
         };
         let (result, write) = change(&mut block);
-        if !write || store.store(&key, &block.encode(), cas) {
+        if !write || store.store(&slot, &block.encode(key), cas) {
             return Some(result);
         }
     }
@@ -237,7 +247,7 @@ pub fn spend(
             results.push(result);
             continue;
         }
-        let took = update(store, id, now_ms, |block| {
+        let took = update(store, id, &hit.key, now_ms, |block| {
             let units = block.live_units(now_ms);
             if units < hit.cost {
                 return (None, false);
@@ -251,6 +261,7 @@ pub fn spend(
                 block.refill_ms = now_ms.max(1);
             }
             let slice = Slice {
+                key: hit.key.clone(),
                 units: take - hit.cost,
                 expires_ms: block.expires_ms,
                 remaining: block.remaining.saturating_add(block.units),
@@ -290,15 +301,16 @@ pub fn spend(
     }
     // What was taken goes back where it came from: a slice, or the block.
     for &(i, from_block) in &taken {
-        let id = block_id(&hits[i]);
+        let hit = &hits[i];
+        let id = block_id(hit);
         match from_block {
-            None => slices.put_back(id, hits[i].cost, now_ms),
-            Some(expires_ms) => put_back(store, id, hits[i].cost, expires_ms),
+            None => slices.put_back(id, hit, now_ms),
+            Some(expires_ms) => put_back(store, id, &hit.key, hit.cost, expires_ms),
         }
     }
     // Refills marked above will not be sent: clear their marks.
     for (_, refill) in &refills {
-        update(store, block_id(refill), now_ms, |block| {
+        update(store, block_id(refill), &refill.key, now_ms, |block| {
             block.refill_ms = 0;
             ((), true)
         });
@@ -309,7 +321,7 @@ pub fn spend(
         .zip(leases)
         .map(|(hit, lease)| {
             let ask = lease.and_then(|lease| {
-                update(store, block_id(hit), now_ms, |block| {
+                update(store, block_id(hit), &hit.key, now_ms, |block| {
                     if block.refilling(now_ms, stale_ms) {
                         return (0, false);
                     }
@@ -329,12 +341,12 @@ pub fn spend(
     Spend::Check { hits }
 }
 
-/// Returns `units` that expire at `expires_ms` to the block `id`, if it is live and expires no
-/// later: units never outlive the grant they came from (those of a block that expired, or was
-/// replaced by the next window's, are lost: their window is over).
-fn put_back(store: &impl LocalCounters, id: u64, units: u64, expires_ms: u64) {
+/// Returns `units` that expire at `expires_ms` to the block of `key` with `id`, if it is live
+/// and expires no later: units never outlive the grant they came from (those of a block that
+/// expired, or was replaced by the next window's, are lost: their window is over).
+fn put_back(store: &impl LocalCounters, id: u64, key: &str, units: u64, expires_ms: u64) {
     let now_ms = store.now_ms();
-    update(store, id, now_ms, |block| {
+    update(store, id, key, now_ms, |block| {
         // An empty block that has not expired takes units back; an expired one does not.
         if block.expires_ms <= now_ms || block.expires_ms > expires_ms {
             return ((), false);
@@ -359,8 +371,10 @@ fn admitted_locally(hit: &Hit, slice: &Slice, now_ms: u64) -> HitResult {
 }
 
 /// Units a worker took from its Envoy's block for one key, spent without host calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Slice {
+    /// The key of the block it came from: two keys whose ids collide never share a slice.
+    key: String,
     units: u64,
     /// The block's expiry when the slice was taken.
     expires_ms: u64,
@@ -407,9 +421,16 @@ impl Slices {
         }
     }
 
+    /// The slice of `id` for `hit`'s key.
+    fn of(&mut self, id: u64, hit: &Hit) -> Option<&mut Slice> {
+        self.slices
+            .get_mut(&id)
+            .filter(|slice| slice.key == hit.key)
+    }
+
     /// Spends a hit's cost from its slice, if the slice holds it.
     fn spend(&mut self, id: u64, hit: &Hit, now_ms: u64) -> Option<HitResult> {
-        let slice = self.slices.get_mut(&id)?;
+        let slice = self.of(id, hit)?;
         if slice.live_units(now_ms) < hit.cost {
             return None;
         }
@@ -430,10 +451,11 @@ impl Slices {
         }
     }
 
-    /// Keeps a new slice of `id`. Units the old one still holds (fewer than a request's cost)
-    /// join it and take the earlier expiry, as grants joining a block do.
+    /// Keeps a new slice of `id`. Units the old one of the same key still holds (fewer than a
+    /// request's cost) join it and take the earlier expiry, as grants joining a block do; one of
+    /// another key with a colliding id is dropped (its units lost, never spent for this key).
     fn keep(&mut self, id: u64, mut slice: Slice) {
-        if let Some(old) = self.slices.get(&id) {
+        if let Some(old) = self.slices.get(&id).filter(|old| old.key == slice.key) {
             let units = old.live_units(slice.used_ms);
             if units > 0 {
                 slice.units += units;
@@ -443,11 +465,11 @@ impl Slices {
         self.slices.insert(id, slice);
     }
 
-    /// Puts units back into the slice of `id` (a request that could not be admitted after all).
-    fn put_back(&mut self, id: u64, units: u64, now_ms: u64) {
-        if let Some(slice) = self.slices.get_mut(&id) {
+    /// Puts a hit's cost back into its slice (a request that could not be admitted after all).
+    fn put_back(&mut self, id: u64, hit: &Hit, now_ms: u64) {
+        if let Some(slice) = self.of(id, hit) {
             if slice.expires_ms > now_ms {
-                slice.units += units;
+                slice.units += hit.cost;
             }
         }
     }
@@ -457,6 +479,7 @@ impl Slices {
     fn units(&self, hit: &Hit, now_ms: u64) -> u64 {
         self.slices
             .get(&block_id(hit))
+            .filter(|slice| slice.key == hit.key)
             .map_or(0, |slice| slice.live_units(now_ms))
     }
 
@@ -473,7 +496,7 @@ impl Slices {
             if !all && slice.used_ms.saturating_add(SLICE_IDLE_MS) > now_ms {
                 return true;
             }
-            put_back(store, id, units, slice.expires_ms);
+            put_back(store, id, &slice.key, units, slice.expires_ms);
             false
         });
     }
@@ -489,7 +512,7 @@ pub fn settled(
     sent_ms: u64,
 ) {
     let now_ms = store.now_ms();
-    update(store, block_id(hit), now_ms, |block| {
+    update(store, block_id(hit), &hit.key, now_ms, |block| {
         block.refill_ms = 0;
         if let Some(result) = result.filter(|r| r.allowed && r.leased > 0) {
             let valid_ms = lease
@@ -517,8 +540,8 @@ pub fn settled(
 pub fn units(store: &impl LocalCounters, hit: &Hit) -> u64 {
     let (value, _) = store.load(&slot_key(block_id(hit)));
     Block::decode(value.as_deref())
-        .filter(|b| b.id == block_id(hit))
-        .map_or(0, |b| b.live_units(store.now_ms()))
+        .filter(|(b, key)| b.id == block_id(hit) && *key == hit.key.as_bytes())
+        .map_or(0, |(b, _)| b.live_units(store.now_ms()))
 }
 
 #[cfg(test)]
@@ -988,8 +1011,80 @@ mod tests {
             size: 4,
             refill_ms: 5,
         };
-        assert_eq!(Block::decode(Some(&block.encode())), Some(block));
+        let value = block.encode("r:a");
+        assert_eq!(
+            Block::decode(Some(&value)),
+            Some((block, b"r:a".as_slice()))
+        );
         assert_eq!(Block::decode(Some(b"short")), None);
         assert_eq!(Block::decode(None), None);
+    }
+
+    /// A live block of another key, stored as if its id were `h`'s: what two keys whose ids
+    /// collide would leave in the slot.
+    fn store_colliding_block(store: &FakeCounters, h: &Hit, units: u64) {
+        let block = Block {
+            id: block_id(h),
+            units,
+            expires_ms: store.now_ms() + 30_000,
+            remaining: 100,
+            size: units,
+            refill_ms: 0,
+        };
+        assert!(store.store(
+            &slot_key(block_id(h)),
+            &block.encode("r:someone-else"),
+            None
+        ));
+    }
+
+    #[test]
+    fn a_key_never_spends_the_block_of_another_key_whose_id_collides_with_its_own() {
+        let store = store_at(1_000);
+        let h = hit("r:a");
+        store_colliding_block(&store, &h, 30);
+        let before = store.load(&slot_key(block_id(&h)));
+        // Checked by limitd, and not even asking for a lease: the slot is the other key's.
+        let hits = must_check(spend_sliced(&store, &mut Slices::default(), &h));
+        assert_eq!(hits[0].lease, 0);
+        assert_eq!(
+            store.load(&slot_key(block_id(&h))),
+            before,
+            "the other block is untouched"
+        );
+        assert_eq!(units(&store, &h), 0);
+        // A grant for this key does not join the other key's block either.
+        settled(
+            &store,
+            &asking(&h, 40),
+            &WINDOWED,
+            Some(&granted(40, 50_000, 0)),
+            1_000,
+        );
+        assert_eq!(store.load(&slot_key(block_id(&h))), before);
+    }
+
+    #[test]
+    fn a_key_never_spends_a_slice_of_another_key_whose_id_collides_with_its_own() {
+        let store = store_at(1_000);
+        let mut slices = Slices::default();
+        let h = hit("r:a");
+        slices.slices.insert(
+            block_id(&h),
+            Slice {
+                key: "r:someone-else".into(),
+                units: 9,
+                expires_ms: 50_000,
+                remaining: 100,
+                used_ms: 1_000,
+            },
+        );
+        assert_eq!(slices.units(&h, 1_000), 0);
+        must_check(spend_sliced(&store, &mut slices, &h));
+        assert_eq!(
+            slices.slices[&block_id(&h)].units,
+            9,
+            "the other slice is untouched"
+        );
     }
 }
