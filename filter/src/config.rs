@@ -245,6 +245,9 @@ pub struct Policy {
     pub response_headers: HeaderStyle,
     pub batch: Batching,
     pub rules: Vec<Rule>,
+    /// Per rule: the body of a denial by that rule alone, up to its `retry_after` value
+    /// ([`crate::reply::denial_body_head`]).
+    pub denial_heads: Vec<String>,
 }
 
 /// How a worker shares callouts among its requests (group commit).
@@ -426,6 +429,10 @@ impl TryFrom<RawConfig> for Policy {
             .enumerate()
             .map(|(i, rule)| compile_rule(i, rule, raw.failure_mode, &mut names))
             .collect::<Result<Vec<_>, _>>()?;
+        let denial_heads = rules
+            .iter()
+            .map(|rule| crate::reply::denial_body_head(raw.deny_status, &rule.name))
+            .collect();
         Ok(Policy {
             limitd_authority: raw
                 .limitd_authority
@@ -442,6 +449,7 @@ impl TryFrom<RawConfig> for Policy {
                 max_in_flight: raw.batch.max_in_flight,
             },
             rules,
+            denial_heads,
         })
     }
 }

@@ -1,8 +1,9 @@
 //! Counter keys: which parts of a request identify "one client" for a rule,
 //! and how they become a bounded, unambiguous key.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use sha2::{Digest, Sha256};
 
@@ -67,12 +68,17 @@ pub fn client_ip(source_address: &[u8]) -> &[u8] {
 
 /// The client IP masked to its prefix, as `ip/len` (or `ip` for a full-length
 /// prefix). Text that is not an IP is kept as it is.
-fn masked_ip(ip: &[u8], ipv4_prefix: u8, ipv6_prefix: u8) -> Vec<u8> {
-    let Some(parsed) = std::str::from_utf8(ip)
-        .ok()
-        .and_then(|s| s.parse::<IpAddr>().ok())
-    else {
-        return ip.to_vec();
+fn masked_ip(ip: &[u8], ipv4_prefix: u8, ipv6_prefix: u8) -> Cow<'_, [u8]> {
+    let Ok(text) = std::str::from_utf8(ip) else {
+        return Cow::Borrowed(ip);
+    };
+    // The usual case, a whole IPv4 address, costs no formatting: the parser accepts only the
+    // canonical dotted quad (no leading zeros, no spaces), which is what it would print.
+    if ipv4_prefix == 32 && text.parse::<Ipv4Addr>().is_ok() {
+        return Cow::Borrowed(ip);
+    }
+    let Ok(parsed) = text.parse::<IpAddr>() else {
+        return Cow::Borrowed(ip);
     };
     let (masked, prefix, full) = match parsed {
         IpAddr::V4(v4) => {
@@ -96,11 +102,11 @@ fn masked_ip(ip: &[u8], ipv4_prefix: u8, ipv6_prefix: u8) -> Vec<u8> {
             )
         }
     };
-    if prefix == full {
+    Cow::Owned(if prefix == full {
         masked.to_string().into_bytes()
     } else {
         format!("{masked}/{prefix}").into_bytes()
-    }
+    })
 }
 
 /// Builds a rule's counter key for a request: the rule name, then each part.
@@ -249,6 +255,22 @@ mod tests {
 
     #[test]
     fn text_that_is_not_an_ip_is_kept() {
-        assert_eq!(masked_ip(b"unix:/tmp/sock", 24, 64), b"unix:/tmp/sock");
+        assert_eq!(*masked_ip(b"unix:/tmp/sock", 24, 64), *b"unix:/tmp/sock");
+        assert_eq!(*masked_ip(b"unix:/tmp/sock", 32, 128), *b"unix:/tmp/sock");
+        assert_eq!(*masked_ip(b"\xff", 32, 128), *b"\xff");
+    }
+
+    /// Whole IPv4 addresses are used as written only because the parser takes nothing but
+    /// the form it prints: any other spelling of an address would otherwise be a second key.
+    #[test]
+    fn a_whole_ipv4_address_is_its_canonical_text() {
+        for text in ["1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.0.1"] {
+            let printed = text.parse::<IpAddr>().unwrap().to_string();
+            assert_eq!(*masked_ip(text.as_bytes(), 32, 128), *printed.as_bytes());
+        }
+        for odd in ["010.0.0.1", "1.2.3.04", " 1.2.3.4", "1.2.3.4 ", "1.2.3.256"] {
+            assert!(odd.parse::<Ipv4Addr>().is_err(), "{odd} parses");
+            assert_eq!(*masked_ip(odd.as_bytes(), 32, 128), *odd.as_bytes());
+        }
     }
 }

@@ -11,7 +11,10 @@ use crate::config::{FailureMode, Policy};
 use crate::deny_cache::DenyCache;
 use crate::fallback::{self, Fallback, LocalCounters, Standing};
 use crate::key::build_key;
-use crate::reply::{ceil_seconds, denial_body, rate_limit_headers, unavailable_body, RuleState};
+use crate::reply::{
+    ceil_seconds, denial_body, one_rule_denial_body, rate_limit_headers, unavailable_body,
+    RuleState,
+};
 use crate::request::{path_only, RequestView};
 
 /// What to do with a request when its headers arrive.
@@ -206,16 +209,27 @@ impl Policy {
         // The client must wait for the slowest denied hit to clear.
         let retry_after_ms = denied.iter().map(|(_, ms)| *ms).max().unwrap_or(1_000);
         let retry_after = ceil_seconds(retry_after_ms).max(1);
-        let violated: Vec<&str> = denied
-            .iter()
-            .map(|(i, _)| self.rules[*i].name.as_str())
-            .collect();
-        headers.insert(0, ("retry-after", retry_after.to_string()));
+        let one_head = match denied {
+            [(i, _)] => self.denial_heads.get(*i).filter(|head| !head.is_empty()),
+            _ => None,
+        };
+        let body = match one_head {
+            Some(head) => one_rule_denial_body(head, retry_after),
+            None => {
+                let violated: Vec<&str> = denied
+                    .iter()
+                    .map(|(i, _)| self.rules[*i].name.as_str())
+                    .collect();
+                denial_body(self.deny_status, &violated, retry_after)
+            }
+        };
+        let retry_after = itoa::Buffer::new().format(retry_after).to_owned();
+        headers.insert(0, ("retry-after", retry_after));
         headers.insert(1, ("content-type", "application/problem+json".to_owned()));
         Decision::Reply(LocalReply {
             status: self.deny_status,
             headers,
-            body: denial_body(self.deny_status, &violated, retry_after),
+            body,
             kind: ReplyKind::OverLimit,
         })
     }
