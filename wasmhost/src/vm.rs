@@ -27,6 +27,8 @@ pub struct Vm {
     next_context: ContextId,
     trap: Option<String>,
     pub(crate) hold_queue_events: bool,
+    /// Fuel the module has burnt in all calls so far (see [`Vm::fuel_used`]).
+    fuel_used: u64,
 }
 
 impl std::fmt::Debug for Vm {
@@ -48,6 +50,7 @@ impl Vm {
             next_context: 2,
             trap: None,
             hold_queue_events: false,
+            fuel_used: 0,
         };
         if vm.instance.get_func(&vm.store, "_initialize").is_some() {
             vm.call(0, "_initialize", &[])?;
@@ -92,7 +95,10 @@ impl Vm {
         self.store
             .set_fuel(FUEL_PER_CALL)
             .map_err(|e| HostError::Usage(e.to_string()))?;
-        if let Err(e) = func.call(&mut self.store, &inputs, &mut outputs) {
+        let called = func.call(&mut self.store, &inputs, &mut outputs);
+        let left = self.store.get_fuel().unwrap_or(FUEL_PER_CALL);
+        self.fuel_used += FUEL_PER_CALL.saturating_sub(left);
+        if let Err(e) = called {
             let call = format!("{name}{args:?}")
                 .replace('[', "(")
                 .replace(']', ")");
@@ -266,6 +272,14 @@ impl Vm {
 
     pub fn stderr(&self) -> &[u8] {
         &self.store.data().stderr
+    }
+
+    /// The fuel the module has used over every call into it so far: wasmi charges about one
+    /// unit per instruction executed (more for calls and bulk memory operations), so the
+    /// difference over a sequence of calls counts the module's own work in them, whatever
+    /// the machine is doing.
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used
     }
 
     /// The first trap, if the VM trapped: `"export(args): message"`.
