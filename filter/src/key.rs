@@ -42,14 +42,24 @@ fn push_part(key: &mut String, value: &[u8]) {
         }
         return;
     }
-    for &byte in value {
-        if byte.is_ascii_graphic() && !b":%{}#".contains(&byte) {
-            key.push(char::from(byte));
-        } else {
-            let _ = write!(key, "%{byte:02X}");
-        }
+    // Runs of plain bytes go in whole: a key is built for every request a rule matches.
+    let plain = |byte: &u8| byte.is_ascii_graphic() && !b":%{}#".contains(byte);
+    let mut rest = value;
+    while !rest.is_empty() {
+        let run = rest.iter().position(|b| !plain(b)).unwrap_or(rest.len());
+        // Plain bytes are ASCII, so always text.
+        key.push_str(std::str::from_utf8(&rest[..run]).unwrap_or_default());
+        let Some((&odd, after)) = rest[run..].split_first() else {
+            break;
+        };
+        key.push('%');
+        key.push(char::from(HEX[usize::from(odd >> 4)]));
+        key.push(char::from(HEX[usize::from(odd & 0x0f)]));
+        rest = after;
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The client's address without its port: `"127.0.0.2:5000"` → `"127.0.0.2"`,
 /// `"[::1]:5000"` → `"::1"`. Text that is neither is kept whole.

@@ -169,25 +169,27 @@ impl Policy {
 
     /// Turns limitd's answer into a decision.
     pub fn decide(&self, check: &Check, answer: &CheckResponse) -> Decision {
-        let enforced: Vec<(usize, &protocol::HitResult)> = check
-            .rules
-            .iter()
-            .zip(&check.hits)
-            .zip(&answer.hits)
-            .filter(|((_, hit), _)| !hit.shadow)
-            .map(|((&rule, _), result)| (rule, result))
-            .collect();
-        let states: Vec<RuleState<'_>> = enforced
-            .iter()
-            .map(|&(i, result)| RuleState {
+        let enforced = || {
+            check
+                .rules
+                .iter()
+                .zip(&check.hits)
+                .zip(&answer.hits)
+                .filter(|((_, hit), _)| !hit.shadow)
+                .map(|((&rule, _), result)| (rule, result))
+        };
+        let states: Vec<RuleState<'_>> = enforced()
+            .map(|(i, result)| RuleState {
                 name: &self.rules[i].name,
                 window_ms: self.rules[i].window_ms,
                 result,
             })
             .collect();
         let headers = rate_limit_headers(self.response_headers, &states);
-        let denied: Vec<&(usize, &protocol::HitResult)> =
-            enforced.iter().filter(|(_, r)| !r.allowed).collect();
+        let denied: Vec<(usize, u64)> = enforced()
+            .filter(|(_, r)| !r.allowed)
+            .map(|(i, r)| (i, self.retry_after_ms(i, r)))
+            .collect();
         // limitd's overall answer already ignores shadow hits; a denied enforced hit
         // denies in any case, so a confused answer cannot let a request through.
         if answer.allowed && denied.is_empty() {
@@ -196,10 +198,6 @@ impl Policy {
                 headers,
             };
         }
-        let denied: Vec<(usize, u64)> = denied
-            .iter()
-            .map(|(i, r)| (*i, self.retry_after_ms(*i, r)))
-            .collect();
         self.denial(&denied, headers)
     }
 

@@ -3,7 +3,9 @@
 //!
 //! A request that no rule matches costs what Envoy's callbacks cost and one
 //! header read, nothing more: it is not registered with the batcher, and its
-//! response callback returns at once. Its end is handled in `Drop` (when the
+//! response callback returns at once. Nor is a request decided inside Envoy
+//! (from a lease block or the deny cache) registered: it never waits for an
+//! answer, and its response headers are its own. Its end is handled in `Drop` (when the
 //! SDK deletes the context, right after `proxy_on_done` in the same pass), so
 //! the module need not export `proxy_on_done` at all: see the build's list of
 //! exported callbacks in `xtask/src/wasm_exports.rs`.
@@ -38,9 +40,9 @@ pub(super) struct Request {
     pub(super) response_headers: Headers,
     /// When this request's own callout was sent.
     pub(super) sent_at: Option<SystemTime>,
-    /// Whether a rule matched, so the request is in the batcher's live set
-    /// and may have response headers waiting there.
-    pub(super) checked: bool,
+    /// Whether the request's check went to limitd, so the request is in the
+    /// batcher's live set and may have response headers waiting there.
+    pub(super) live: bool,
 }
 
 /// The request as the host shows it; each value is fetched only when asked for.
@@ -254,7 +256,7 @@ impl Context for Request {
 /// `proxy_on_done`, whose default, "done", is what this filter answers).
 impl Drop for Request {
     fn drop(&mut self) {
-        if !self.checked {
+        if !self.live {
             return;
         }
         // Envoy cancels the callout of a request that is done: it is no longer in flight.
@@ -270,8 +272,6 @@ impl HttpContext for Request {
         match self.vm.policy.evaluate(&HostRequest) {
             Verdict::Continue => Action::Continue,
             Verdict::Check(mut check) => {
-                self.checked = true;
-                self.vm.live.borrow_mut().created(self.context_id);
                 // Units in a lease block are counted already: they are spent before the deny
                 // cache is asked, or a worker that saw a denial would strand its Envoy's block.
                 if let Some(action) = self.spend_leases(&mut check) {
@@ -285,6 +285,8 @@ impl HttpContext for Request {
                     let (action, _) = self.vm.carry_out_counted_later(denial);
                     return action;
                 }
+                self.live = true;
+                self.vm.live.borrow_mut().created(self.context_id);
                 Metrics::bump(self.vm.metrics.checks);
                 match self.queue {
                     Some(queue) if !self.vm.batcher.borrow_mut().try_direct(self.context_id) => {
@@ -297,13 +299,15 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.checked {
+        if !self.live && self.response_headers.is_empty() {
             return Action::Continue;
         }
         // Only an upstream response of an allowed request gets headers here: a local
         // reply carries its own, and passes through this callback too.
         let mut headers = std::mem::take(&mut self.response_headers);
-        headers.extend(self.vm.live.borrow_mut().take_headers(self.context_id));
+        if self.live {
+            headers.extend(self.vm.live.borrow_mut().take_headers(self.context_id));
+        }
         for (name, value) in headers {
             if let Err(status) =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value))

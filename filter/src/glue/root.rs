@@ -272,7 +272,7 @@ impl RootContext for Root {
             direct: None,
             response_headers: Vec::new(),
             sent_at: None,
-            checked: false,
+            live: false,
         }))
     }
 
