@@ -776,6 +776,44 @@ fn dockerfile_args() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The examples `filter/Cargo.toml` declares (`[[example]]` tables).
+fn filter_examples() -> Vec<String> {
+    let manifest = read("filter/Cargo.toml");
+    let mut lines = manifest.lines().map(str::trim);
+    let mut names = Vec::new();
+    while let Some(line) = lines.next() {
+        if line != "[[example]]" {
+            continue;
+        }
+        let name = lines
+            .by_ref()
+            .take_while(|line| !line.starts_with('['))
+            .find_map(|line| line.strip_prefix("name = "))
+            .unwrap_or_else(|| panic!("filter/Cargo.toml: an [[example]] without a name"));
+        names.push(name.trim_matches('"').to_owned());
+    }
+    names
+}
+
+/// The image build caches dependencies by building the workspace with empty sources first, and
+/// cargo refuses a manifest whose declared example has no file: each must be stubbed there.
+#[test]
+fn the_dependency_stage_stubs_every_example_the_filter_declares() {
+    let dockerfile = read(DOCKERFILE);
+    let examples = filter_examples();
+    assert!(
+        examples.iter().any(|name| name == "noop"),
+        "filter/Cargo.toml should declare the bench's `noop` example: {examples:?}"
+    );
+    for name in examples {
+        let stub = format!("filter/examples/{name}.rs");
+        assert!(
+            dockerfile.contains(&stub),
+            "{DOCKERFILE}: the dependency stage should create `{stub}`, or the image build fails"
+        );
+    }
+}
+
 #[test]
 fn every_base_image_is_a_variable_whose_default_is_the_stock_image() {
     let raw = read("docker-compose.yml");
