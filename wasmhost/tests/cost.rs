@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::filter::get_from;
+use common::filter::{batch_answer, batch_of, get_from};
 use common::host;
-use protocol::{BatchResponse, CheckResult, HitResult};
+use protocol::{CheckResponse, HitResult};
 use wasmhost::{Request, Vm};
 
 /// The benchmark's lease rule (`xtask/src/bench/scenarios.rs`) after the shipped rules, which
@@ -44,24 +44,11 @@ const UNOPTIMIZED: &str = " (is the module built without wasm-opt? `cargo xtask 
 /// Requests measured per path, after the first few (which fill the VM's maps and the block).
 const MEASURED: usize = 200;
 
-/// The answer to a one-check batch of one hit.
-fn answer(hit: HitResult) -> Vec<u8> {
-    let result = if hit.allowed {
-        CheckResult::Allowed { hits: vec![hit] }
-    } else {
-        CheckResult::Denied { hits: vec![hit] }
-    };
-    serde_json::to_vec(&BatchResponse {
-        results: vec![result],
-    })
-    .unwrap()
-}
-
 /// Answers every callout: a lease of what was asked (the bench's rule is never near its limit),
 /// a denial for a check of the 1-per-hour rule.
 fn answer_all(vm: &mut Vm) {
     while let Some(call) = vm.pending_calls().pop() {
-        let batch = common::filter::batch_of(&call);
+        let batch = batch_of(&call);
         let hit = &batch.checks[0].hits[0];
         let allowed = hit.limit > 1;
         let result = HitResult {
@@ -73,7 +60,11 @@ fn answer_all(vm: &mut Vm) {
             leased: if allowed { hit.lease } else { 0 },
             lease_ms: if allowed { 1_800_000 } else { 0 },
         };
-        vm.respond_to_call(call.token, &[(":status", "200")], &answer(result))
+        let body = batch_answer(vec![CheckResponse {
+            allowed,
+            hits: vec![result],
+        }]);
+        vm.respond_to_call(call.token, &[(":status", "200")], &body)
             .unwrap();
     }
 }
