@@ -247,7 +247,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Per rule: the body of a denial by that rule alone, up to its `retry_after` value
     /// ([`crate::reply::denial_body_head`]).
-    pub denial_heads: Vec<String>,
+    pub denial_heads: Vec<Option<String>>,
 }
 
 /// How a worker shares callouts among its requests (group commit).

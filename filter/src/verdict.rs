@@ -208,7 +208,7 @@ impl Policy {
         let retry_after_ms = denied.iter().map(|(_, ms)| *ms).max().unwrap_or(1_000);
         let retry_after = ceil_seconds(retry_after_ms).max(1);
         let one_head = match denied {
-            [(i, _)] => self.denial_heads.get(*i).filter(|head| !head.is_empty()),
+            [(i, _)] => self.denial_heads.get(*i).and_then(Option::as_ref),
             _ => None,
         };
         let body = match one_head {

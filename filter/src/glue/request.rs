@@ -5,10 +5,10 @@
 //! header read, nothing more: it is not registered with the batcher, and its
 //! response callback returns at once. Nor is a request decided inside Envoy
 //! (from a lease block or the deny cache) registered: it never waits for an
-//! answer, and its response headers are its own. Its end is handled in `Drop` (when the
-//! SDK deletes the context, right after `proxy_on_done` in the same pass), so
-//! the module need not export `proxy_on_done` at all: see the build's list of
-//! exported callbacks in `xtask/src/wasm_exports.rs`.
+//! answer, and its response headers are its own. Its end is handled in `Drop`
+//! (when the SDK deletes the context, right after `proxy_on_done` in the same
+//! pass), so the module need not export `proxy_on_done` at all: see the
+//! build's list of exported callbacks in `xtask/src/wasm_exports.rs`.
 
 use std::rc::Rc;
 use std::time::SystemTime;
